@@ -1,0 +1,51 @@
+"""The canonical expression classes (AffectNet order) shared by every dataset."""
+
+from typing import Any
+
+import numpy as np
+
+from ferdata.errors import FerdataError
+
+CANONICAL: tuple[str, ...] = (
+    "neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt",
+)
+BASIC7: tuple[str, ...] = CANONICAL[:7]
+
+# Rough circumplex centroids (valence, arousal) used by the synth generator and as VA fallbacks.
+VA_CENTROIDS: dict[str, tuple[float, float]] = {
+    "neutral": (0.0, 0.0),
+    "happy": (0.75, 0.35),
+    "sad": (-0.65, -0.35),
+    "surprise": (0.25, 0.75),
+    "fear": (-0.45, 0.70),
+    "disgust": (-0.65, 0.30),
+    "anger": (-0.55, 0.60),
+    "contempt": (-0.45, 0.20),
+}
+
+
+def class_id(name: str) -> int:
+    """Canonical id of a class name (case-insensitive)."""
+    key = name.strip().lower()
+    if key not in CANONICAL:
+        raise FerdataError(f"unknown class {name!r}: expected one of {', '.join(CANONICAL)}")
+    return CANONICAL.index(key)
+
+
+def manifest_classes(meta: dict[str, Any]) -> list[str]:
+    """The dataset's class list from a table's metadata."""
+    classes = meta.get("classes")
+    if not classes:
+        raise FerdataError("table metadata lacks ferdata.classes; re-run `ferdata download`")
+    return list(classes)
+
+
+def class_index(labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Map canonical label ids to positions in ``classes`` (the model's output order)."""
+    lookup = np.full(len(CANONICAL), -1, np.int64)
+    for i, name in enumerate(classes):
+        lookup[CANONICAL.index(name)] = i
+    out = lookup[np.asarray(labels, np.int64)]
+    if (out < 0).any():
+        raise FerdataError(f"labels outside the dataset's classes {classes}")
+    return out

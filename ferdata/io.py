@@ -1,0 +1,133 @@
+"""Table and file I/O shared by every stage: schema-checked parquet, atomic writes, hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ferdata.errors import FerdataError
+from ferdata.schema import SCHEMA_VERSION, SCHEMAS
+
+
+def _conform(df: pd.DataFrame, kind: str) -> pa.Table:
+    """Select and cast the columns of ``df`` to the declared schema of ``kind``."""
+    schema = SCHEMAS[kind]
+    missing = [name for name in schema.names if name not in df.columns]
+    if missing:
+        raise FerdataError(f"{kind} table lacks columns {missing}: this is a ferdata bug, please report it")
+    try:
+        return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        raise FerdataError(f"{kind} table does not fit its schema: {exc}") from exc
+
+
+def write_table(df: pd.DataFrame, path: str | Path, kind: str, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``df`` as a ``kind`` table, atomically, with ferdata metadata (JSON-encoded values)."""
+    from ferdata import __version__
+
+    table = _conform(df, kind)
+    info = {"ferdata.table": kind, "ferdata.schema_version": SCHEMA_VERSION, "ferdata.version": __version__}
+    info.update({f"ferdata.{k}": v for k, v in (meta or {}).items()})
+    encoded = {k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in info.items()}
+    table = table.replace_schema_metadata(encoded)
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The ferdata metadata of a parquet file, decoded, without the ``ferdata.`` prefix."""
+    raw = pq.read_schema(path).metadata or {}
+    out = {}
+    for key, value in raw.items():
+        name = key.decode()
+        if name.startswith("ferdata."):
+            out[name[len("ferdata."):]] = json.loads(value.decode())
+    return out
+
+
+def read_table(path: str | Path, kind: str, *, hint: str = "") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a ``kind`` table and its metadata; a missing or foreign file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerdataError(f"{path} not found" + (f": {hint}" if hint else ""))
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FerdataError(f"{path} is not a readable parquet file ({exc}); re-run the stage that writes it") from exc
+    meta = read_meta(path)
+    if meta.get("table") != kind:
+        raise FerdataError(f"{path} is a {meta.get('table', 'non-ferdata')} table, expected a {kind} table")
+    want = SCHEMAS[kind]
+    missing = [n for n in want.names if n not in table.column_names]
+    if missing:
+        raise FerdataError(f"{path} lacks columns {missing}; re-run the stage that writes it")
+    return table.select(want.names).to_pandas(), meta
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``path`` whole when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as stable, sorted, indented JSON, atomically."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def stable_hash(obj: Any) -> str:
+    """A short sha256 of a JSON-serialisable object (params), independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

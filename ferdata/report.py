@@ -1,0 +1,153 @@
+"""The report stage: metrics.json and figures (class balance, confusion matrix) for one dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from ferdata.classes import class_index
+from ferdata.io import atomic_file, read_table, write_json
+
+METRICS = "metrics.json"
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties count half)."""
+    positives = np.asarray(positives, bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """KL(p || q) per row, with q floored at ``eps`` and renormalised."""
+    q = np.clip(q, eps, None)
+    q = q / q.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    return terms.sum(1)
+
+
+def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """Counts[true, pred]."""
+    out = np.zeros((n, n), np.int64)
+    np.add.at(out, (true, pred), 1)
+    return out
+
+
+def compute_metrics(soft: pd.DataFrame, labels: pd.DataFrame, manifest: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    """Accuracy per split, noisy-label detection and recovery, and fidelity to the true distributions."""
+    df = soft.merge(labels[["sample_id", "clean_label", "flipped"]], on="sample_id").merge(
+        manifest[["sample_id", "true_dist"]], on="sample_id")
+    dist = np.stack(df["distribution"].to_numpy()).astype(np.float64)
+    pred = dist.argmax(1)
+    clean = class_index(df["clean_label"].to_numpy(), classes)
+    given = class_index(df["label"].to_numpy(), classes)
+    out: dict[str, Any] = {"n": {s: int((df["split"] == s).sum()) for s in ("train", "val", "test")}}
+    for split in ("train", "val", "test"):
+        m = (df["split"] == split).to_numpy()
+        if m.any():
+            out[f"{split}_acc_clean_label"] = float((pred[m] == clean[m]).mean())
+    has_true = df["true_dist"].notna().to_numpy()
+    if has_true.any():
+        true = np.stack(df.loc[has_true, "true_dist"].to_numpy()).astype(np.float64)
+        split = df.loc[has_true, "split"].to_numpy()
+        p = dist[has_true]
+        for s in ("train", "val", "test"):
+            m = split == s
+            if m.any():
+                out[f"{s}_acc_true_argmax"] = float((p[m].argmax(1) == true[m].argmax(1)).mean())
+                out[f"{s}_kl_true"] = float(kl_divergence(true[m], p[m]).mean())
+    train = (df["split"] == "train").to_numpy()
+    flipped = df["flipped"].to_numpy(bool) & train
+    out["train_flipped"] = int(flipped.sum())
+    if flipped.any() and (train & ~flipped).any():
+        p_given = dist[np.arange(len(df)), given]
+        out["noise_auroc_given_prob"] = auroc(1.0 - p_given[train], flipped[train])
+        out["noise_auroc_uncertainty"] = auroc(df["uncertainty"].to_numpy()[train], flipped[train])
+        out["noise_suspected_precision"] = float(flipped[df["suspected_noisy"].to_numpy() & train].mean()) if (df["suspected_noisy"] & train).any() else 0.0
+        out["flips_recovered"] = float((pred[flipped] == clean[flipped]).mean())
+    out["classes"] = classes
+    return out
+
+
+def plot_class_balance(labels: pd.DataFrame, classes: list[str], path: Path) -> None:
+    """Grouped bars: given-label counts per split, and the clean training labels beside them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(f"{s} (given)", class_index(labels.loc[labels["split"] == s, "label"].to_numpy(), classes)) for s in ("train", "val", "test")]
+    groups.insert(1, ("train (clean)", class_index(labels.loc[labels["split"] == "train", "clean_label"].to_numpy(), classes)))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(groups)
+    for g, (name, values) in enumerate(groups):
+        counts = np.bincount(values, minlength=len(classes))
+        ax.bar(np.arange(len(classes)) + g * width - 0.4 + width / 2, counts, width, label=name)
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=30)
+    ax.set_ylabel("faces")
+    ax.set_title("Class balance per split")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> None:
+    """Row-normalised confusion matrix with counts in the cells."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=30)
+    ax.set_yticks(np.arange(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def report(data_dir: str | Path, reports_dir: str | Path) -> dict[str, Any]:
+    """Write ``metrics.json``, ``class_balance.png`` and ``confusion.png`` under ``reports_dir``."""
+    data_dir, reports_dir = Path(data_dir), Path(reports_dir)
+    soft, meta = read_table(data_dir / "softlabels.parquet", "softlabels", hint="run `ferdata export` first")
+    labels, _ = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
+    manifest, _ = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
+    classes = meta["classes"]
+    metrics = compute_metrics(soft, labels, manifest, classes)
+    metrics["method"] = meta.get("method")
+    metrics["noise"] = meta.get("noise")
+    write_json(metrics, reports_dir / METRICS)
+    plot_class_balance(labels, classes, reports_dir / "class_balance.png")
+    test = soft[soft["split"] == "test"].merge(manifest[["sample_id", "true_dist"]], on="sample_id")
+    if len(test):
+        pred = np.stack(test["distribution"].to_numpy()).argmax(1)
+        if test["true_dist"].notna().all():
+            truth, what = np.stack(test["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
+        else:
+            truth, what = class_index(test["label"].to_numpy(), classes), "test label"
+        plot_confusion(confusion(truth, pred, len(classes)), classes, f"Test confusion ({what})", reports_dir / "confusion.png")
+    return metrics
+
+
+def summarize(metrics: dict[str, Any]) -> str:
+    """One line of headline numbers."""
+    keys = ("test_acc_true_argmax", "test_acc_clean_label", "noise_auroc_given_prob", "flips_recovered")
+    return "report: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)

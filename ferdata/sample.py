@@ -1,0 +1,76 @@
+"""The sample stage: the epoch plan, per-video cap then per-class balance (ARBEx data refinement).
+
+Each epoch keeps at most ``per_video`` frames of every video (drawn afresh each epoch), then draws
+``per_class`` samples of every class by its given label: without replacement where the class has
+enough, all of it plus a draw with replacement where it is smaller. ``per_class: 0`` means the size
+of the largest class after the cap. The same seed gives the same plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ferdata.errors import FerdataError
+from ferdata.io import read_table, write_table
+
+PLAN = "plan.parquet"
+
+
+def cap_per_video(videos: np.ndarray, per_video: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices kept after keeping at most ``per_video`` random frames of each video."""
+    keep = []
+    for video in np.unique(videos):
+        members = np.flatnonzero(videos == video)
+        if len(members) > per_video:
+            members = np.sort(rng.choice(members, size=per_video, replace=False))
+        keep.append(members)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+def balance_classes(labels: np.ndarray, candidates: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_class`` indices of each class among ``candidates`` (replacement only for small classes)."""
+    picked = []
+    for cls in np.unique(labels[candidates]):
+        members = candidates[labels[candidates] == cls]
+        if len(members) >= per_class:
+            picked.append(rng.choice(members, size=per_class, replace=False))
+        else:
+            picked.append(np.concatenate([members, rng.choice(members, size=per_class - len(members), replace=True)]))
+    return np.concatenate(picked)
+
+
+def epoch_plan(videos: np.ndarray, labels: np.ndarray, *, epoch: int, seed: int, per_video: int,
+               per_class: int) -> np.ndarray:
+    """Shuffled sample indices for one epoch."""
+    rng = np.random.default_rng([seed, 2, epoch])
+    kept = cap_per_video(videos, per_video, rng)
+    if per_class == 0:
+        per_class = int(np.bincount(labels[kept]).max())
+    order = balance_classes(labels, kept, per_class, rng)
+    return rng.permutation(order)
+
+
+def sample(data_dir: str | Path, *, epochs: int, per_video: int = 6, per_class: int = 0, seed: int = 0) -> pd.DataFrame:
+    """Write ``data_dir/plan.parquet``: (epoch, position, sample_id) for every training epoch."""
+    if epochs < 1 or per_video < 1 or per_class < 0:
+        raise FerdataError(f"sample needs epochs >= 1, per_video >= 1, per_class >= 0 (got {epochs}, {per_video}, {per_class})")
+    data_dir = Path(data_dir)
+    labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
+    manifest, _ = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
+    train = labels[labels["split"] == "train"].reset_index(drop=True)
+    if train.empty:
+        raise FerdataError(f"{data_dir / 'labels.parquet'} has no training sample to plan")
+    video = manifest.set_index("sample_id").loc[train["sample_id"], "video_id"]
+    videos = video.fillna(pd.Series(train["sample_id"].to_numpy(), index=video.index)).to_numpy()  # no video: its own
+    ids = train["sample_id"].to_numpy()
+    frames = []
+    for e in range(epochs):
+        order = epoch_plan(videos, train["label"].to_numpy(), epoch=e, seed=seed, per_video=per_video, per_class=per_class)
+        frames.append(pd.DataFrame({"epoch": e, "position": np.arange(len(order)), "sample_id": ids[order]}))
+    plan = pd.concat(frames, ignore_index=True)
+    write_table(plan, data_dir / PLAN, "plan", {"classes": meta["classes"], "epochs": epochs, "per_video": per_video,
+                                                "per_class": per_class, "seed": seed})
+    return plan

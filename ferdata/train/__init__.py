@@ -1,0 +1,1 @@
+"""The trainer: backbones, one file per method, and the training loop."""

@@ -1,0 +1,172 @@
+"""The training loop: follows the epoch plan, on CUDA when present, under torchrun (DDP) when launched so."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ferdata.classes import class_index
+from ferdata.errors import FerdataError
+from ferdata.io import atomic_file, read_table, write_json
+from ferdata.loader import load_images
+from ferdata.train.backbones import build_backbone
+from ferdata.train.methods import build_method
+
+CHECKPOINT = "model.pt"
+TRAIN_LOG = "train_log.json"
+MEAN, STD = 0.5, 0.25
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` section of params.yaml."""
+
+    method: str = "ce"
+    backbone: str = "small_cnn"
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    image_size: int = 64
+    label_smoothing: float = 0.1
+    weights: str = ""
+    seed: int = 0
+
+
+def select_device() -> torch.device:
+    """CUDA (this rank's GPU under torchrun) when present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched by torchrun; return (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> normalised float N x 3 x H x W on ``device``."""
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - MEAN) / STD
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Weak augmentation on a batch: random horizontal flip and a random shift of up to ``pad`` pixels."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    return padded[:, :, dy:dy + h, dx:dx + w]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (float64) for every image, in order."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        logits = model(to_input(images[i:i + batch_size], device))
+        out.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def load_checkpoint(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at ``path`` (loaded with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerdataError(f"{path} not found: run `ferdata train` first")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = json.loads(ckpt["meta"])
+    model = build_backbone(meta["backbone"], len(meta["classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device or select_device()).eval(), meta
+
+
+def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg.method`` on the epoch plan; write the checkpoint and a per-epoch log."""
+    data_dir, models_dir = Path(data_dir), Path(models_dir)
+    labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
+    plan, plan_meta = read_table(data_dir / "plan.parquet", "plan", hint="run `ferdata sample` first")
+    if plan_meta.get("epochs", 0) < cfg.epochs:
+        raise FerdataError(f"plan.parquet has {plan_meta.get('epochs')} epochs, train.epochs is {cfg.epochs}; re-run `ferdata sample`")
+    classes = meta["classes"]
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = select_device()
+    rank, world = init_distributed(device)
+    method = build_method(cfg.method, num_classes=len(classes), label_smoothing=cfg.label_smoothing)
+    model = build_backbone(cfg.backbone, len(classes), weights=cfg.weights or None).to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    train_rows = labels[labels["split"] == "train"].reset_index(drop=True)
+    val_rows = labels[labels["split"] == "val"].reset_index(drop=True)
+    ids = train_rows["sample_id"].tolist()
+    position = {sid: i for i, sid in enumerate(ids)}
+    shard_dir = data_dir / "shards"
+    images = load_images(shard_dir, ids, size=cfg.image_size)
+    val_images = load_images(shard_dir, val_rows["sample_id"].tolist(), size=cfg.image_size)
+    targets = torch.from_numpy(class_index(train_rows["label"].to_numpy(), classes))
+    val_targets = class_index(val_rows["label"].to_numpy(), classes)
+
+    steps_per_epoch = [len(plan[plan["epoch"] == e]) // (cfg.batch_size * world) for e in range(cfg.epochs)]
+    if min(steps_per_epoch) < 1:
+        raise FerdataError(f"the epoch plan has fewer samples than one batch of {cfg.batch_size} per rank")
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=sum(steps_per_epoch), pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
+    log = []
+    for epoch in range(cfg.epochs):
+        net.train()
+        order = np.array([position[s] for s in plan.loc[plan["epoch"] == epoch, "sample_id"]])
+        order = order[rank::world]  # this rank's share of the plan
+        start, total, correct, seen = time.time(), 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch[epoch]), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if rank == 0 else True)
+        for step in bar:
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = augment(to_input(images[batch], device), gen)
+            y = targets[batch].to(device)
+            logits = net(x)
+            loss = method.loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(batch)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(batch)
+        val_acc = float((predict(model, val_images, device).argmax(1) == val_targets).mean()) if len(val_rows) else float("nan")
+        log.append({"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen, "val_acc": val_acc,
+                    "seconds": round(time.time() - start, 2)})
+        if rank == 0:
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / seen:.4f} train acc {correct / seen:.3f} val acc {val_acc:.3f}")
+    if rank == 0:
+        save_checkpoint(model, models_dir / CHECKPOINT, {**asdict(cfg), "classes": classes})
+        write_json({"config": asdict(cfg), "epochs": log}, models_dir / TRAIN_LOG)
+    if world > 1:
+        dist.barrier()
+    return {"epochs": log}
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    """Save weights plus JSON metadata, atomically, loadable with ``weights_only=True``."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_file(path) as tmp:
+        torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, tmp)
