@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -168,5 +169,7 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
     """Save weights plus JSON metadata, atomically, loadable with ``weights_only=True``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()  # saved via a buffer: torch names the archive after the (temporary) file otherwise
+    torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, buf)
     with atomic_file(path) as tmp:
-        torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, tmp)
+        tmp.write_bytes(buf.getvalue())

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from ferdata.download import download
+from ferdata.errors import FerdataError
+from ferdata.io import read_table
+
+from conftest import TINY
+
+
+def test_manifest_of_synth(shards_dir):
+    df, meta = read_table(shards_dir / "manifest.parquet", "manifest")
+    assert len(df) == 6 * 2 * 4
+    assert meta["dataset"] == "synth" and meta["classes"][0] == "neutral" and len(meta["classes"]) == 7
+    assert df["sample_id"].is_unique and not df["sample_id"].str.contains(".", regex=False).any()
+    assert df["sample_id"].is_monotonic_increasing
+    assert all((shards_dir / p).is_file() for p in df["path"])
+    assert all(len(lmk) == 10 for lmk in df["landmarks"])
+    assert np.allclose([d.sum() for d in df["true_dist"]], 1, atol=1e-5)
+    assert df["video_id"].nunique() == 12 and df["subject_id"].nunique() == 6
+
+
+def test_download_is_deterministic(tmp_path):
+    a = download("synth", tmp_path / "a", options=TINY)
+    download("synth", tmp_path / "b", options=TINY)
+    assert (tmp_path / "a/manifest.parquet").read_bytes() == (tmp_path / "b/manifest.parquet").read_bytes()
+    first = a["path"].iloc[0]
+    assert (tmp_path / "a" / first).read_bytes() == (tmp_path / "b" / first).read_bytes()
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(FerdataError, match="unknown dataset 'nope': known datasets are synth"):
+        download("nope", tmp_path)
+
+
+def test_bad_synth_option(tmp_path):
+    with pytest.raises(FerdataError, match="bad synth option"):
+        download("synth", tmp_path, options={"n_faces": 3})
+    with pytest.raises(FerdataError, match=">= 1"):
+        download("synth", tmp_path, options={"n_subjects": 0})

@@ -1,0 +1,45 @@
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import ferdata
+from ferdata.errors import FerdataError
+from ferdata.export import normalised_entropy, suspect_noisy
+from ferdata.io import read_table, write_table
+
+
+def test_soft_labels_contract(trained_dir):
+    path = trained_dir / "softlabels.parquet"
+    df = ferdata.load_soft_labels(path)
+    labels, _ = read_table(trained_dir / "labels.parquet", "labels")
+    assert df["sample_id"].tolist() == labels["sample_id"].tolist()
+    dist = np.stack(df["distribution"].to_numpy())
+    assert dist.shape == (len(df), 7) and np.abs(dist.sum(1) - 1).max() < 1e-5
+    assert df["confidence"].between(0, 1).all() and df["uncertainty"].between(0, 1).all()
+    assert df.attrs["classes"][1] == "happy" and df.attrs["version"] == ferdata.__version__
+    assert df.attrs["method"] == "ce" and len(df.attrs["model_hash"]) == 64
+    assert df["valence"].notna().all()
+    # the file is plain parquet: pandas and pyarrow read it with no ferdata code
+    plain = pd.read_parquet(path)
+    assert len(plain) == len(df) and set(plain["split"]) == {"train", "val", "test"}
+    meta = pq.read_schema(path).metadata
+    assert b"ferdata.classes" in meta and b"ferdata.schema_version" in meta
+
+
+def test_load_soft_labels_rejects_broken_files(trained_dir, tmp_path):
+    df, meta = read_table(trained_dir / "softlabels.parquet", "softlabels")
+    df.loc[0, "distribution"] = np.full(7, 0.5, np.float32)
+    write_table(df, tmp_path / "bad.parquet", "softlabels", {"classes": meta["classes"]})
+    with pytest.raises(FerdataError, match="do not sum to 1"):
+        ferdata.load_soft_labels(tmp_path / "bad.parquet")
+    write_table(df, tmp_path / "nocls.parquet", "softlabels")
+    with pytest.raises(FerdataError, match="lacks the class names"):
+        ferdata.load_soft_labels(tmp_path / "nocls.parquet")
+
+
+def test_entropy_and_suspects():
+    p = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.1, 0.8, 0.1]])
+    assert np.allclose(normalised_entropy(p)[:2], [0.0, 1.0])
+    assert suspect_noisy(p, np.array([0, 0, 0]), 0.2).tolist() == [False, False, True]
+    assert suspect_noisy(p, np.array([0, 0, 1]), 0.2).tolist() == [False, False, False]

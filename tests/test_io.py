@@ -1,0 +1,75 @@
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from ferdata.errors import FerdataError
+from ferdata.io import atomic_dir, atomic_file, read_meta, read_table, stable_hash, write_table
+
+
+def _plan(n=3):
+    return pd.DataFrame({"epoch": [0] * n, "position": range(n), "sample_id": [f"s{i}" for i in range(n)]})
+
+
+def test_roundtrip_keeps_schema_and_metadata(tmp_path):
+    path = write_table(_plan(), tmp_path / "plan.parquet", "plan", {"classes": ["a", "b"]})
+    df, meta = read_table(path, "plan")
+    assert df["sample_id"].tolist() == ["s0", "s1", "s2"]
+    assert meta["classes"] == ["a", "b"] and meta["table"] == "plan"
+    assert str(pq.read_schema(path).field("epoch").type) == "int32"
+    assert b"pandas" not in (pq.read_schema(path).metadata or {})
+
+
+def test_same_input_same_bytes(tmp_path):
+    a = write_table(_plan(), tmp_path / "a.parquet", "plan")
+    b = write_table(_plan(), tmp_path / "b.parquet", "plan")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_missing_table_names_file_and_fix(tmp_path):
+    with pytest.raises(FerdataError, match="x.parquet not found: run it"):
+        read_table(tmp_path / "x.parquet", "plan", hint="run it")
+
+
+def test_wrong_kind_and_bad_columns(tmp_path):
+    path = write_table(_plan(), tmp_path / "p.parquet", "plan")
+    with pytest.raises(FerdataError, match="is a plan table, expected a labels table"):
+        read_table(path, "labels")
+    with pytest.raises(FerdataError, match="lacks columns"):
+        write_table(_plan().drop(columns="epoch"), tmp_path / "q.parquet", "plan")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(FerdataError, match="not a readable parquet"):
+        read_table(tmp_path / "junk.parquet", "plan")
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_failed_dir_keeps_old_dir(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "b").write_text("2")
+            raise RuntimeError("killed")
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["a"]
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "b").write_text("2")
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_stable_hash_ignores_key_order():
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1}) != stable_hash({"a": 2})
+
+
+def test_read_meta_decodes_json(tmp_path):
+    path = write_table(_plan(), tmp_path / "p.parquet", "plan", {"epochs": 4})
+    assert read_meta(path)["epochs"] == 4

@@ -1,0 +1,33 @@
+import json
+
+import numpy as np
+
+from ferdata.report import auroc, confusion, kl_divergence, report
+
+
+def test_auroc_against_pair_counting():
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=300), rng.random(300) < 0.3
+    s[y] += 0.8
+    pairs = (s[y][:, None] > s[~y][None]).mean() + 0.5 * (s[y][:, None] == s[~y][None]).mean()
+    assert abs(auroc(s, y) - pairs) < 1e-12
+    assert auroc(np.array([0.0, 1.0]), np.array([False, True])) == 1.0
+    assert np.isnan(auroc(np.ones(3), np.zeros(3, bool)))
+
+
+def test_kl_and_confusion():
+    p = np.array([[0.5, 0.5, 0.0]])
+    assert kl_divergence(p, p)[0] < 1e-5
+    assert kl_divergence(p, np.array([[1.0, 0.0, 0.0]]))[0] > 5
+    assert confusion(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist() == [[1, 0], [1, 1]]
+
+
+def test_report_stage(trained_dir, tmp_path):
+    metrics = report(trained_dir, tmp_path)
+    assert (tmp_path / "class_balance.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in ("test_acc_true_argmax", "train_kl_true", "noise_auroc_given_prob", "flips_recovered"):
+        assert key in saved
+    assert saved["train_flipped"] > 0 and 0 <= saved["noise_auroc_given_prob"] <= 1

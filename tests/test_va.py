@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from ferdata.errors import FerdataError
+from ferdata.io import read_table
+from ferdata.va import knn_graph, va
+
+
+def test_knn_matches_brute_force_and_excludes_self():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, (200, 2))
+    ids = np.array([f"s{i:03d}" for i in range(200)])
+    graph = knn_graph(ids, pts, 5)
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    for i, row in graph.iterrows():
+        assert ids[i] not in row["neighbours"]
+        expect = np.sort(d[i])[:5]
+        assert np.allclose(row["distances"], expect, atol=1e-6)
+
+
+def test_ties_break_by_id_order():
+    pts = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    ids = np.array(["a", "b", "c", "d", "e"])
+    graph = knn_graph(ids, pts, 2)
+    assert graph.loc[0, "neighbours"] == ["b", "c"]
+
+
+def test_k_larger_than_dataset_and_too_small():
+    graph = knn_graph(np.array(["a", "b", "c"]), np.zeros((3, 2)), 8)
+    assert all(len(n) == 2 for n in graph["neighbours"])
+    with pytest.raises(FerdataError, match="at least 2"):
+        knn_graph(np.array(["a"]), np.zeros((1, 2)), 8)
+
+
+def test_va_stage(data_dir):
+    table, graph = va(data_dir, k=4)
+    assert len(table) == 48 and (table["source"] == "provided").all()
+    assert table[["valence", "arousal"]].abs().max().max() <= 1
+    manifest, _ = read_table(data_dir / "manifest.parquet", "manifest")
+    train = set(manifest.loc[manifest["split"] == "train", "sample_id"])
+    assert set(graph["sample_id"]) == train
+    assert all(set(n) <= train and len(n) == 4 for n in graph["neighbours"])
+    with pytest.raises(FerdataError, match="unknown va.source 'onnx'"):
+        va(data_dir, source="onnx")
