@@ -43,3 +43,14 @@ def test_entropy_and_suspects():
     assert np.allclose(normalised_entropy(p)[:2], [0.0, 1.0])
     assert suspect_noisy(p, np.array([0, 0, 0]), 0.2).tolist() == [False, False, True]
     assert suspect_noisy(p, np.array([0, 0, 1]), 0.2).tolist() == [False, False, False]
+
+
+def test_export_is_deterministic(trained_dir, tmp_path):
+    import shutil
+
+    from ferdata.export import export
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_dir, copy)
+    export(copy, copy / "models")
+    assert (copy / "softlabels.parquet").read_bytes() == (trained_dir / "softlabels.parquet").read_bytes()
