@@ -136,14 +136,15 @@ def report(data_dir: str | Path, reports_dir: str | Path) -> dict[str, Any]:
     metrics["noise"] = meta.get("noise")
     write_json(metrics, reports_dir / METRICS)
     plot_class_balance(labels, classes, reports_dir / "class_balance.png")
-    test = soft[soft["split"] == "test"].merge(manifest[["sample_id", "true_dist"]], on="sample_id")
-    if len(test):
-        pred = np.stack(test["distribution"].to_numpy()).argmax(1)
-        if test["true_dist"].notna().all():
-            truth, what = np.stack(test["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
-        else:
-            truth, what = class_index(test["label"].to_numpy(), classes), "test label"
-        plot_confusion(confusion(truth, pred, len(classes)), classes, f"Test confusion ({what})", reports_dir / "confusion.png")
+    split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")
+    rows = soft[soft["split"] == split].merge(manifest[["sample_id", "true_dist"]], on="sample_id")
+    pred = np.stack(rows["distribution"].to_numpy()).argmax(1) if len(rows) else np.zeros(0, np.int64)
+    if len(rows) and rows["true_dist"].notna().all():
+        truth, what = np.stack(rows["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
+    else:
+        truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
+    plot_confusion(confusion(truth, pred, len(classes)), classes, f"{split.capitalize()} confusion ({what})",
+                   reports_dir / "confusion.png")
     return metrics
 
 
