@@ -152,7 +152,7 @@ def sample(data: Optional[Path] = DataOpt, epochs: Optional[int] = typer.Option(
 @app.command()
 @stage
 def train(data: Optional[Path] = DataOpt, models: Optional[Path] = typer.Option(None, help="model folder (default: models/<dataset>)"),
-          method: Optional[str] = typer.Option(None, help="ce or ls"), backbone: Optional[str] = typer.Option(None, help="small_cnn or resnet18"),
+          method: Optional[str] = typer.Option(None, help="ce, ls or ldlva"), backbone: Optional[str] = typer.Option(None, help="small_cnn or resnet18"),
           epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None),
           image_size: Optional[int] = typer.Option(None), weights: Optional[str] = typer.Option(None, help="local initial weights (.pt)"),
           seed: Optional[int] = typer.Option(None), params_file: Optional[Path] = ParamsOpt) -> None:
@@ -160,11 +160,14 @@ def train(data: Optional[Path] = DataOpt, models: Optional[Path] = typer.Option(
     from dataclasses import fields
 
     from ferdata.train.loop import TrainConfig, train as run
+    from ferdata.train.methods import METHODS
 
     p = load_params(params_file)
     given = {"method": method, "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "image_size": image_size, "weights": weights, "seed": seed}
-    cfg = TrainConfig(**{f.name: pick(given.get(f.name), p, "train", f.name, f.default) for f in fields(TrainConfig)})
+    cfg = TrainConfig(**{f.name: pick(given.get(f.name), p, "train", f.name, f.default) for f in fields(TrainConfig)
+                         if f.name != "options"},
+                      options={m: (p.get("train") or {}).get(m) or {} for m in METHODS})
     out = models if models is not None else Path("models") / p.get("dataset", "synth")
     log = run(data_dir(data, p), out, cfg)["epochs"]
     typer.echo(f"trained {cfg.method}/{cfg.backbone} for {len(log)} epochs: final val acc {log[-1]['val_acc']:.3f}")

@@ -54,7 +54,7 @@ def soft_label_table(ids: np.ndarray, splits: np.ndarray, given: np.ndarray, dis
 def export(data_dir: str | Path, models_dir: str | Path, *, margin: float = 0.2, params: dict[str, Any] | None = None) -> pd.DataFrame:
     """Predict every labelled face with the trained model and write ``data_dir/softlabels.parquet``."""
     from ferdata.loader import load_images
-    from ferdata.train.loop import CHECKPOINT, load_checkpoint, predict, select_device
+    from ferdata.train.loop import CHECKPOINT, TRAIN_SOFT, load_checkpoint, predict, select_device
 
     data_dir, models_dir = Path(data_dir), Path(models_dir)
     labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
@@ -63,10 +63,16 @@ def export(data_dir: str | Path, models_dir: str | Path, *, margin: float = 0.2,
     model, model_meta = load_checkpoint(models_dir / CHECKPOINT, device)
     classes = model_meta["classes"]
     images = load_images(data_dir / "shards", labels["sample_id"].tolist(), size=model_meta["image_size"])
-    probs = predict(model, images, device)
+    dist = predict(model, images, device)
+    uncertainty = normalised_entropy(dist)
+    # training faces take the distribution the method learned for them (LDLVA's t_i, ...)
+    learned, _ = read_table(models_dir / TRAIN_SOFT, "train_soft", hint="run `ferdata train` first")
+    where = labels["sample_id"].reset_index().merge(learned, on="sample_id")
+    dist[where["index"].to_numpy()] = np.stack(where["distribution"].to_numpy())
+    uncertainty[where["index"].to_numpy()] = where["uncertainty"].to_numpy()
     table = soft_label_table(
-        labels["sample_id"].to_numpy(), labels["split"].to_numpy(), labels["label"].to_numpy(), probs, classes,
-        uncertainty=normalised_entropy(probs), va=va, method=model_meta["method"], margin=margin)
+        labels["sample_id"].to_numpy(), labels["split"].to_numpy(), labels["label"].to_numpy(), dist, classes,
+        uncertainty=uncertainty, va=va, method=model_meta["method"], margin=margin)
     write_table(table, data_dir / SOFTLABELS, "softlabels", {
         "classes": classes, "method": model_meta["method"], "params_hash": stable_hash(params or model_meta),
         "model_hash": file_sha256(models_dir / CHECKPOINT), "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},

@@ -7,7 +7,7 @@ import torch
 from ferdata.errors import FerdataError
 from ferdata.train.backbones import build_backbone
 from ferdata.train.loop import CHECKPOINT, TrainConfig, augment, load_checkpoint, predict, train
-from ferdata.train.methods import build_method
+from ferdata.train.methods import MethodContext, build_method
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
@@ -34,11 +34,16 @@ def test_initial_weights_from_local_file_only(tmp_path):
 def test_methods():
     logits = torch.tensor([[10.0, -10.0, -10.0]], requires_grad=True)
     y = torch.tensor([0])
-    ce = build_method("ce", num_classes=3).loss(logits, y)
-    ls = build_method("ls", num_classes=3, label_smoothing=0.3).loss(logits, y)
+    ctx = MethodContext(3, 8, labels=y)
+    ce = build_method("ce", ctx).loss(logits, y)
+    ls = build_method("ls", MethodContext(3, 8, labels=y, options={"smoothing": 0.3})).loss(logits, y)
     assert ce.item() < 1e-6 < ls.item() and torch.isfinite(ls)
     with pytest.raises(FerdataError, match="unknown train.method"):
-        build_method("magic", num_classes=3)
+        build_method("magic", ctx)
+    with pytest.raises(FerdataError, match="needs the VA table"):
+        build_method("ldlva", ctx)
+    with pytest.raises(FerdataError, match="bad train.ls option"):
+        build_method("ls", MethodContext(3, 8, labels=y, options={"smooth": 0.3}))
 
 
 def test_augment_keeps_shape_and_is_seeded():
@@ -62,6 +67,7 @@ def test_trained_checkpoint(trained_dir):
 def test_train_is_deterministic(trained_dir, tmp_path):
     train(trained_dir, tmp_path, TrainConfig(epochs=2, batch_size=8, image_size=32, lr=0.01))
     assert (tmp_path / CHECKPOINT).read_bytes() == (trained_dir / "models" / CHECKPOINT).read_bytes()
+    assert (tmp_path / "train_soft.parquet").read_bytes() == (trained_dir / "models" / "train_soft.parquet").read_bytes()
 
 
 def test_train_needs_enough_planned_epochs(trained_dir, tmp_path):

@@ -6,24 +6,26 @@ import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from ferdata.classes import class_index
 from ferdata.errors import FerdataError
-from ferdata.io import atomic_file, read_table, write_json
+from ferdata.io import atomic_file, read_table, write_json, write_table
 from ferdata.loader import load_images
 from ferdata.train.backbones import build_backbone
-from ferdata.train.methods import build_method
+from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method
 
 CHECKPOINT = "model.pt"
 TRAIN_LOG = "train_log.json"
+TRAIN_SOFT = "train_soft.parquet"
 MEAN, STD = 0.5, 0.25
 
 
@@ -38,9 +40,9 @@ class TrainConfig:
     lr: float = 0.05
     weight_decay: float = 5e-4
     image_size: int = 64
-    label_smoothing: float = 0.1
     weights: str = ""
     seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # per-method options, e.g. {"ldlva": {...}}
 
 
 def select_device() -> torch.device:
@@ -101,8 +103,65 @@ def load_checkpoint(path: str | Path, device: torch.device | None = None) -> tup
     return model.to(device or select_device()).eval(), meta
 
 
+class Objective(torch.nn.Module):
+    """Backbone plus method as one module, so DDP synchronises the gradients of both."""
+
+    def __init__(self, model: torch.nn.Module, method: Method):
+        super().__init__()
+        self.model, self.method = model, method
+        self.fetch = None
+
+    def forward(self, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.method.batch_loss(self.model, Batch(index=index, x=x, y=y, fetch=self.fetch))
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and softmax of every image (eval mode), on ``device``."""
+    was_training = model.training
+    model.eval()
+    feats, probs = [], []
+    for i in range(0, len(images), batch_size):
+        f = model.forward_features(to_input(images[i:i + batch_size], device))
+        feats.append(f)
+        probs.append(torch.softmax(model.head(f), dim=1))
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(probs)
+
+
+def neighbour_positions(knn: pd.DataFrame, ids: list[str], k: int | None = None) -> torch.Tensor:
+    """The KNN graph as (N, K) positions in the training table ``ids``."""
+    position = {sid: i for i, sid in enumerate(ids)}
+    graph = knn.set_index("sample_id")
+    missing = [s for s in ids if s not in graph.index]
+    if missing:
+        raise FerdataError(f"{len(missing)} training faces have no neighbours in knn.parquet, e.g. {missing[0]!r}; re-run `ferdata va`")
+    rows = []
+    for sid in ids:
+        nbrs = [position[n] for n in graph.at[sid, "neighbours"] if n in position]
+        if not nbrs:
+            raise FerdataError(f"training face {sid!r} has no labelled neighbour in knn.parquet")
+        rows.append((nbrs * k)[:k] if k else nbrs)
+    width = min(len(r) for r in rows)
+    return torch.tensor([r[:width] for r in rows], dtype=torch.long)
+
+
+def method_context(data_dir: Path, cfg: TrainConfig, train_rows: pd.DataFrame, classes: list[str], embed_dim: int) -> MethodContext:
+    """Labels, VA and neighbours of the training table, as the method needs them."""
+    ids = train_rows["sample_id"].tolist()
+    labels = torch.from_numpy(class_index(train_rows["label"].to_numpy(), classes))
+    knn = va = None
+    if cfg.method in NEEDS_KNN:
+        graph, _ = read_table(data_dir / "knn.parquet", "knn", hint="run `ferdata va` first")
+        table, _ = read_table(data_dir / "va.parquet", "va", hint="run `ferdata va` first")
+        knn = neighbour_positions(graph, ids)
+        va = torch.tensor(table.set_index("sample_id").loc[ids, ["valence", "arousal"]].to_numpy(np.float32))
+    options = dict(cfg.options.get(cfg.method) or {})
+    return MethodContext(len(classes), embed_dim, labels, knn, va, options)
+
+
 def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``cfg.method`` on the epoch plan; write the checkpoint and a per-epoch log."""
+    """Train ``cfg.method`` on the epoch plan; write the checkpoint, training soft labels and a log."""
     data_dir, models_dir = Path(data_dir), Path(models_dir)
     labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
     plan, plan_meta = read_table(data_dir / "plan.parquet", "plan", hint="run `ferdata sample` first")
@@ -113,53 +172,63 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = select_device()
     rank, world = init_distributed(device)
-    method = build_method(cfg.method, num_classes=len(classes), label_smoothing=cfg.label_smoothing)
-    model = build_backbone(cfg.backbone, len(classes), weights=cfg.weights or None).to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    model = build_backbone(cfg.backbone, len(classes), weights=cfg.weights or None)
 
     train_rows = labels[labels["split"] == "train"].reset_index(drop=True)
     val_rows = labels[labels["split"] == "val"].reset_index(drop=True)
     ids = train_rows["sample_id"].tolist()
     position = {sid: i for i, sid in enumerate(ids)}
+    ctx = method_context(data_dir, cfg, train_rows, classes, model.embed_dim)
+    method = build_method(cfg.method, ctx)
+    objective = Objective(model, method).to(device)
+    net = torch.nn.parallel.DistributedDataParallel(objective, broadcast_buffers=True) if world > 1 else objective
     shard_dir = data_dir / "shards"
     images = load_images(shard_dir, ids, size=cfg.image_size)
     val_images = load_images(shard_dir, val_rows["sample_id"].tolist(), size=cfg.image_size)
-    targets = torch.from_numpy(class_index(train_rows["label"].to_numpy(), classes))
+    objective.fetch = lambda pos: to_input(images[pos.cpu().numpy()], device)
+    targets = ctx.labels
     val_targets = class_index(val_rows["label"].to_numpy(), classes)
 
     steps_per_epoch = [len(plan[plan["epoch"] == e]) // (cfg.batch_size * world) for e in range(cfg.epochs)]
     if min(steps_per_epoch) < 1:
         raise FerdataError(f"the epoch plan has fewer samples than one batch of {cfg.batch_size} per rank")
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    params = list(model.parameters()) + method.shared_parameters()
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    optimizers = [opt, *method.own_optimizers()]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=sum(steps_per_epoch), pct_start=0.15)
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
     log = []
     for epoch in range(cfg.epochs):
+        if method.needs_epoch_outputs:
+            method.start_epoch(*embed(model, images, device))
         net.train()
         order = np.array([position[s] for s in plan.loc[plan["epoch"] == epoch, "sample_id"]])
         order = order[rank::world]  # this rank's share of the plan
-        start, total, correct, seen = time.time(), 0.0, 0, 0
+        start, total, seen = time.time(), 0.0, 0
         bar = tqdm(range(steps_per_epoch[epoch]), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if rank == 0 else True)
         for step in bar:
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment(to_input(images[batch], device), gen)
-            y = targets[batch].to(device)
-            logits = net(x)
-            loss = method.loss(logits, y)
-            opt.zero_grad(set_to_none=True)
+            batch = torch.from_numpy(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            x = augment(to_input(images[batch.numpy()], device), gen)
+            loss = net(batch.to(device), x, targets[batch].to(device))
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for o in optimizers:
+                o.step()
             sched.step()
             total += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == y).sum())
             seen += len(batch)
         val_acc = float((predict(model, val_images, device).argmax(1) == val_targets).mean()) if len(val_rows) else float("nan")
-        log.append({"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen, "val_acc": val_acc,
-                    "seconds": round(time.time() - start, 2)})
+        log.append({"epoch": epoch + 1, "loss": total / seen, "val_acc": val_acc, "seconds": round(time.time() - start, 2)})
         if rank == 0:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / seen:.4f} train acc {correct / seen:.3f} val acc {val_acc:.3f}")
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / seen:.4f} val acc {val_acc:.3f}")
     if rank == 0:
+        feats, probs = embed(model, images, device)
+        dist_, uncertainty = method.soft_labels(feats, probs, targets.to(device))
+        soft = pd.DataFrame({"sample_id": ids, "distribution": list(dist_.double().cpu().numpy()),
+                             "uncertainty": uncertainty.double().cpu().numpy()})
         save_checkpoint(model, models_dir / CHECKPOINT, {**asdict(cfg), "classes": classes})
+        write_table(soft, models_dir / TRAIN_SOFT, "train_soft", {"classes": classes, "method": cfg.method})
         write_json({"config": asdict(cfg), "epochs": log}, models_dir / TRAIN_LOG)
     if world > 1:
         dist.barrier()

@@ -1,15 +1,47 @@
-"""Training methods, one file each; every method turns (logits, labels) into a loss."""
+"""Training methods, one file each; :func:`build_method` picks one by name."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
 from ferdata.errors import FerdataError
+from ferdata.train.methods.base import Batch, Method
 from ferdata.train.methods.ce import CrossEntropy
+from ferdata.train.methods.ldlva import LDLVA
 
-METHODS = {"ce": CrossEntropy, "ls": CrossEntropy}
+METHODS = ("ce", "ls", "ldlva")
+NEEDS_KNN = ("ldlva",)
+
+__all__ = ["Batch", "Method", "MethodContext", "build_method", "METHODS", "NEEDS_KNN"]
 
 
-def build_method(name: str, *, num_classes: int, label_smoothing: float = 0.1) -> CrossEntropy:
-    """The loss object for method ``name``."""
+@dataclass
+class MethodContext:
+    """What a method may need to know about the training set (in training-table order)."""
+
+    num_classes: int
+    embed_dim: int
+    labels: torch.Tensor  # (N,) given labels as class positions
+    knn: torch.Tensor | None = None  # (N, K) neighbour positions
+    va: torch.Tensor | None = None  # (N, 2) valence, arousal
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def build_method(name: str, ctx: MethodContext) -> Method:
+    """The method object for ``name`` with its options (the ``train.<name>`` section of params)."""
     if name not in METHODS:
         raise FerdataError(f"unknown train.method {name!r}: available: {', '.join(METHODS)}")
-    return CrossEntropy(smoothing=label_smoothing if name == "ls" else 0.0)
+    opts = dict(ctx.options)
+    try:
+        if name == "ce":
+            return CrossEntropy(**opts)
+        if name == "ls":
+            return CrossEntropy(**{"smoothing": 0.1, **opts})
+        if ctx.knn is None or ctx.va is None:
+            raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
+        return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, **opts)
+    except TypeError as exc:
+        raise FerdataError(f"bad train.{name} option: {exc}") from exc

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from ferdata.errors import FerdataError
+from ferdata.io import read_table
+from ferdata.train.backbones import build_backbone
+from ferdata.train.loop import TrainConfig, train
+from ferdata.train.methods import Batch, MethodContext, build_method
+from ferdata.train.methods.ldlva import discriminative_loss, local_similarity
+
+N, K, C = 12, 3, 4
+
+
+def _method(mode="bank", dim=32, **kw):
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(N) % C
+    knn = torch.stack([(torch.arange(N) + s) % N for s in (1, 2, 3)], dim=1)
+    va = torch.rand(N, 2, generator=gen) * 2 - 1
+    return build_method("ldlva", MethodContext(C, dim, labels, knn, va, {"neighbour_mode": mode, **kw})), labels
+
+
+def test_local_similarity_is_l1_kernel():
+    a = local_similarity(torch.tensor([[0.0, 0.0]]), torch.tensor([[[0.0, 0.0], [0.3, -0.2]]]), 0.5)
+    assert torch.allclose(a, torch.tensor([[1.0, np.exp(-0.5 / 0.5)]], dtype=torch.float32))
+
+
+def test_lambda_starts_at_sigmoid_half_and_stays_in_unit_interval():
+    method, _ = _method()
+    lam = method.lambdas()
+    assert torch.allclose(lam, torch.sigmoid(torch.tensor(0.5)))
+    method.logit.data[:] = torch.linspace(-50, 50, N)
+    lam = method.lambdas()
+    assert ((lam >= 0) & (lam <= 1)).all()
+
+
+def test_targets_mix_one_hot_and_aggregate_and_sum_to_one():
+    method, labels = _method()
+    index = torch.arange(4)
+    feats, nbr_feats = torch.randn(4, 32), torch.randn(4, K, 32)
+    nbr_probs = torch.softmax(torch.randn(4, K, C), -1)
+    d = method.aggregate(index, feats, nbr_feats, nbr_probs)
+    assert d.shape == (4, C) and torch.allclose(d.sum(1), torch.ones(4))
+    t = method.targets(index, labels[index], d)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    lam = method.lambdas(index)[:, None]
+    assert torch.allclose(t, lam * torch.eye(C)[labels[index]] + (1 - lam) * d)
+
+
+def test_one_hot_neighbours_give_no_nan():
+    method, labels = _method()
+    index = torch.arange(4)
+    one_hot = torch.eye(C)[torch.zeros(4, K, dtype=torch.long)]
+    d = method.aggregate(index, torch.zeros(4, 32), torch.zeros(4, K, 32), one_hot)
+    assert torch.isfinite(d).all() and torch.allclose(d, torch.eye(C)[[0] * 4])
+    model = build_backbone("small_cnn", C)
+    method, labels = _method(dim=model.embed_dim)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([1e4, 0, 0, 0]))  # a saturated, one-hot prediction
+    loss = method.batch_loss(model, Batch(index=index, x=torch.randn(4, 3, 32, 32), y=labels[index]))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("mode", ["bank", "forward"])
+def test_forward_backward_reaches_every_part(mode):
+    model = build_backbone("small_cnn", C)
+    method, labels = _method(mode, dim=model.embed_dim)
+    images = torch.randn(N, 3, 32, 32)
+    method.start_epoch(torch.randn(N, model.embed_dim), torch.softmax(torch.randn(N, C), 1))
+    index = torch.tensor([0, 5, 7, 9])
+    batch = Batch(index=index, x=images[index], y=labels[index], fetch=lambda pos: images[pos])
+    loss = method.batch_loss(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert method.logit.grad[index].abs().sum() > 0 and method.logit.grad[[1, 2]].abs().sum() == 0
+    assert method.calibration[0].weight.grad.abs().sum() > 0
+    assert method.centers.grad.abs().sum() > 0
+    assert model.body[0][0].weight.grad.abs().sum() > 0
+
+
+def test_lambda_falls_for_a_label_the_model_rejects():
+    """A sample whose given label the model and neighbours both reject loses trust (lambda goes down)."""
+    method, labels = _method(lambda_lr=100.0)
+    index = torch.tensor([0])
+    y = torch.tensor([1])
+    logits = torch.tensor([[5.0, -5.0, 0.0, 0.0]])
+    d = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    before = method.lambdas(index).item()
+    loss = -(method.targets(index, y, d) * torch.log_softmax(logits, 1)).sum()
+    loss.backward()
+    method.own_optimizers()[0].step()
+    assert method.lambdas(index).item() < before
+
+
+def test_discriminative_loss_pushes_centres_apart():
+    feats, labels = torch.zeros(2, 4), torch.tensor([0, 1])
+    close = discriminative_loss(feats, labels, torch.zeros(2, 4))
+    far = discriminative_loss(feats, labels, torch.tensor([[0.0, 0, 0, 0], [10.0, 0, 0, 0]]))
+    assert close.item() == pytest.approx(1.0)  # no pull, exp(0) push
+    assert far.item() == pytest.approx(0.5 * (0 + 100) / 2 + np.exp(-100 / 4), rel=1e-5)
+
+
+def test_bad_neighbour_mode():
+    with pytest.raises(FerdataError, match="neighbour_mode"):
+        _method("psychic")
+
+
+def test_ldlva_trains_end_to_end(trained_dir, tmp_path):
+    cfg = TrainConfig(method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01, options={"ldlva": {"lambda_lr": 50.0}})
+    train(trained_dir, tmp_path, cfg)
+    soft, meta = read_table(tmp_path / "train_soft.parquet", "train_soft")
+    dist = np.stack(soft["distribution"].to_numpy())
+    assert meta["method"] == "ldlva" and np.allclose(dist.sum(1), 1, atol=1e-5)
+    assert soft["uncertainty"].between(0, 1).all() and soft["uncertainty"].std() > 0
