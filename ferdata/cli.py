@@ -152,7 +152,7 @@ def sample(data: Optional[Path] = DataOpt, epochs: Optional[int] = typer.Option(
 @app.command()
 @stage
 def train(data: Optional[Path] = DataOpt, models: Optional[Path] = typer.Option(None, help="model folder (default: models/<dataset>)"),
-          method: Optional[str] = typer.Option(None, help="ce, ls or ldlva"), backbone: Optional[str] = typer.Option(None, help="small_cnn or resnet18"),
+          method: Optional[str] = typer.Option(None, help="ce, ls, ldlva, arbex or akt"), backbone: Optional[str] = typer.Option(None, help="small_cnn or resnet18"),
           epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None),
           image_size: Optional[int] = typer.Option(None), weights: Optional[str] = typer.Option(None, help="local initial weights (.pt)"),
           seed: Optional[int] = typer.Option(None), params_file: Optional[Path] = ParamsOpt) -> None:

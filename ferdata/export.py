@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ferdata.classes import CANONICAL, class_index
+from ferdata.errors import FerdataError
 from ferdata.io import file_sha256, read_table, stable_hash, write_table
 
 SOFTLABELS = "softlabels.parquet"
@@ -52,30 +53,28 @@ def soft_label_table(ids: np.ndarray, splits: np.ndarray, given: np.ndarray, dis
 
 
 def export(data_dir: str | Path, models_dir: str | Path, *, margin: float = 0.2, params: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Predict every labelled face with the trained model and write ``data_dir/softlabels.parquet``."""
-    from ferdata.loader import load_images
-    from ferdata.train.loop import CHECKPOINT, TRAIN_SOFT, load_checkpoint, predict, select_device
+    """Write ``data_dir/softlabels.parquet`` from what the trained method learned for every labelled face."""
+    from ferdata.train.loop import CHECKPOINT, LEARNED
 
     data_dir, models_dir = Path(data_dir), Path(models_dir)
     labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
     va, _ = read_table(data_dir / "va.parquet", "va", hint="run `ferdata va` first")
-    device = select_device()
-    model, model_meta = load_checkpoint(models_dir / CHECKPOINT, device)
-    classes = model_meta["classes"]
-    images = load_images(data_dir / "shards", labels["sample_id"].tolist(), size=model_meta["image_size"])
-    dist = predict(model, images, device)
-    uncertainty = normalised_entropy(dist)
-    # training faces take the distribution the method learned for them (LDLVA's t_i, ...)
-    learned, _ = read_table(models_dir / TRAIN_SOFT, "train_soft", hint="run `ferdata train` first")
-    where = labels["sample_id"].reset_index().merge(learned, on="sample_id")
-    dist[where["index"].to_numpy()] = np.stack(where["distribution"].to_numpy())
-    uncertainty[where["index"].to_numpy()] = where["uncertainty"].to_numpy()
+    learned, learned_meta = read_table(models_dir / LEARNED, "learned", hint="run `ferdata train` first")
+    checkpoint = models_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        raise FerdataError(f"{checkpoint} not found: run `ferdata train` first")
+    rows = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id", how="left")
+    if rows["distribution"].isna().any():
+        missing = rows.loc[rows["distribution"].isna(), "sample_id"].iloc[0]
+        raise FerdataError(f"{models_dir / LEARNED} lacks faces of labels.parquet (e.g. {missing!r}); re-run `ferdata train`")
+    classes = learned_meta["classes"]
     table = soft_label_table(
-        labels["sample_id"].to_numpy(), labels["split"].to_numpy(), labels["label"].to_numpy(), dist, classes,
-        uncertainty=uncertainty, va=va, method=model_meta["method"], margin=margin)
+        rows["sample_id"].to_numpy(), rows["split"].to_numpy(), rows["label"].to_numpy(),
+        np.stack(rows["distribution"].to_numpy()).astype(np.float64), classes,
+        uncertainty=rows["uncertainty"].to_numpy(), va=va, method=learned_meta["method"], margin=margin)
     write_table(table, data_dir / SOFTLABELS, "softlabels", {
-        "classes": classes, "method": model_meta["method"], "params_hash": stable_hash(params or model_meta),
-        "model_hash": file_sha256(models_dir / CHECKPOINT), "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
+        "classes": classes, "method": learned_meta["method"], "params_hash": stable_hash(params or {}),
+        "model_hash": file_sha256(checkpoint), "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
     })
     return table
 

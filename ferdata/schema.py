@@ -74,8 +74,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("position", pa.int32(), nullable=False),
         _id,
     ]),
-    "train_soft": pa.schema([
+    "learned": pa.schema([
         _id,
+        pa.field("split", pa.string(), nullable=False),
         pa.field("distribution", pa.list_(_f32), nullable=False),
         pa.field("uncertainty", _f32, nullable=False),
     ]),

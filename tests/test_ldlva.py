@@ -109,7 +109,8 @@ def test_bad_neighbour_mode():
 def test_ldlva_trains_end_to_end(trained_dir, tmp_path):
     cfg = TrainConfig(method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01, options={"ldlva": {"lambda_lr": 50.0}})
     train(trained_dir, tmp_path, cfg)
-    soft, meta = read_table(tmp_path / "train_soft.parquet", "train_soft")
+    soft, meta = read_table(tmp_path / "learned.parquet", "learned")
+    soft = soft[soft["split"] == "train"]
     dist = np.stack(soft["distribution"].to_numpy())
     assert meta["method"] == "ldlva" and np.allclose(dist.sum(1), 1, atol=1e-5)
     assert soft["uncertainty"].between(0, 1).all() and soft["uncertainty"].std() > 0

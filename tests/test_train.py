@@ -6,7 +6,7 @@ import torch
 
 from ferdata.errors import FerdataError
 from ferdata.train.backbones import build_backbone
-from ferdata.train.loop import CHECKPOINT, TrainConfig, augment, load_checkpoint, predict, train
+from ferdata.train.loop import CHECKPOINT, TrainConfig, load_checkpoint, predict, train
 from ferdata.train.methods import MethodContext, build_method
 
 
@@ -46,18 +46,11 @@ def test_methods():
         build_method("ls", MethodContext(3, 8, labels=y, options={"smooth": 0.3}))
 
 
-def test_augment_keeps_shape_and_is_seeded():
-    x = torch.randn(4, 3, 16, 16)
-    a = augment(x, torch.Generator().manual_seed(0))
-    b = augment(x, torch.Generator().manual_seed(0))
-    assert a.shape == x.shape and torch.equal(a, b)
-
-
 def test_trained_checkpoint(trained_dir):
     model, meta = load_checkpoint(trained_dir / "models" / CHECKPOINT, torch.device("cpu"))
     assert meta["method"] == "ce" and len(meta["classes"]) == 7
     raw = torch.load(trained_dir / "models" / CHECKPOINT, weights_only=True)
-    assert set(raw) == {"state_dict", "meta"}
+    assert set(raw) == {"state_dict", "method_state", "meta"}
     probs = predict(model, np.zeros((3, 32, 32, 3), np.uint8), torch.device("cpu"))
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1)
     log = json.loads((trained_dir / "models" / "train_log.json").read_text())
@@ -67,9 +60,22 @@ def test_trained_checkpoint(trained_dir):
 def test_train_is_deterministic(trained_dir, tmp_path):
     train(trained_dir, tmp_path, TrainConfig(epochs=2, batch_size=8, image_size=32, lr=0.01))
     assert (tmp_path / CHECKPOINT).read_bytes() == (trained_dir / "models" / CHECKPOINT).read_bytes()
-    assert (tmp_path / "train_soft.parquet").read_bytes() == (trained_dir / "models" / "train_soft.parquet").read_bytes()
+    assert (tmp_path / "learned.parquet").read_bytes() == (trained_dir / "models" / "learned.parquet").read_bytes()
 
 
 def test_train_needs_enough_planned_epochs(trained_dir, tmp_path):
     with pytest.raises(FerdataError, match="re-run `ferdata sample`"):
         train(trained_dir, tmp_path, TrainConfig(epochs=5, batch_size=8, image_size=32))
+
+
+@pytest.mark.parametrize("method", ["ls", "arbex", "akt"])
+def test_every_method_trains_and_learns_distributions(trained_dir, tmp_path, method):
+    from ferdata.io import read_table
+
+    train(trained_dir, tmp_path, TrainConfig(method=method, epochs=2, batch_size=8, image_size=32, lr=0.01))
+    learned, meta = read_table(tmp_path / "learned.parquet", "learned")
+    labels, _ = read_table(trained_dir / "labels.parquet", "labels")
+    assert meta["method"] == method and learned["sample_id"].tolist() == labels["sample_id"].tolist()
+    dist = np.stack(learned["distribution"].to_numpy())
+    assert np.isfinite(dist).all() and np.abs(dist.sum(1) - 1).max() < 1e-5
+    assert learned["uncertainty"].between(0, 1).all()

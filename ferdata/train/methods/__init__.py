@@ -8,11 +8,13 @@ from typing import Any
 import torch
 
 from ferdata.errors import FerdataError
+from ferdata.train.methods.akt import AKT
+from ferdata.train.methods.arbex import ARBEx
 from ferdata.train.methods.base import Batch, Method
 from ferdata.train.methods.ce import CrossEntropy
 from ferdata.train.methods.ldlva import LDLVA
 
-METHODS = ("ce", "ls", "ldlva")
+METHODS = ("ce", "ls", "ldlva", "arbex", "akt")
 NEEDS_KNN = ("ldlva",)
 
 __all__ = ["Batch", "Method", "MethodContext", "build_method", "METHODS", "NEEDS_KNN"]
@@ -28,6 +30,7 @@ class MethodContext:
     knn: torch.Tensor | None = None  # (N, K) neighbour positions
     va: torch.Tensor | None = None  # (N, 2) valence, arousal
     options: dict[str, Any] = field(default_factory=dict)
+    backbone: str = "small_cnn"
 
 
 def build_method(name: str, ctx: MethodContext) -> Method:
@@ -40,8 +43,12 @@ def build_method(name: str, ctx: MethodContext) -> Method:
             return CrossEntropy(**opts)
         if name == "ls":
             return CrossEntropy(**{"smoothing": 0.1, **opts})
+        if name == "arbex":
+            return ARBEx(ctx.num_classes, ctx.embed_dim, **opts)
+        if name == "akt":
+            return AKT(ctx.num_classes, ctx.backbone, **opts)
         if ctx.knn is None or ctx.va is None:
             raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
         return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, **opts)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise FerdataError(f"bad train.{name} option: {exc}") from exc

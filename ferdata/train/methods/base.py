@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,19 +16,22 @@ class Batch:
     """One training step's data: positions in the training table, inputs, given labels."""
 
     index: torch.Tensor  # (B,) positions of the anchors in the training table
-    x: torch.Tensor  # (B, 3, H, W) augmented inputs
+    x: torch.Tensor  # (B, 3, H, W) weakly augmented inputs
     y: torch.Tensor  # (B,) given labels as class positions
     fetch: Callable[[torch.Tensor], torch.Tensor] | None = None  # positions -> un-augmented inputs
+    x_strong: torch.Tensor | None = None  # (B, 3, H, W) strongly augmented view, for two-view methods
 
 
 class Method(nn.Module):
-    """A training method: a loss per batch, and the soft label of each training sample afterwards.
+    """A training method: a loss per batch, a prediction per image, a soft label per training sample.
 
-    Its own parameters (heads, anchors, per-sample state) are trained with the backbone's optimiser,
-    except those returned by :meth:`own_optimizers`.
+    Its parameters (heads, anchors, a second branch, per-sample state) are trained with the backbone's
+    optimiser, except those returned by :meth:`own_optimizers`.
     """
 
     name = "base"
+    needs_epoch_outputs = False  # True: start_epoch gets every training sample's current outputs
+    needs_strong_view = False  # True: batches carry a strongly augmented second view
 
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -40,16 +44,23 @@ class Method(nn.Module):
         own = {id(p) for opt in self.own_optimizers() for g in opt.param_groups for p in g["params"]}
         return [p for p in self.parameters() if id(p) not in own]
 
-    needs_epoch_outputs = False  # True: the loop passes every training sample's outputs to start_epoch
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Told at the start of every epoch (0-based) for warm-up schedules."""
+        self.epoch, self.epochs = epoch, epochs
 
     def start_epoch(self, feats: torch.Tensor, probs: torch.Tensor) -> None:
-        """Hook run before every epoch with the model's current features and softmax of all training samples."""
+        """With needs_epoch_outputs: the current features and predictions of every training sample."""
+
+    def infer(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, predicted distribution) for a batch of images; the model's softmax by default."""
+        feats = model.forward_features(x)
+        return feats, torch.softmax(model.head(feats), dim=1)
 
     @torch.no_grad()
     def soft_labels(self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distribution, uncertainty) of every training sample from the final model's outputs.
+        """(distribution, uncertainty) of every training sample from :meth:`infer`'s outputs.
 
-        Default: the model's softmax and its normalised entropy.
+        Default: the predicted distribution and its normalised entropy.
         """
         return probs, normalised_entropy(probs)
 
@@ -57,7 +68,12 @@ class Method(nn.Module):
 def normalised_entropy(p: torch.Tensor) -> torch.Tensor:
     """H(p) / log C per row, in [0, 1]; 0 log 0 is taken as 0."""
     h = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
-    return (h / torch.log(torch.tensor(float(p.shape[1])))).clamp(0.0, 1.0)
+    return (h / math.log(p.shape[1])).clamp(0.0, 1.0)
+
+
+def confidence(p: torch.Tensor) -> torch.Tensor:
+    """1 - H(p) / log C: how peaked a distribution is, in [0, 1]."""
+    return 1.0 - normalised_entropy(p)
 
 
 def soft_cross_entropy(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
