@@ -18,7 +18,9 @@ def iter_shards(paths: Iterable[str | Path]) -> Iterator[tuple[str, bytes]]:
     for p in urls:
         if not Path(p).is_file():
             raise FerdataError(f"shard {p} not found; re-run `ferdata shard`")
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+    # every rank reads every shard here (in-memory use); per-rank splitting belongs to a streaming loader
+    every = lambda src: src  # noqa: E731
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=every, workersplitter=every):
         yield sample["__key__"], sample["jpg"]
 
 
