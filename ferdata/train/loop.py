@@ -195,9 +195,9 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
             seen += len(batch)
         _, val_probs = infer_all(model, method, images[val_mask], device)
         val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if val_mask.any() else float("nan")
-        log.append({"epoch": epoch + 1, "loss": total / seen, "val_acc": val_acc, "seconds": round(time.time() - start, 2)})
+        log.append({"epoch": epoch + 1, "loss": total / seen, "val_acc": val_acc})  # no timings: the log is a DVC output
         if rank == 0:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / seen:.4f} val acc {val_acc:.3f}")
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / seen:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)")
     if rank == 0:
         learned = learned_distributions(model, method, images, labels, targets, device)
         save_checkpoint(model, method, models_dir / CHECKPOINT, {**asdict(cfg), "classes": classes})
