@@ -47,7 +47,7 @@ class LDLVA(Method):
     name = "ldlva"
 
     def __init__(self, num_classes: int, embed_dim: int, *, labels: torch.Tensor, knn: torch.Tensor, va: torch.Tensor,
-                 temperature: float = 0.5, calib_floor: float = -1.3, init_logit: float = 0.5, lambda_lr: float = 100.0,
+                 temperature: float = 0.5, calib_floor: float = -1.3, init_logit: float = 0.5, lambda_lr: float = 20.0,
                  disc_weight: float = 0.01, neighbour_mode: str = "bank"):
         super().__init__()
         if neighbour_mode not in NEIGHBOUR_MODES:
