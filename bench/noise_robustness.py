@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                        "seconds": round(time.time() - start, 1)}
                 results.append(row)
                 print(json.dumps(row), flush=True)
+                save(results, args.out)
             if ratio > 0 and args.folds > 1:
                 cfg = TrainConfig(method="ce", epochs=args.epochs, seed=args.seed, options=options, **base)
                 start = time.time()
@@ -165,10 +166,15 @@ def main(argv: list[str] | None = None) -> int:
                        "seconds": round(time.time() - start, 1)}
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+                save(results, args.out)
     print_table(results)
     return 0
+
+
+def save(results: list[dict], path: Path) -> None:
+    """Write the rows so far, so that a long run cut short keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def print_table(results: list[dict]) -> None:

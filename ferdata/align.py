@@ -15,11 +15,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.errors import FerdataError
-from ferdata.io import atomic_dir, read_table, write_table
+from ferdata.io import atomic_dir, image_root, read_table, write_table
 
 ALIGNED = "aligned.parquet"
 ALIGNED_DIR = "aligned"
-DETECTORS = ("landmarks",)
+DETECTORS = ("landmarks", "none")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -45,16 +45,30 @@ def warp_to_template(img: np.ndarray, landmarks: np.ndarray, size: int) -> np.nd
     return face_align.norm_crop(img, np.asarray(landmarks, np.float32).reshape(5, 2), image_size=size)
 
 
-def _align_one(job: tuple[str, str, object, str, int, int]) -> dict:
-    sample_id, src, landmarks, out, size, quality = job
-    row = {"sample_id": sample_id, "detector": "landmarks", "score": None, "path": None, "reason": None}
+def resize_face(img: np.ndarray, size: int) -> np.ndarray:
+    """An already-aligned face at ``size`` x ``size`` (area filter down, cubic up)."""
+    h, w = img.shape[:2]
+    if h != w:  # centre square crop, so faces are never squashed
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        img = img[top:top + side, left:left + side]
+    interp = cv2.INTER_AREA if img.shape[0] >= size else cv2.INTER_CUBIC
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def _align_one(job: tuple[str, str, object, str, int, int, str]) -> dict:
+    sample_id, src, landmarks, out, size, quality, detector = job
+    row = {"sample_id": sample_id, "detector": detector, "score": None, "path": None, "reason": None}
     try:
         img = read_image(Path(src))
     except ValueError as exc:
         return {**row, "status": "unreadable", "reason": f"{src}: {exc}"}
-    if landmarks is None or not np.isfinite(np.asarray(landmarks, np.float64)).all():
+    if detector == "none":
+        face = resize_face(img, size)
+    elif landmarks is None or not np.isfinite(np.asarray(landmarks, np.float64)).all():
         return {**row, "status": "no_landmarks", "reason": "manifest has no 5-point landmarks for this face"}
-    face = warp_to_template(img, landmarks, size)
+    else:
+        face = warp_to_template(img, landmarks, size)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(face, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         return {**row, "status": "unreadable", "reason": "JPEG encoding failed"}
@@ -67,13 +81,14 @@ def align(data_dir: str | Path, *, detector: str = "landmarks", size: int = 112,
     """Align every manifest face into ``data_dir/aligned`` and write ``data_dir/aligned.parquet``."""
     if detector not in DETECTORS:
         raise FerdataError(f"unknown align.detector {detector!r}: available here: {', '.join(DETECTORS)}")
-    if size % 112 and size % 128:
+    if detector == "landmarks" and size % 112 and size % 128:
         raise FerdataError(f"align.size {size} must be a multiple of 112 or 128 (e.g. 112, 224)")
     data_dir = Path(data_dir)
     manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
+    root = image_root(data_dir, meta)
     with atomic_dir(data_dir / ALIGNED_DIR) as tmp:
         jobs = [
-            (r.sample_id, str(data_dir / r.path), r.landmarks, str(tmp / f"{r.sample_id}.jpg"), size, jpeg_quality)
+            (r.sample_id, str(root / r.path), r.landmarks, str(tmp / f"{r.sample_id}.jpg"), size, jpeg_quality, detector)
             for r in manifest.itertuples(index=False)
         ]
         if workers > 1:

@@ -66,22 +66,26 @@ def stage(fn: Callable[..., None]) -> Callable[..., None]:
 @app.command()
 @stage
 def download(name: Optional[str] = typer.Argument(None, help="dataset name (default: params dataset)"),
-             data: Optional[Path] = DataOpt, seed: Optional[int] = typer.Option(None, help="generator seed (synth)"),
+             source: Optional[str] = typer.Option(None, "--from", help="archive, folder or http(s) URL of a real dataset"),
+             sha256: Optional[str] = typer.Option(None, help="expected sha256 of the archive"),
+             data: Optional[Path] = DataOpt, seed: Optional[int] = typer.Option(None, help="generator / split seed"),
              params_file: Optional[Path] = ParamsOpt) -> None:
-    """Fetch or generate a dataset and write its manifest."""
+    """Generate synth, or ingest a real dataset through its adapter; write its manifest and rejected rows."""
     from ferdata.download import download as run, summarize
 
     params = load_params(params_file)
     name = name or params.get("dataset", "synth")
     options = dict(params.get(name) or {})
     options["seed"] = pick(seed, params, name, "seed", 0)
+    source = source if source is not None else (params.get("source") or {}).get("path") or None
+    sha256 = sha256 if sha256 is not None else (params.get("source") or {}).get("sha256") or None
     out = data if data is not None else Path("data") / name
-    typer.echo(f"download {name}: " + summarize(run(name, out, options=options)))
+    typer.echo(f"download {name}: " + summarize(run(name, out, source=source, sha256=sha256, options=options)))
 
 
 @app.command()
 @stage
-def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option(None, help="landmarks"),
+def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option(None, help="landmarks (the dataset's own 5 points) or none (already aligned: resize only)"),
           size: Optional[int] = typer.Option(None, help="output size in pixels (112, 224)"),
           workers: Optional[int] = typer.Option(None, help="worker processes"),
           params_file: Optional[Path] = ParamsOpt) -> None:
@@ -109,14 +113,16 @@ def shard(data: Optional[Path] = DataOpt, max_count: Optional[int] = typer.Optio
 
 @app.command()
 @stage
-def va(data: Optional[Path] = DataOpt, source: Optional[str] = typer.Option(None, help="provided"),
+def va(data: Optional[Path] = DataOpt, source: Optional[str] = typer.Option(None, help="provided or circumplex"),
+       posteriors: Optional[str] = typer.Option(None, help="circumplex: parquet with a distribution per face"),
        k: Optional[int] = typer.Option(None, help="neighbours per training face"),
        params_file: Optional[Path] = ParamsOpt) -> None:
     """Valence/arousal per face and the KNN graph in VA space."""
     from ferdata.va import va as run
 
     p = load_params(params_file)
-    table, graph = run(data_dir(data, p), source=pick(source, p, "va", "source", "provided"), k=pick(k, p, "va", "k", 8))
+    table, graph = run(data_dir(data, p), source=pick(source, p, "va", "source", "provided"), k=pick(k, p, "va", "k", 8),
+                       posteriors=pick(posteriors, p, "va", "posteriors", None))
     typer.echo(f"va for {len(table)} faces; knn graph over {len(graph)} training faces")
 
 

@@ -1,13 +1,12 @@
-"""The download stage: fetch or generate a dataset and write its canonical manifest.
-
-Only the embedded ``synth`` dataset exists so far; real-dataset adapters register here too.
-"""
+"""The download stage: generate the synth dataset, or fetch/ingest a real one through its adapter, and
+write the canonical manifest plus the table of rejected rows."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -15,11 +14,18 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.errors import FerdataError
+from ferdata.fetch import ARCHIVE_SUFFIXES, download_url, extract, is_archive, is_url, verify
 from ferdata.io import atomic_dir, write_table
 from ferdata.synth import SynthConfig, generate
 
+if TYPE_CHECKING:
+    from ferdata.adapters.base import Ingest
+
 MANIFEST = "manifest.parquet"
+REJECTED = "rejected.parquet"
 RAW = "raw"
+EXTRACTED = "extracted"
+DOWNLOADS = "downloads"
 
 
 def download_synth(out_dir: Path, *, options: dict[str, Any]) -> pd.DataFrame:
@@ -47,15 +53,102 @@ def download_synth(out_dir: Path, *, options: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-DATASETS: dict[str, Callable[..., pd.DataFrame]] = {"synth": download_synth}
+def download_real(name: str, out_dir: Path, *, source: str | None, sha256: str | None,
+                  options: dict[str, Any]) -> pd.DataFrame:
+    """Ingest a real dataset from a URL, an archive or a folder through its adapter."""
+    from ferdata.adapters import ADAPTERS
+
+    adapter = ADAPTERS[name]
+    if not source:
+        raise FerdataError(f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); "
+                           f"{adapter.where}")
+    root = resolve_source(source, out_dir, sha256=sha256)
+    ing, image_root = adapter.ingest(root, out_dir, options=options)
+    df, rejected = finalize(ing)
+    df.attrs["root"] = _relative_root(image_root, out_dir)
+    df.attrs["source"] = source
+    df.attrs["rejected"] = rejected
+    df.attrs["notes"] = ing.notes
+    return df
 
 
-def download(name: str, out_dir: str | Path, *, options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Fetch dataset ``name`` into ``out_dir`` and write ``out_dir/manifest.parquet``."""
-    if name not in DATASETS:
-        raise FerdataError(f"unknown dataset {name!r}: known datasets are {', '.join(sorted(DATASETS))}")
+def resolve_source(source: str, out_dir: Path, *, sha256: str | None = None) -> Path:
+    """A local folder holding the dataset: the folder itself, or an archive (downloaded first) extracted
+    into ``out_dir/extracted`` (skipped when that archive was already extracted there)."""
+    if is_url(source):
+        name = Path(urllib.parse.urlparse(source).path).name or "download"
+        archive = download_url(source, out_dir / DOWNLOADS / name, sha256=sha256)
+    else:
+        archive = Path(source).expanduser()
+        if not archive.exists():
+            raise FerdataError(f"{archive} not found: give --from an existing archive, folder or http(s) URL")
+        if archive.is_dir():
+            return archive.resolve()
+        verify(archive, sha256=sha256)
+    if not is_archive(archive):
+        if archive.suffix.lower() == ".csv":
+            return archive.resolve()  # a table (csv adapter, fer2013.csv) is read in place
+        raise FerdataError(f"{archive} is neither a folder, a CSV nor an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    target = out_dir / EXTRACTED
+    stamp = {"archive": str(archive.resolve()), "size": archive.stat().st_size, "mtime_ns": archive.stat().st_mtime_ns}
+    marker = target / ".ferdata-source.json"
+    if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
+        count = extract(archive, target)
+        marker.write_text(json.dumps(stamp, sort_keys=True))
+        tqdm.write(f"extracted {count} files from {archive.name}")
+    return target.resolve()
+
+
+def _relative_root(root: Path, out_dir: Path) -> str:
+    """The image root as stored in the manifest: relative to the dataset folder when inside it."""
+    try:
+        return str(root.resolve().relative_to(out_dir.resolve())) or "."
+    except ValueError:
+        return str(root.resolve())
+
+
+def finalize(ing: Ingest) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Manifest and rejected frames from an adapter's rows: duplicate ids rejected, classes settled."""
+    from ferdata.adapters.base import classes_of
+
+    seen: set[str] = set()
+    rows = []
+    for row in ing.rows:
+        if row["sample_id"] in seen:
+            ing.reject(row["sample_id"], row["path"], "duplicate_id", "an earlier row has the same id")
+            continue
+        seen.add(row["sample_id"])
+        rows.append(row)
+    if not rows:
+        reasons = pd.Series([r["reason"] for r in ing.rejected]).value_counts().to_dict() if ing.rejected else {}
+        raise FerdataError(f"{ing.dataset}: no usable samples (rejected: {reasons or 'none found'}); "
+                           "check that --from points at the dataset")
+    df = pd.DataFrame(rows)
+    classes = ing.classes or classes_of(df["label"])
+    for col in ("landmarks", "true_dist", "bbox"):
+        df[col] = [None if v is None else np.asarray(v, np.float32) for v in df[col]]
+    df.attrs["classes"] = classes
+    rejected = pd.DataFrame(ing.rejected, columns=["sample_id", "path", "reason", "detail"])
+    return df, rejected.sort_values(["sample_id", "reason"], kind="stable").reset_index(drop=True)
+
+
+def known_datasets() -> list[str]:
+    from ferdata.adapters import ADAPTERS
+
+    return sorted(["synth", *ADAPTERS])
+
+
+def download(name: str, out_dir: str | Path, *, source: str | None = None, sha256: str | None = None,
+             options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Fetch dataset ``name`` into ``out_dir``; write ``manifest.parquet`` and ``rejected.parquet`` there."""
+    if name not in known_datasets():
+        raise FerdataError(f"unknown dataset {name!r}: known datasets are {', '.join(known_datasets())}")
     out_dir = Path(out_dir)
-    df = DATASETS[name](out_dir, options=options or {})
+    if name == "synth":
+        df = download_synth(out_dir, options=options or {})
+        df.attrs["rejected"] = pd.DataFrame(columns=["sample_id", "path", "reason", "detail"])
+    else:
+        df = download_real(name, out_dir, source=source, sha256=sha256, options=options or {})
     if df.empty:
         raise FerdataError(f"dataset {name} produced no samples; check its options")
     dup = df["sample_id"][df["sample_id"].duplicated()]
@@ -63,12 +156,31 @@ def download(name: str, out_dir: str | Path, *, options: dict[str, Any] | None =
         raise FerdataError(f"dataset {name} has duplicate sample ids, e.g. {dup.iloc[0]!r}")
     if df["sample_id"].str.contains(".", regex=False).any():
         raise FerdataError(f"dataset {name} has sample ids with dots; WebDataset keys must be dot-free")
+    attrs = dict(df.attrs)
     df = df.sort_values("sample_id", kind="stable").reset_index(drop=True)
-    write_table(df, out_dir / MANIFEST, "manifest", {"dataset": name, "classes": df.attrs["classes"]})
+    df.attrs = attrs
+    meta = {"dataset": name, "classes": attrs["classes"], "root": attrs.get("root", ".")}
+    if attrs.get("source"):
+        meta["source"] = attrs["source"]
+    write_table(attrs["rejected"], out_dir / REJECTED, "rejected", {"dataset": name})
+    write_table(df, out_dir / MANIFEST, "manifest", meta)
     return df
 
 
 def summarize(df: pd.DataFrame) -> str:
-    """One line: samples per split."""
-    counts = df["split"].value_counts().sort_index()
-    return f"{len(df)} samples (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    """Kept samples per split and class, rejected rows by reason."""
+    from ferdata.classes import CANONICAL
+
+    splits = df["split"].value_counts().sort_index()
+    classes = df["label"].value_counts().sort_index()
+    line = (f"kept {len(df)} (" + ", ".join(f"{k} {v}" for k, v in splits.items()) + "; "
+            + ", ".join(f"{CANONICAL[int(k)]} {v}" for k, v in classes.items()) + ")")
+    rejected = df.attrs.get("rejected")
+    if rejected is not None and len(rejected):
+        reasons = rejected["reason"].value_counts()
+        line += f"; rejected {len(rejected)} (" + ", ".join(f"{k} {v}" for k, v in reasons.items()) + ")"
+    else:
+        line += "; rejected 0"
+    for note in df.attrs.get("notes") or []:
+        line += f"; {note}"
+    return line

@@ -26,8 +26,10 @@ def _conform(df: pd.DataFrame, kind: str) -> pa.Table:
     missing = [name for name in schema.names if name not in df.columns]
     if missing:
         raise FerdataError(f"{kind} table lacks columns {missing}: this is a ferdata bug, please report it")
+    columns = df[schema.names]
+    columns.attrs = {}  # stage-private attrs never go into the file
     try:
-        return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+        return pa.Table.from_pandas(columns, schema=schema, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
         raise FerdataError(f"{kind} table does not fit its schema: {exc}") from exc
 
@@ -109,6 +111,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def image_root(data_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Where a manifest's image paths start: its ``root`` metadata, relative to the dataset folder."""
+    return Path(data_dir) / meta.get("root", ".")
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

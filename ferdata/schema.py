@@ -35,6 +35,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("path", pa.string()),
         pa.field("reason", pa.string(), nullable=False),
     ]),
+    "rejected": pa.schema([
+        _id,
+        pa.field("path", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+    ]),
     "aligned": pa.schema([
         _id,
         pa.field("status", pa.string(), nullable=False),

@@ -1,7 +1,8 @@
 """The va stage: valence/arousal for every aligned face and a K-nearest-neighbour graph in VA space.
 
-LDLVA draws each training sample's neighbours from this graph. Only the dataset's own (``provided``)
-VA exists so far; pseudo-VA sources come later.
+LDLVA draws each training sample's neighbours from this graph. Sources: the dataset's own VA
+(``provided``), or ``circumplex``: class posteriors (a parquet with a ``distribution`` per face, e.g. an
+out-of-fold CE run) times per-class VA centroids.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from ferdata.classes import VA_CENTROIDS
 from ferdata.errors import FerdataError
 from ferdata.io import read_table, write_table
 
 VA = "va.parquet"
 KNN = "knn.parquet"
-SOURCES = ("provided",)
+SOURCES = ("provided", "circumplex")
 
 
 def provided_va(manifest: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
@@ -31,6 +33,29 @@ def provided_va(manifest: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
     out = rows.reset_index()
     out["source"] = "provided"
     return out
+
+
+def circumplex_va(ids: pd.Series, classes: list[str], posteriors: str | Path | None) -> pd.DataFrame:
+    """VA as the posterior-weighted mean of the classes' circumplex centroids (``VA_CENTROIDS``)."""
+    import pyarrow.parquet as pq
+
+    if not posteriors:
+        raise FerdataError("va.source circumplex needs va.posteriors: a parquet with sample_id and a distribution "
+                           "per face over the dataset's classes (e.g. an out-of-fold CE run's learned.parquet)")
+    path = Path(posteriors)
+    if not path.is_file():
+        raise FerdataError(f"va.posteriors {path} not found")
+    table = pq.read_table(path, columns=["sample_id", "distribution"]).to_pandas().set_index("sample_id")
+    missing = ids[~ids.isin(table.index)]
+    if len(missing):
+        raise FerdataError(f"{path} has no distribution for {len(missing)} faces, e.g. {missing.iloc[0]!r}")
+    probs = np.stack(table.loc[ids, "distribution"].to_numpy()).astype(np.float64)
+    if probs.shape[1] != len(classes):
+        raise FerdataError(f"{path} has {probs.shape[1]} classes per distribution, the dataset has {len(classes)}")
+    probs = probs / probs.sum(1, keepdims=True)
+    centroids = np.array([VA_CENTROIDS[c] for c in classes])
+    va = probs @ centroids
+    return pd.DataFrame({"sample_id": ids.to_numpy(), "valence": va[:, 0], "arousal": va[:, 1], "source": "circumplex"})
 
 
 def knn_graph(ids: np.ndarray, points: np.ndarray, k: int) -> pd.DataFrame:
@@ -51,7 +76,8 @@ def knn_graph(ids: np.ndarray, points: np.ndarray, k: int) -> pd.DataFrame:
     return pd.DataFrame({"sample_id": ids, "neighbours": neighbours, "distances": distances})
 
 
-def va(data_dir: str | Path, *, source: str = "provided", k: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+def va(data_dir: str | Path, *, source: str = "provided", k: int = 8,
+       posteriors: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``va.parquet`` (all aligned faces) and ``knn.parquet`` (training faces) under ``data_dir``."""
     if source not in SOURCES:
         raise FerdataError(f"unknown va.source {source!r}: available: {', '.join(SOURCES)}")
@@ -61,7 +87,7 @@ def va(data_dir: str | Path, *, source: str = "provided", k: int = 8) -> tuple[p
     manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
     index, _ = read_table(data_dir / "shard_index.parquet", "shard_index", hint="run `ferdata shard` first")
     ids = index["sample_id"].sort_values(kind="stable")
-    table = provided_va(manifest, ids)
+    table = provided_va(manifest, ids) if source == "provided" else circumplex_va(ids, meta["classes"], posteriors)
     write_table(table, data_dir / VA, "va", {"classes": meta["classes"], "source": source})
     split = manifest.set_index("sample_id").loc[table["sample_id"], "split"].to_numpy()
     train = table[split == "train"]

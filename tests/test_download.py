@@ -29,7 +29,7 @@ def test_download_is_deterministic(tmp_path):
 
 
 def test_unknown_dataset(tmp_path):
-    with pytest.raises(FerdataError, match="unknown dataset 'nope': known datasets are synth"):
+    with pytest.raises(FerdataError, match="unknown dataset .nope.: known datasets are affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"):
         download("nope", tmp_path)
 
 

@@ -1,0 +1,184 @@
+"""What every dataset adapter shares: the row builders, label aliases, split carving, image checks."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferdata.classes import CANONICAL
+from ferdata.errors import FerdataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+SPLITS = ("train", "val", "test")
+
+# Names datasets use for the canonical classes (lower case).
+ALIASES: dict[str, str] = {
+    "neutral": "neutral", "ne": "neutral", "calm": "neutral",
+    "happy": "happy", "happiness": "happy", "joy": "happy", "ha": "happy",
+    "sad": "sad", "sadness": "sad", "sa": "sad",
+    "surprise": "surprise", "surprised": "surprise", "su": "surprise",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "fe": "fear",
+    "disgust": "disgust", "disgusted": "disgust", "di": "disgust",
+    "anger": "anger", "angry": "anger", "an": "anger",
+    "contempt": "contempt", "contemptuous": "contempt",
+}
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train", "training": "train", "train_set": "train",
+    "val": "val", "valid": "val", "validation": "val", "publictest": "val", "validation_set": "val",
+    "test": "test", "testing": "test", "privatetest": "test", "test_set": "test",
+}
+
+
+def canonical_label(name: str) -> int | None:
+    """Canonical class id of a dataset's class name (any case, common synonyms), or None."""
+    key = ALIASES.get(str(name).strip().lower())
+    return None if key is None else CANONICAL.index(key)
+
+
+def classes_of(labels: Iterable[int]) -> list[str]:
+    """The canonical classes present, in canonical order."""
+    present = set(int(x) for x in labels)
+    return [c for i, c in enumerate(CANONICAL) if i in present]
+
+
+def safe_id(*parts: str) -> str:
+    """A dot-free WebDataset key from name parts."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", "-".join(str(p) for p in parts)).strip("_")
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image (missing, empty, not an image format), or None; reads 16 bytes only."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        return "missing_image"
+    except OSError:
+        return "unreadable"
+    if not head:
+        return "unreadable"
+    magic = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+    if head.startswith(magic) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return None
+    return "unreadable"
+
+
+def _rank(groups: Iterable[str], seed: int) -> list[str]:
+    """Groups in a seeded hash order: deterministic and independent of the order rows were read in."""
+    return sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+
+
+def assign_splits(groups: Iterable[str], *, seed: int, val: float, test: float = 0.0) -> dict[str, str]:
+    """Whole groups (subjects, videos) to splits in the requested shares, at least one group to train."""
+    ranked = _rank(groups, seed)
+    n = len(ranked)
+    n_test = min(round(test * n), max(n - 1, 0))
+    n_val = min(round(val * n), max(n - 1 - n_test, 0))
+    return {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(ranked)}
+
+
+def landmarks68_to5(points: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Reduce 68 iBUG landmarks to the 5 of the ArcFace template: eye centres, nose tip, mouth corners."""
+    p = np.asarray(points, np.float64).reshape(68, 2)
+    return np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]]).reshape(-1)
+
+
+@dataclass
+class Ingest:
+    """What an adapter found: manifest rows, rejected rows, the dataset's class list."""
+
+    dataset: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, sample_id: str, split: str, path: str, label: int, **extra: Any) -> None:
+        row = {"sample_id": sample_id, "dataset": self.dataset, "split": split, "path": path, "label": label,
+               "video_id": None, "subject_id": None, "frame": None, "bbox": None, "landmarks": None,
+               "valence": None, "arousal": None, "votes": None, "true_dist": None}
+        unknown = set(extra) - set(row)
+        if unknown:
+            raise TypeError(f"unknown manifest columns {unknown}")
+        row.update(extra)
+        self.rows.append(row)
+
+    def reject(self, sample_id: str, path: str | None, reason: str, detail: str = "") -> None:
+        self.rejected.append({"sample_id": sample_id, "path": path, "reason": reason, "detail": detail})
+
+    def add_checked(self, root: Path, sample_id: str, split: str, path: str, label: int | None, *,
+                    raw_label: Any = None, **extra: Any) -> None:
+        """Add a row unless its label is unknown or its image is missing/unreadable (then reject it)."""
+        if label is None:
+            self.reject(sample_id, path, "unknown_label", f"label {raw_label!r} maps to no canonical class")
+            return
+        problem = image_problem(root / path)
+        if problem:
+            self.reject(sample_id, path, problem, f"{root / path}")
+            return
+        self.add(sample_id, split, path, label, **extra)
+
+
+def find_root(source: Path, marker: str, *, depth: int = 3) -> Path | None:
+    """The folder under ``source`` (itself or up to ``depth`` levels down) that holds ``marker``."""
+    if (source / marker).exists():
+        return source
+    frontier = [source]
+    for _ in range(depth):
+        nxt = []
+        for folder in frontier:
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+            for child in children:
+                if (child / marker).exists():
+                    return child
+                nxt.append(child)
+        frontier = nxt
+    return None
+
+
+def require_root(source: Path, markers: Sequence[str], dataset: str, where: str) -> tuple[Path, str]:
+    """Locate the dataset inside ``source`` by any of ``markers``; a one-line error naming them when absent."""
+    if source.is_file():
+        source = source.parent
+    for marker in markers:
+        root = find_root(source, marker)
+        if root is not None:
+            return root, marker
+    raise FerdataError(f"{dataset} not found under {source}: expected {' or '.join(markers)}; {where}")
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Image files below ``folder``, sorted, any case of suffix."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _group(row: dict[str, Any], key: str) -> str:
+    return str(row.get(key) or row["sample_id"])
+
+
+def finish_splits(ing: Ingest, *, seed: int, val: float, test: float = 0.0, key: str = "subject_id") -> None:
+    """Give rows with split ``None`` a split by whole groups (``key``, else the sample id)."""
+    open_rows = [r for r in ing.rows if r["split"] is None]
+    split_of = assign_splits((_group(r, key) for r in open_rows), seed=seed, val=val, test=test)
+    for row in open_rows:
+        row["split"] = split_of[_group(row, key)]
+
+
+def carve_val(ing: Ingest, *, seed: int, val: float, key: str = "subject_id") -> None:
+    """Move a share ``val`` of the training groups into ``val`` when the dataset ships no val split."""
+    if val <= 0 or any(r["split"] == "val" for r in ing.rows):
+        return
+    train = [r for r in ing.rows if r["split"] == "train"]
+    split_of = assign_splits((_group(r, key) for r in train), seed=seed, val=val)
+    for row in train:
+        row["split"] = split_of[_group(row, key)]

@@ -1,0 +1,28 @@
+"""FERG-DB stylised characters: ``<character>/<character>_<emotion>/<character>_<emotion>_<n>.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ferdata.adapters.base import Ingest, canonical_label, finish_splits, images_under, require_root, safe_id
+
+CHARACTERS = ("aia", "bonnie", "jules", "malcolm", "mery", "ray")
+MARKERS = tuple(f"{c}/{c}_joy" for c in CHARACTERS)
+WHERE = "FERG-DB is distributed on request: https://grail.cs.washington.edu/projects/deepexpr/ferg-2d-db.html"
+
+
+def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+    root, _ = require_root(source, MARKERS, "ferg", WHERE)
+    ing = Ingest("ferg")
+    for character in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in CHARACTERS):
+        for folder in sorted(p for p in character.iterdir() if p.is_dir()):
+            emotion = folder.name.split("_", 1)[-1]
+            for img in images_under(folder):
+                rel = str(img.relative_to(root))
+                ing.add_checked(root, "ferg-" + safe_id(img.stem), None, rel, canonical_label(emotion),
+                                raw_label=emotion, subject_id=character.name)
+    # six characters only: split by image so every character appears in every split
+    finish_splits(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.1)),
+                  test=float(options.get("test_fraction", 0.2)), key="sample_id")
+    return ing, root

@@ -1,0 +1,106 @@
+"""Any image folder (``<root>/<split>/<class>/*`` or ``<root>/<class>/*``) or any CSV with a path column
+and a label column (class names in any case, common synonyms accepted)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from ferdata.adapters.base import SPLIT_ALIASES, Ingest, canonical_label, carve_val, finish_splits, images_under, safe_id
+from ferdata.errors import FerdataError
+
+PATH_COLUMNS = ("path", "image", "file", "filename", "image_path", "subDirectory_filePath")
+LABEL_COLUMNS = ("label", "emotion", "expression", "class")
+
+
+def _splits(ing: Ingest, options: dict[str, Any], key: str = "subject_id") -> None:
+    seed, val, test = int(options.get("seed", 0)), float(options.get("val_fraction", 0.1)), float(options.get("test_fraction", 0.2))
+    if all(r["split"] is None for r in ing.rows):
+        finish_splits(ing, seed=seed, val=val, test=test, key=key)
+    else:
+        finish_splits(ing, seed=seed, val=0.0, key=key)
+        carve_val(ing, seed=seed, val=val, key=key)
+
+
+def ingest_folder(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+    if not source.is_dir():
+        raise FerdataError(f"folder dataset: {source} is not a folder; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg")
+    ing = Ingest(options.get("name", "folder"))
+    top = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    while len(top) == 1 and top[0].name.lower() not in SPLIT_ALIASES and canonical_label(top[0].name) is None:
+        source = top[0]  # an archive's single top folder
+        top = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    by_split = bool(top) and all(p.name.lower() in SPLIT_ALIASES for p in top)
+    groups = [(SPLIT_ALIASES[p.name.lower()], c) for p in top for c in sorted(q for q in p.iterdir() if q.is_dir())] \
+        if by_split else [(None, p) for p in top]
+    for split, cls in groups:
+        for img in images_under(cls):
+            rel = str(img.relative_to(source))
+            ing.add_checked(source, f"{ing.dataset}-" + safe_id(str(Path(rel).with_suffix(""))), split, rel,
+                            canonical_label(cls.name), raw_label=cls.name)
+    if not ing.rows and not ing.rejected:
+        raise FerdataError(f"folder dataset: no images under {source}; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg")
+    _splits(ing, options)
+    return ing, source
+
+
+def _column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, table: Path) -> str:
+    if wanted:
+        if wanted not in header:
+            raise FerdataError(f"{table} has no {what} column {wanted!r}; its columns are {', '.join(header)}")
+        return wanted
+    lower = {h.lower(): h for h in header}
+    for name in candidates:
+        if name.lower() in lower:
+            return lower[name.lower()]
+    raise FerdataError(f"{table}: no {what} column among {', '.join(header)}; name it with the csv option {what}_column")
+
+
+def guess_image_root(table: Path, paths: list[str]) -> Path:
+    """The folder the CSV's paths are relative to: its own, its parent, or an ``images`` folder beside either."""
+    candidates = [table.parent, table.parent.parent, table.parent / "images", table.parent.parent / "images"]
+    paths = [p for p in paths if p]
+    for folder in candidates:
+        if paths and sum((folder / p).is_file() for p in paths) * 2 > len(paths):
+            return folder
+    return table.parent
+
+
+def ingest_csv(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+    table = Path(options["csv"]) if options.get("csv") else source
+    if table.is_dir():
+        found = sorted(table.rglob("*.csv"))
+        if len(found) != 1:
+            raise FerdataError(f"csv dataset: {table} holds {len(found)} CSV files; name one with the csv option `csv`")
+        table = found[0]
+    if not table.is_file():
+        raise FerdataError(f"csv dataset: {table} not found; give --from a CSV with a path and a label column")
+    root = Path(options["images"]) if options.get("images") else None
+    ing = Ingest(options.get("name", "csv"))
+    with open(table, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        path_col = _column(header, options.get("path_column"), PATH_COLUMNS, "path", table)
+        label_col = _column(header, options.get("label_column"), LABEL_COLUMNS, "label", table)
+        rows = list(reader)
+        root = root or guess_image_root(table, [(r.get(path_col) or "").strip() for r in rows[:50]])
+        split_col = options.get("split_column")
+        subject_col = options.get("subject_column")
+        seen: set[str] = set()
+        for n, row in enumerate(rows, 2):
+            rel = (row.get(path_col) or "").strip()
+            sid = f"{ing.dataset}-" + safe_id(str(Path(rel).with_suffix("")))
+            if sid in seen:
+                ing.reject(sid, rel, "duplicate_id", f"{table.name} line {n} repeats {rel!r}")
+                continue
+            seen.add(sid)
+            split = SPLIT_ALIASES.get((row.get(split_col) or "").strip().lower()) if split_col else None
+            if split_col and split is None:
+                ing.reject(sid, rel, "unknown_split", f"{table.name} line {n}: {row.get(split_col)!r}")
+                continue
+            raw = (row.get(label_col) or "").strip()
+            ing.add_checked(root, sid, split, rel, canonical_label(raw), raw_label=raw,
+                            subject_id=(row.get(subject_col) or None) if subject_col else None)
+    _splits(ing, options)
+    return ing, root

@@ -1,0 +1,166 @@
+"""Getting dataset bytes onto disk: HTTP download with resume, checksums, and archive extraction that
+never trusts the archive (no member outside the target, no links, truncation is an error)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import stat
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from ferdata.errors import FerdataError
+from ferdata.io import atomic_dir, file_sha256
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+CHUNK = 1 << 20
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def verify(path: Path, *, sha256: str | None = None, size: int | None = None) -> None:
+    """Raise a one-line error when ``path`` has the wrong size or sha256."""
+    if size is not None and path.stat().st_size != size:
+        raise FerdataError(f"{path} has {path.stat().st_size} bytes, expected {size}: delete it and download again")
+    if sha256:
+        got = file_sha256(path)
+        if got != sha256.lower():
+            raise FerdataError(f"{path} has sha256 {got}, expected {sha256.lower()}: the file is corrupt or not the "
+                               "one you meant; delete it and download again")
+
+
+def _remote_size(response) -> int | None:
+    """Total size from Content-Range (a resumed answer) or Content-Length."""
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range and not content_range.endswith("/*"):
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    return int(length) if length is not None else None
+
+
+def download_url(url: str, dest: Path, *, sha256: str | None = None, size: int | None = None,
+                 timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest``, resuming a ``dest.part`` left by a cut transfer; verify, then rename."""
+    if dest.is_file():
+        verify(dest, sha256=sha256, size=size)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https checked by is_url)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the part file is already whole
+            response = None
+        else:
+            raise FerdataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise FerdataError(f"download of {url} failed: {getattr(exc, 'reason', exc)}; check the URL and your network") from exc
+    if response is not None:
+        with response:
+            resumed = response.status == 206
+            if not resumed:
+                have = 0  # the server ignored the range: start over
+            total = _remote_size(response)
+            with open(part, "ab" if resumed else "wb") as fh, tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False, disable=None) as bar:
+                try:
+                    for block in iter(lambda: response.read(CHUNK), b""):
+                        fh.write(block)
+                        bar.update(len(block))
+                except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+                    raise FerdataError(f"download of {url} was cut after {part.stat().st_size} bytes ({exc}); "
+                                       "run the same command again to resume") from exc
+            if total is not None and part.stat().st_size < total:
+                raise FerdataError(f"download of {url} stopped at {part.stat().st_size} of {total} bytes; "
+                                   "run the same command again to resume")
+    try:
+        verify(part, sha256=sha256, size=size)
+    except FerdataError:
+        part.unlink()
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def _member_path(name: str, archive: Path) -> PurePosixPath:
+    """The relative path a member may take; absolute paths and ``..`` are refused."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")) or ".." in path.parts:
+        raise FerdataError(f"{archive} is unsafe: member {name!r} would land outside the target folder; "
+                           "refusing to extract it")
+    return path
+
+
+def _extract_tar(archive: Path, target: Path) -> int:
+    count = 0
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                rel = _member_path(member.name, archive)
+                if member.issym() or member.islnk():
+                    raise FerdataError(f"{archive} is unsafe: member {member.name!r} is a link; refusing to extract it")
+                if not (member.isfile() or member.isdir()):
+                    raise FerdataError(f"{archive} is unsafe: member {member.name!r} is a device or fifo")
+                out = target / rel
+                if member.isdir():
+                    out.mkdir(parents=True, exist_ok=True)
+                    continue
+                out.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                with src, open(out, "wb") as fh:
+                    shutil.copyfileobj(src, fh, CHUNK)
+                if out.stat().st_size != member.size:
+                    raise EOFError(f"member {member.name} is short")
+                count += 1
+    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise FerdataError(f"{archive} is truncated or corrupt ({exc}); download it again") from exc
+    return count
+
+
+def _extract_zip(archive: Path, target: Path) -> int:
+    count = 0
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                rel = _member_path(info.filename, archive)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise FerdataError(f"{archive} is unsafe: member {info.filename!r} is a link; refusing to extract it")
+                out = target / rel
+                if info.is_dir():
+                    out.mkdir(parents=True, exist_ok=True)
+                    continue
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(out, "wb") as fh:
+                    shutil.copyfileobj(src, fh, CHUNK)
+                count += 1
+    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
+        raise FerdataError(f"{archive} is truncated or corrupt ({exc}); download it again") from exc
+    return count
+
+
+def extract(archive: Path, target: Path) -> int:
+    """Extract ``archive`` into ``target`` as a whole (atomically); return how many files it held."""
+    if not archive.is_file():
+        raise FerdataError(f"{archive} not found")
+    with atomic_dir(target) as tmp:
+        if archive.name.lower().endswith(".zip"):
+            count = _extract_zip(archive, tmp)
+        else:
+            count = _extract_tar(archive, tmp)
+        if count == 0:
+            raise FerdataError(f"{archive} holds no files")
+    return count

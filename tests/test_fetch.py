@@ -1,0 +1,142 @@
+import hashlib
+import io
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ferdata.errors import FerdataError
+from ferdata.fetch import download_url, extract
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves PAYLOAD with Range support; the first plain GET is cut half way when ``cut`` is set."""
+
+    cut = False
+    requests: list = []
+
+    def do_GET(self):  # noqa: N802
+        rng = self.headers.get("Range")
+        type(self).requests.append(rng)
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        body = PAYLOAD[start:]
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+        self.end_headers()
+        if type(self).cut and not rng:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def server():
+    Handler.cut, Handler.requests = False, []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/data.tar.gz"
+    httpd.shutdown()
+
+
+def test_download_verifies_checksum(server, tmp_path):
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    out = download_url(server, tmp_path / "data.tar.gz", sha256=sha, size=len(PAYLOAD))
+    assert out.read_bytes() == PAYLOAD and not (tmp_path / "data.tar.gz.part").exists()
+
+
+def test_download_resumes_after_a_cut(server, tmp_path):
+    Handler.cut = True
+    dest = tmp_path / "data.tar.gz"
+    with pytest.raises(FerdataError, match="run the same command again to resume"):
+        download_url(server, dest)
+    part = tmp_path / "data.tar.gz.part"
+    assert 0 < part.stat().st_size < len(PAYLOAD) and not dest.exists()
+    download_url(server, dest, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    assert dest.read_bytes() == PAYLOAD
+    assert Handler.requests[-1] == f"bytes={len(PAYLOAD) // 2}-"
+
+
+def test_download_wrong_checksum_keeps_nothing(server, tmp_path):
+    with pytest.raises(FerdataError, match="expected 0000"):
+        download_url(server, tmp_path / "data.tar.gz", sha256="0000" + "0" * 60)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_unreachable(tmp_path):
+    with pytest.raises(FerdataError, match="download of http://127.0.0.1:9/x.zip failed"):
+        download_url("http://127.0.0.1:9/x.zip", tmp_path / "x.zip", timeout=5)
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_extract_tar_and_zip(tmp_path):
+    _tar(tmp_path / "ok.tar.gz", [("basic/a.txt", b"a", "file"), ("basic/sub/b.txt", b"bb", "file")])
+    assert extract(tmp_path / "ok.tar.gz", tmp_path / "out") == 2
+    assert (tmp_path / "out/basic/sub/b.txt").read_bytes() == b"bb"
+    with zipfile.ZipFile(tmp_path / "ok.zip", "w") as zf:
+        zf.writestr("x/y.txt", "y")
+    assert extract(tmp_path / "ok.zip", tmp_path / "outz") == 1
+
+
+@pytest.mark.parametrize("name,kind,match", [
+    ("../evil.txt", "file", "outside the target"),
+    ("/abs/evil.txt", "file", "outside the target"),
+    ("basic/../../evil.txt", "file", "outside the target"),
+    ("basic/link", "sym", "is a link"),
+])
+def test_extract_refuses_malicious_tar(tmp_path, name, kind, match):
+    archive = _tar(tmp_path / "evil.tar.gz", [("basic/ok.txt", b"ok", "file"), (name, b"x", kind)])
+    target = tmp_path / "sandbox" / "out"
+    with pytest.raises(FerdataError, match=match):
+        extract(archive, target)
+    assert not target.exists() and not (tmp_path / "evil.txt").exists()
+    assert [p.name for p in (tmp_path / "sandbox").iterdir()] == []  # no half-extracted temp folder left
+
+
+def test_extract_refuses_zip_slip(tmp_path):
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+        zf.writestr("ok.txt", "ok")
+        zf.writestr("../../evil.txt", "x")
+    with pytest.raises(FerdataError, match="outside the target"):
+        extract(tmp_path / "evil.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", ["tar.gz", "zip"])
+def test_truncated_archive_is_an_error(tmp_path, suffix):
+    big = bytes(range(256)) * 2000
+    path = tmp_path / f"whole.{suffix}"
+    if suffix == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("a.bin", big)
+            zf.writestr("b.bin", big)
+    else:
+        _tar(path, [("a.bin", big, "file"), ("b.bin", big, "file")])
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pytest.raises(FerdataError, match="truncated or corrupt"):
+        extract(cut, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
