@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 import yaml
 
 from ferdata.errors import FerdataError, UsageError
+
+if TYPE_CHECKING:
+    from ferdata.train.loop import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="ferdata: FER datasets made ambiguity-aware. Each command is one pipeline stage.")
 ParamsOpt = typer.Option(None, "--params", help="params.yaml to read defaults from (default: ./params.yaml if present)")
@@ -163,20 +166,56 @@ def train(data: Optional[Path] = DataOpt, models: Optional[Path] = typer.Option(
           image_size: Optional[int] = typer.Option(None), weights: Optional[str] = typer.Option(None, help="local initial weights (.pt)"),
           seed: Optional[int] = typer.Option(None), params_file: Optional[Path] = ParamsOpt) -> None:
     """Train a model on the epoch plan (CUDA when present; DDP under torchrun)."""
-    from dataclasses import fields
-
-    from ferdata.train.loop import TrainConfig, train as run
-    from ferdata.train.methods import METHODS
+    from ferdata.train.loop import train as run
 
     p = load_params(params_file)
     given = {"method": method, "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "image_size": image_size, "weights": weights, "seed": seed}
-    cfg = TrainConfig(**{f.name: pick(given.get(f.name), p, "train", f.name, f.default) for f in fields(TrainConfig)
-                         if f.name != "options"},
-                      options={m: (p.get("train") or {}).get(m) or {} for m in METHODS})
+    cfg = train_config(p, given)
     out = models if models is not None else Path("models") / p.get("dataset", "synth")
     log = run(data_dir(data, p), out, cfg)["epochs"]
     typer.echo(f"trained {cfg.method}/{cfg.backbone} for {len(log)} epochs: final val acc {log[-1]['val_acc']:.3f}")
+
+
+def train_config(p: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from CLI options, then params.yaml's train section, then defaults."""
+    from dataclasses import fields
+
+    from ferdata.train.loop import TrainConfig
+    from ferdata.train.methods import METHODS
+
+    return TrainConfig(**{f.name: pick(given.get(f.name), p, "train", f.name, f.default) for f in fields(TrainConfig)
+                          if f.name != "options"},
+                       options={m: (p.get("train") or {}).get(m) or {} for m in METHODS})
+
+
+@app.command()
+@stage
+def prior(data: Optional[Path] = DataOpt, folds: Optional[int] = typer.Option(None, help="subject-grouped folds"),
+          method: Optional[str] = typer.Option(None, help="method of the fold models (default ce)"),
+          epochs: Optional[int] = typer.Option(None), params_file: Optional[Path] = ParamsOpt) -> None:
+    """Out-of-fold class posteriors for every labelled face (input of the circumplex VA source)."""
+    from ferdata.train.oof import prior as run
+
+    p = load_params(params_file)
+    section = p.get("prior") or {}
+    cfg = train_config(p, {"method": method or section.get("method", "ce"), "epochs": epochs or section.get("epochs")})
+    table = run(data_dir(data, p), cfg, folds=pick(folds, p, "prior", "folds", 4),
+                per_video=pick(None, p, "sample", "per_video", 6), seed=pick(None, p, "prior", "seed", 0))
+    train = table[table["split"] == "train"]
+    typer.echo(f"out-of-fold {cfg.method} posteriors for {len(table)} faces ({len(train)} training faces held out once)")
+
+
+@app.command(name="fork")
+@stage
+def fork_cmd(data: Optional[Path] = DataOpt, to: Path = typer.Option(..., "--to", help="new dataset folder"),
+             params_file: Optional[Path] = ParamsOpt) -> None:
+    """Start a variant of a dataset (e.g. one noise ratio) that reuses its images, manifest and VA."""
+    from ferdata.io import fork
+
+    p = load_params(params_file)
+    fork(data_dir(data, p), to)
+    typer.echo(f"{to} reads what it lacks from {data_dir(data, p)}")
 
 
 @app.command()

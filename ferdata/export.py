@@ -15,7 +15,7 @@ import pandas as pd
 
 from ferdata.classes import CANONICAL, class_index
 from ferdata.errors import FerdataError
-from ferdata.io import file_sha256, read_table, stable_hash, write_table
+from ferdata.io import file_sha256, locate, read_table, stable_hash, write_table
 
 SOFTLABELS = "softlabels.parquet"
 
@@ -58,7 +58,7 @@ def export(data_dir: str | Path, models_dir: str | Path, *, margin: float = 0.2,
 
     data_dir, models_dir = Path(data_dir), Path(models_dir)
     labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
-    va, _ = read_table(data_dir / "va.parquet", "va", hint="run `ferdata va` first")
+    va, _ = read_table(locate(data_dir, "va.parquet"), "va", hint="run `ferdata va` first")
     learned, learned_meta = read_table(models_dir / LEARNED, "learned", hint="run `ferdata train` first")
     checkpoint = models_dir / CHECKPOINT
     if not checkpoint.is_file():

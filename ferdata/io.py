@@ -118,6 +118,28 @@ def image_root(data_dir: str | Path, meta: dict[str, Any]) -> Path:
     return Path(data_dir) / meta.get("root", ".")
 
 
+BASE = "base.json"
+
+
+def locate(data_dir: str | Path, name: str) -> Path:
+    """``data_dir/name``, else the same file in the dataset folder this one was forked from (``base.json``)."""
+    folder = Path(data_dir)
+    for _ in range(16):
+        if (folder / name).exists() or not (folder / BASE).is_file():
+            break
+        folder = folder / json.loads((folder / BASE).read_text())["base"]
+    return folder / name if (folder / name).exists() else Path(data_dir) / name
+
+
+def fork(data_dir: str | Path, to: str | Path) -> Path:
+    """Make ``to`` a dataset folder that reads what it lacks (images, manifest, VA) from ``data_dir``."""
+    data_dir, to = Path(data_dir), Path(to)
+    if not (data_dir / "manifest.parquet").is_file() and not (data_dir / BASE).is_file():
+        raise FerdataError(f"{data_dir} is not a dataset folder (no manifest.parquet); run `ferdata download` first")
+    to.mkdir(parents=True, exist_ok=True)
+    return write_json({"base": os.path.relpath(data_dir.resolve(), to.resolve())}, to / BASE)
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as stable, sorted, indented JSON, atomically."""
     path = Path(path)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ferdata.classes import CANONICAL
 from ferdata.errors import FerdataError, UsageError
-from ferdata.io import read_table, write_table
+from ferdata.io import locate, read_table, write_table
 
 LABELS = "labels.parquet"
 MODES = ("symmetric", "pairs")
@@ -68,8 +68,8 @@ def noise(data_dir: str | Path, *, ratio: float, mode: str = "symmetric", seed: 
     """Write ``data_dir/labels.parquet``: given (possibly noisy) label, clean label, flipped flag."""
     check_options(ratio, mode)
     data_dir = Path(data_dir)
-    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
-    index, _ = read_table(data_dir / "shard_index.parquet", "shard_index", hint="run `ferdata shard` first")
+    manifest, meta = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
+    index, _ = read_table(locate(data_dir, "shard_index.parquet"), "shard_index", hint="run `ferdata shard` first")
     df = manifest[manifest["sample_id"].isin(index["sample_id"]) & manifest["label"].notna()]
     df = df[["sample_id", "split", "label"]].sort_values("sample_id", kind="stable").reset_index(drop=True)
     df["label"] = df["label"].astype(np.int64)

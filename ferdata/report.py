@@ -10,7 +10,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from ferdata.classes import class_index
-from ferdata.io import atomic_file, read_table, write_json
+from ferdata.io import atomic_file, locate, read_table, write_json
 
 METRICS = "metrics.json"
 
@@ -129,7 +129,7 @@ def report(data_dir: str | Path, reports_dir: str | Path) -> dict[str, Any]:
     data_dir, reports_dir = Path(data_dir), Path(reports_dir)
     soft, meta = read_table(data_dir / "softlabels.parquet", "softlabels", hint="run `ferdata export` first")
     labels, _ = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
-    manifest, _ = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
+    manifest, _ = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
     classes = meta["classes"]
     metrics = compute_metrics(soft, labels, manifest, classes)
     metrics["method"] = meta.get("method")

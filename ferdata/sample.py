@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ferdata.errors import FerdataError
-from ferdata.io import read_table, write_table
+from ferdata.io import locate, read_table, write_table
 
 PLAN = "plan.parquet"
 
@@ -59,7 +59,7 @@ def sample(data_dir: str | Path, *, epochs: int, per_video: int = 6, per_class: 
         raise FerdataError(f"sample needs epochs >= 1, per_video >= 1, per_class >= 0 (got {epochs}, {per_video}, {per_class})")
     data_dir = Path(data_dir)
     labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
-    manifest, _ = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
+    manifest, _ = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
     train = labels[labels["split"] == "train"].reset_index(drop=True)
     if train.empty:
         raise FerdataError(f"{data_dir / 'labels.parquet'} has no training sample to plan")

@@ -35,16 +35,14 @@ def provided_va(manifest: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
     return out
 
 
-def circumplex_va(ids: pd.Series, classes: list[str], posteriors: str | Path | None) -> pd.DataFrame:
+def circumplex_va(ids: pd.Series, classes: list[str], posteriors: str | Path) -> pd.DataFrame:
     """VA as the posterior-weighted mean of the classes' circumplex centroids (``VA_CENTROIDS``)."""
     import pyarrow.parquet as pq
 
-    if not posteriors:
-        raise FerdataError("va.source circumplex needs va.posteriors: a parquet with sample_id and a distribution "
-                           "per face over the dataset's classes (e.g. an out-of-fold CE run's learned.parquet)")
     path = Path(posteriors)
     if not path.is_file():
-        raise FerdataError(f"va.posteriors {path} not found")
+        raise FerdataError(f"{path} not found: va.source circumplex needs class posteriors per face; run "
+                           "`ferdata prior` (out-of-fold CE) or point va.posteriors at a parquet with a distribution column")
     table = pq.read_table(path, columns=["sample_id", "distribution"]).to_pandas().set_index("sample_id")
     missing = ids[~ids.isin(table.index)]
     if len(missing):
@@ -87,7 +85,10 @@ def va(data_dir: str | Path, *, source: str = "provided", k: int = 8,
     manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
     index, _ = read_table(data_dir / "shard_index.parquet", "shard_index", hint="run `ferdata shard` first")
     ids = index["sample_id"].sort_values(kind="stable")
-    table = provided_va(manifest, ids) if source == "provided" else circumplex_va(ids, meta["classes"], posteriors)
+    if source == "circumplex":
+        table = circumplex_va(ids, meta["classes"], posteriors or data_dir / "prior.parquet")
+    else:
+        table = provided_va(manifest, ids)
     write_table(table, data_dir / VA, "va", {"classes": meta["classes"], "source": source})
     split = manifest.set_index("sample_id").loc[table["sample_id"], "split"].to_numpy()
     train = table[split == "train"]

@@ -17,7 +17,7 @@ def test_help_lists_every_stage():
 def test_unknown_dataset_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["download", "imagenet", "--data", str(tmp_path)])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == ["error: unknown dataset 'imagenet': known datasets are synth"]
+    assert result.output.strip().splitlines() == ["error: unknown dataset 'imagenet': known datasets are affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"]
 
 
 def test_missing_input_table_is_one_line(tmp_path):

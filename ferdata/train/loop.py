@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ferdata.augment import Augmenter
 from ferdata.classes import class_index
 from ferdata.errors import FerdataError
-from ferdata.io import atomic_file, read_table, write_json, write_table
+from ferdata.io import atomic_file, locate, read_table, write_json, write_table
 from ferdata.loader import load_images
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method
@@ -127,8 +127,8 @@ def method_context(data_dir: Path, cfg: TrainConfig, train_rows: pd.DataFrame, c
     labels = torch.from_numpy(class_index(train_rows["label"].to_numpy(), classes))
     knn = va = None
     if cfg.method in NEEDS_KNN:
-        graph, _ = read_table(data_dir / "knn.parquet", "knn", hint="run `ferdata va` first")
-        table, _ = read_table(data_dir / "va.parquet", "va", hint="run `ferdata va` first")
+        graph, _ = read_table(locate(data_dir, "knn.parquet"), "knn", hint="run `ferdata va` first")
+        table, _ = read_table(locate(data_dir, "va.parquet"), "va", hint="run `ferdata va` first")
         knn = neighbour_positions(graph, ids)
         va = torch.tensor(table.set_index("sample_id").loc[ids, ["valence", "arousal"]].to_numpy(np.float32))
     options = dict(cfg.options.get(cfg.method) or {})
@@ -156,7 +156,7 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
     method = build_method(cfg.method, ctx)
     objective = Objective(model, method).to(device)
     net = torch.nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
-    images = load_images(data_dir / "shards", labels["sample_id"].tolist(), size=cfg.image_size)
+    images = load_images(locate(data_dir, "shards"), labels["sample_id"].tolist(), size=cfg.image_size)
     train_images = images[(labels["split"] == "train").to_numpy()]
     val_mask = (labels["split"] == "val").to_numpy()
     val_targets = class_index(labels.loc[val_mask, "label"].to_numpy(), classes)
