@@ -202,6 +202,9 @@ def prior(data: Optional[Path] = DataOpt, folds: Optional[int] = typer.Option(No
     cfg = train_config(p, {"method": method or section.get("method", "ce"), "epochs": epochs or section.get("epochs")})
     table = run(data_dir(data, p), cfg, folds=pick(folds, p, "prior", "folds", 4),
                 per_video=pick(None, p, "sample", "per_video", 6), seed=pick(None, p, "prior", "seed", 0))
+    if table.empty:
+        typer.echo("prior skipped (prior.folds 0)")
+        return
     train = table[table["split"] == "train"]
     typer.echo(f"out-of-fold {cfg.method} posteriors for {len(table)} faces ({len(train)} training faces held out once)")
 
@@ -241,6 +244,17 @@ def report(data: Optional[Path] = DataOpt, reports: Optional[Path] = typer.Optio
     out = reports if reports is not None else Path("reports") / p.get("dataset", "synth")
     typer.echo(summarize(run(data_dir(data, p), out)))
 
+
+
+@app.command()
+@stage
+def sweep(reports: Path = typer.Option(..., help="a noise sweep's report folder (reports/sweep/<dataset>)"),
+          out: Optional[Path] = typer.Option(None, help="where sweep.csv and noise_recovery.png go (default: --reports)")) -> None:
+    """Collect a noise sweep's metrics into sweep.csv and the noise-recovery curve."""
+    from ferdata.report import collect_sweep
+
+    table = collect_sweep(reports, out)
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 def main() -> None:
     app()

@@ -57,7 +57,7 @@ def export(data_dir: str | Path, models_dir: str | Path, *, margin: float = 0.2,
     from ferdata.train.loop import CHECKPOINT, LEARNED
 
     data_dir, models_dir = Path(data_dir), Path(models_dir)
-    labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
+    labels, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
     va, _ = read_table(locate(data_dir, "va.parquet"), "va", hint="run `ferdata va` first")
     learned, learned_meta = read_table(models_dir / LEARNED, "learned", hint="run `ferdata train` first")
     checkpoint = models_dir / CHECKPOINT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from ferdata.classes import class_index
+from ferdata.errors import FerdataError
 from ferdata.io import atomic_file, locate, read_table, write_json
 
 METRICS = "metrics.json"
@@ -127,8 +130,8 @@ def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pat
 def report(data_dir: str | Path, reports_dir: str | Path) -> dict[str, Any]:
     """Write ``metrics.json``, ``class_balance.png`` and ``confusion.png`` under ``reports_dir``."""
     data_dir, reports_dir = Path(data_dir), Path(reports_dir)
-    soft, meta = read_table(data_dir / "softlabels.parquet", "softlabels", hint="run `ferdata export` first")
-    labels, _ = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
+    soft, meta = read_table(locate(data_dir, "softlabels.parquet"), "softlabels", hint="run `ferdata export` first")
+    labels, _ = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
     manifest, _ = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
     classes = meta["classes"]
     metrics = compute_metrics(soft, labels, manifest, classes)
@@ -152,3 +155,49 @@ def summarize(metrics: dict[str, Any]) -> str:
     """One line of headline numbers."""
     keys = ("test_acc_true_argmax", "test_acc_clean_label", "noise_auroc_given_prob", "flips_recovered")
     return "report: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
+
+
+SWEEP_COLUMNS = ("test_acc_true_argmax", "test_acc_clean_label", "noise_auroc_given_prob", "noise_auroc_uncertainty",
+                 "flips_recovered", "train_kl_true")
+
+
+def collect_sweep(reports_dir: str | Path, out_dir: str | Path | None = None) -> pd.DataFrame:
+    """One table of every ``metrics.json`` under a noise sweep's report folder (a row per method and
+    ratio), written as ``sweep.csv`` beside ``noise_recovery.png`` in ``out_dir``."""
+    reports_dir = Path(reports_dir)
+    out_dir = Path(out_dir) if out_dir is not None else reports_dir
+    rows = []
+    for path in sorted(reports_dir.glob("*/*/" + METRICS)):
+        metrics = json.loads(path.read_text())
+        noise = metrics.get("noise") or {}
+        rows.append({"method": metrics.get("method") or path.parent.name, "ratio": float(noise.get("ratio", 0.0)),
+                     **{c: metrics.get(c) for c in SWEEP_COLUMNS}})
+    if not rows:
+        raise FerdataError(f"no */*/{METRICS} under {reports_dir}; run the sweep's report stages first")
+    table = pd.DataFrame(rows).sort_values(["method", "ratio"], kind="stable").reset_index(drop=True)
+    with atomic_file(out_dir / "sweep.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    plot_sweep(table, out_dir / "noise_recovery.png")
+    return table
+
+
+def plot_sweep(table: pd.DataFrame, path: Path) -> None:
+    """Clean-test accuracy and noisy-label detection AUROC against the noise ratio, a line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = "test_acc_true_argmax" if table["test_acc_true_argmax"].notna().any() else "test_acc_clean_label"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, rows in table.groupby("method", sort=True):
+        axes[0].plot(rows["ratio"], rows[acc], marker="o", label=method)
+        axes[1].plot(rows["ratio"], rows["noise_auroc_given_prob"], marker="o", label=method)
+    axes[0].set(xlabel="symmetric noise ratio", ylabel=acc.replace("_", " "), title="Clean-test accuracy")
+    axes[1].set(xlabel="symmetric noise ratio", ylabel="AUROC (1 - p[given label])", title="Noisy-label detection")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -58,7 +58,7 @@ def sample(data_dir: str | Path, *, epochs: int, per_video: int = 6, per_class: 
     if epochs < 1 or per_video < 1 or per_class < 0:
         raise FerdataError(f"sample needs epochs >= 1, per_video >= 1, per_class >= 0 (got {epochs}, {per_video}, {per_class})")
     data_dir = Path(data_dir)
-    labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
+    labels, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
     manifest, _ = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
     train = labels[labels["split"] == "train"].reset_index(drop=True)
     if train.empty:

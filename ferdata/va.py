@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 
 from ferdata.classes import VA_CENTROIDS
 from ferdata.errors import FerdataError
-from ferdata.io import read_table, write_table
+from ferdata.io import locate, read_table, write_table
 
 VA = "va.parquet"
 KNN = "knn.parquet"
@@ -82,8 +82,8 @@ def va(data_dir: str | Path, *, source: str = "provided", k: int = 8,
     if k < 1:
         raise FerdataError(f"va.k must be >= 1, got {k}")
     data_dir = Path(data_dir)
-    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
-    index, _ = read_table(data_dir / "shard_index.parquet", "shard_index", hint="run `ferdata shard` first")
+    manifest, meta = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
+    index, _ = read_table(locate(data_dir, "shard_index.parquet"), "shard_index", hint="run `ferdata shard` first")
     ids = index["sample_id"].sort_values(kind="stable")
     if source == "circumplex":
         table = circumplex_va(ids, meta["classes"], posteriors or data_dir / "prior.parquet")

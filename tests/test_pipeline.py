@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -67,3 +68,69 @@ def test_repro_runs_caches_and_reruns_only_downstream_of_noise(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _ran(_dvc(repo, "repro")) == {"noise", "sample", "train", "export", "report"}
     assert ferdata.load_soft_labels(repo / "data/synth/softlabels.parquet").attrs["noise"]["ratio"] == 0.1
+
+
+@pytest.mark.slow
+def test_noise_sweep_collects_one_table(repo):
+    _dvc(repo, "repro")  # the base dataset (cached by the test above when it ran first)
+    shutil.copytree(ROOT / "pipelines", repo / "pipelines", symlinks=True)
+    sweep = yaml.safe_load((repo / "pipelines/noise-sweep/params.yaml").read_text())
+    sweep.update(ratios=[0.0, 0.2], methods=["ce", "ls"])
+    sweep["train"].update(TINY_PARAMS["train"])
+    (repo / "pipelines/noise-sweep/params.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    out = _dvc(repo, "repro", "pipelines/noise-sweep/dvc.yaml")
+    assert out.count("Running stage 'pipelines/noise-sweep/dvc.yaml:train@") == 4
+    table = (repo / "reports/sweep/synth-summary/sweep.csv").read_text().splitlines()
+    assert table[0].startswith("method,ratio,test_acc_true_argmax") and len(table) == 5
+    assert (repo / "reports/sweep/synth-summary/noise_recovery.png").stat().st_size > 10_000
+    assert (repo / "data/sweep/synth/r0.2/ls/base.json").is_file()
+    assert not (repo / "data/sweep/synth/r0.2/shards").exists()  # images are shared, not copied
+    labels = ferdata.load_soft_labels(repo / "data/sweep/synth/r0.2/ce/softlabels.parquet")
+    assert labels.attrs["noise"]["ratio"] == 0.2
+
+
+def _ferplus_fixture(root: Path, n_train: int = 48, n_val: int = 12) -> None:
+    """A FER+ folder layout (label.csv + PNGs) with vote counts and grey faces drawn by the test."""
+    import csv
+
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for folder, n, offset in (("FER2013Train", n_train, 0), ("FER2013Valid", n_val, 28_000)):
+        (root / folder).mkdir(parents=True)
+        with open(root / folder / "label.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            for i in range(n):
+                name = f"fer{offset + i:07d}.png"
+                votes = [0] * 10
+                top = i % 4
+                votes[top] = 6
+                votes[(top + 1) % 8] = 4
+                writer.writerow([name, "(0, 0, 48, 48)", *votes])
+                face = np.full((48, 48), 40 + 50 * top, np.uint8) + rng.integers(0, 30, (48, 48), dtype=np.uint8)
+                cv2.imwrite(str(root / folder / name), face)
+
+
+@pytest.mark.slow
+def test_dataset_pipeline_template_on_a_ferplus_layout(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("ferplus-pipeline")
+    shutil.copytree(Path(ferdata.__file__).parent, repo / "ferdata", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "pipelines", repo / "pipelines", symlinks=True)
+    assert (repo / "pipelines/ferplus/dvc.yaml").is_symlink()
+    _ferplus_fixture(repo / "raw-ferplus")
+    params = yaml.safe_load((repo / "pipelines/ferplus/params.yaml").read_text())
+    params["source"]["path"] = str(repo / "raw-ferplus")
+    params["align"]["workers"] = 1
+    params["prior"].update(folds=2, epochs=1)
+    params["train"].update(epochs=2, batch_size=8, image_size=32)
+    (repo / "pipelines/ferplus/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    _dvc(repo, "init", "-q")
+    out = _dvc(repo, "repro", "pipelines/ferplus/dvc.yaml")
+    assert out.count("Running stage") == 10
+    soft = ferdata.load_soft_labels(repo / "data/ferplus/softlabels.parquet")
+    assert len(soft) == 60 and soft.attrs["method"] == "ldlva"
+    va = pd.read_parquet(repo / "data/ferplus/va.parquet")
+    assert set(va["source"]) == {"circumplex"} and va["valence"].between(-1, 1).all()
+    assert "didn't change" in _dvc(repo, "repro", "pipelines/ferplus/dvc.yaml")

@@ -138,8 +138,8 @@ def method_context(data_dir: Path, cfg: TrainConfig, train_rows: pd.DataFrame, c
 def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg.method`` on the epoch plan; write the checkpoint, the learned distributions and a log."""
     data_dir, models_dir = Path(data_dir), Path(models_dir)
-    labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
-    plan, plan_meta = read_table(data_dir / "plan.parquet", "plan", hint="run `ferdata sample` first")
+    labels, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
+    plan, plan_meta = read_table(locate(data_dir, "plan.parquet"), "plan", hint="run `ferdata sample` first")
     if plan_meta.get("epochs", 0) < cfg.epochs:
         raise FerdataError(f"plan.parquet has {plan_meta.get('epochs')} epochs, train.epochs is {cfg.epochs}; re-run `ferdata sample`")
     classes = meta["classes"]

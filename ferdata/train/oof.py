@@ -37,7 +37,7 @@ def out_of_fold(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_v
     if folds < 2:
         raise FerdataError(f"out-of-fold posteriors need at least 2 folds, got {folds}")
     data_dir = Path(data_dir)
-    labels, meta = read_table(data_dir / "labels.parquet", "labels", hint="run `ferdata noise` first")
+    labels, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
     manifest, _ = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
     is_train = (labels["split"] == "train").to_numpy()
     fold = np.full(len(labels), -1)
@@ -68,10 +68,15 @@ def out_of_fold(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_v
 
 
 def prior(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_video: int = 6, seed: int = 0) -> pd.DataFrame:
-    """Write ``data_dir/prior.parquet``: out-of-fold posteriors of ``cfg.method`` for every labelled face."""
+    """Write ``data_dir/prior.parquet``: out-of-fold posteriors of ``cfg.method`` for every labelled face
+    (an empty table when ``folds`` is 0)."""
     data_dir = Path(data_dir)
+    _, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
+    if folds == 0:  # not needed (e.g. the dataset has its own VA): an empty table keeps the pipeline's shape
+        table = pd.DataFrame({"sample_id": [], "split": [], "distribution": [], "uncertainty": []})
+        write_table(table, data_dir / PRIOR, "learned", {"classes": meta["classes"], "method": "none", "folds": 0})
+        return table
     table = out_of_fold(data_dir, cfg, folds=folds, per_video=per_video, seed=seed)
-    _, meta = read_table(data_dir / "labels.parquet", "labels")
     write_table(table, data_dir / PRIOR, "learned", {"classes": meta["classes"], "method": cfg.method, "folds": folds,
                                                       "out_of_fold": True})
     return table
