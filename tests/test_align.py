@@ -71,3 +71,22 @@ def test_unknown_detector(data_dir):
     with pytest.raises(FerdataError, match="multiple of 112 or 128"):
         align(data_dir, size=100)
     assert pd.read_parquet(data_dir / "aligned.parquet")["status"].eq("ok").all()
+
+
+def test_detector_none_resizes_already_aligned_faces(data_dir):
+    import cv2
+
+    table = align(data_dir, detector="none", size=64)
+    assert (table["status"] == "ok").all() and (table["detector"] == "none").all()
+    assert cv2.imread(str(data_dir / table["path"].iloc[0])).shape == (64, 64, 3)
+
+
+def test_resize_face_crops_the_centre_square():
+    import numpy as np
+
+    from ferdata.align import resize_face
+
+    img = np.zeros((100, 60, 3), np.uint8)
+    img[20:80] = 255  # the centre 60x60 square is white
+    out = resize_face(img, 30)
+    assert out.shape == (30, 30, 3) and out.min() == 255

@@ -73,3 +73,22 @@ def test_stable_hash_ignores_key_order():
 def test_read_meta_decodes_json(tmp_path):
     path = write_table(_plan(), tmp_path / "p.parquet", "plan", {"epochs": 4})
     assert read_meta(path)["epochs"] == 4
+
+
+def test_fork_reads_what_it_lacks_from_its_base(tmp_path):
+    from ferdata.io import fork, locate
+
+    base = tmp_path / "data/synth"
+    base.mkdir(parents=True)
+    (base / "manifest.parquet").write_bytes(b"m")
+    (base / "shards").mkdir()
+    fork(base, tmp_path / "sweep/r0.3")
+    fork(tmp_path / "sweep/r0.3", tmp_path / "sweep/r0.3/ce")
+    (tmp_path / "sweep/r0.3/labels.parquet").write_bytes(b"l")
+    leaf = tmp_path / "sweep/r0.3/ce"
+    assert locate(leaf, "manifest.parquet") == tmp_path / "sweep/r0.3/ce/../../../data/synth/manifest.parquet"
+    assert locate(leaf, "shards").resolve() == (base / "shards").resolve()
+    assert locate(leaf, "labels.parquet").resolve() == (tmp_path / "sweep/r0.3/labels.parquet").resolve()
+    assert locate(leaf, "softlabels.parquet") == leaf / "softlabels.parquet"  # missing: named where written
+    with pytest.raises(FerdataError, match="not a dataset folder"):
+        fork(tmp_path / "nothing", tmp_path / "x")

@@ -1,7 +1,9 @@
 import json
 
 import numpy as np
+import pytest
 
+from ferdata.errors import FerdataError
 from ferdata.report import auroc, confusion, kl_divergence, report
 
 
@@ -31,3 +33,23 @@ def test_report_stage(trained_dir, tmp_path):
     for key in ("test_acc_true_argmax", "train_kl_true", "noise_auroc_given_prob", "flips_recovered"):
         assert key in saved
     assert saved["train_flipped"] > 0 and 0 <= saved["noise_auroc_given_prob"] <= 1
+
+
+def test_collect_sweep_makes_one_table_and_a_curve(tmp_path):
+    import json
+
+    from ferdata.report import collect_sweep
+
+    for ratio in (0.0, 0.3):
+        for method, acc in (("ce", 0.7 - ratio), ("ldlva", 0.8 - ratio / 2)):
+            out = tmp_path / "sweep" / f"r{ratio}" / method
+            out.mkdir(parents=True)
+            (out / "metrics.json").write_text(json.dumps({
+                "method": method, "noise": {"ratio": ratio}, "test_acc_true_argmax": acc,
+                "noise_auroc_given_prob": 0.9 if ratio else None}))
+    table = collect_sweep(tmp_path / "sweep", tmp_path / "summary")
+    assert list(table["method"]) == ["ce", "ce", "ldlva", "ldlva"] and list(table["ratio"]) == [0.0, 0.3, 0.0, 0.3]
+    assert (tmp_path / "summary/sweep.csv").read_text().startswith("method,ratio,test_acc_true_argmax")
+    assert (tmp_path / "summary/noise_recovery.png").stat().st_size > 10_000
+    with pytest.raises(FerdataError, match="no \\*/\\*/metrics.json"):
+        collect_sweep(tmp_path / "summary")

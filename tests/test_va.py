@@ -43,3 +43,32 @@ def test_va_stage(data_dir):
     assert all(set(n) <= train and len(n) == 4 for n in graph["neighbours"])
     with pytest.raises(FerdataError, match="unknown va.source 'onnx'"):
         va(data_dir, source="onnx")
+
+
+def test_circumplex_va_from_posteriors(data_dir, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from ferdata.classes import VA_CENTROIDS
+    from ferdata.io import write_table
+
+    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
+    classes = meta["classes"]
+    with pytest.raises(FerdataError, match="run `ferdata prior`"):
+        va(data_dir, source="circumplex")
+    probs = np.zeros((len(manifest), len(classes)), np.float32)
+    probs[:, classes.index("happy")] = 1.0
+    probs[::2] = 1.0 / len(classes)  # every other face: uniform
+    post = pd.DataFrame({"sample_id": manifest["sample_id"], "split": manifest["split"],
+                         "distribution": list(probs), "uncertainty": 0.0})
+    write_table(post, data_dir / "prior.parquet", "learned", {"classes": classes})
+    table, graph = va(data_dir, source="circumplex", k=3)
+    assert (table["source"] == "circumplex").all()
+    row = table.set_index("sample_id").loc[manifest["sample_id"].iloc[1]]
+    assert np.allclose([row["valence"], row["arousal"]], VA_CENTROIDS["happy"], atol=1e-6)
+    uniform = np.mean([VA_CENTROIDS[c] for c in classes], axis=0)
+    row = table.set_index("sample_id").loc[manifest["sample_id"].iloc[0]]
+    assert np.allclose([row["valence"], row["arousal"]], uniform, atol=1e-6)
+    write_table(post.iloc[1:], tmp_path / "partial.parquet", "learned", {"classes": classes})
+    with pytest.raises(FerdataError, match="has no distribution for 1 faces"):
+        va(data_dir, source="circumplex", posteriors=tmp_path / "partial.parquet")

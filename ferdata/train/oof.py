@@ -73,7 +73,8 @@ def prior(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_video: 
     data_dir = Path(data_dir)
     _, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
     if folds == 0:  # not needed (e.g. the dataset has its own VA): an empty table keeps the pipeline's shape
-        table = pd.DataFrame({"sample_id": [], "split": [], "distribution": [], "uncertainty": []})
+        table = pd.DataFrame({"sample_id": pd.Series([], dtype=object), "split": pd.Series([], dtype=object),
+                              "distribution": pd.Series([], dtype=object), "uncertainty": pd.Series([], dtype="float64")})
         write_table(table, data_dir / PRIOR, "learned", {"classes": meta["classes"], "method": "none", "folds": 0})
         return table
     table = out_of_fold(data_dir, cfg, folds=folds, per_video=per_video, seed=seed)
