@@ -43,11 +43,11 @@ from ferdata.train.loop import LEARNED, TrainConfig, train
 from ferdata.train.oof import out_of_fold
 from ferdata.va import va
 
-def prepare(src: Path, work: Path, *, ratio: float, seed: int, epochs: int, per_video: int) -> Path:
+def prepare(src: Path, work: Path, *, ratio: float, seed: int, epochs: int, per_video: int, per_class: int) -> Path:
     """A fork of ``src`` (sharing its images and tables) with its own noisy labels and epoch plan."""
     fork(src, work)
     noise(work, ratio=ratio, seed=seed)
-    sample(work, epochs=epochs, per_video=per_video, seed=seed)
+    sample(work, epochs=epochs, per_video=per_video, per_class=per_class, seed=seed)
     return work
 
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--va", choices=("dataset", "circumplex"), default="dataset",
                     help="dataset: the folder's own va/knn tables; circumplex: pseudo VA from out-of-fold CE posteriors, per ratio")
     ap.add_argument("--per-video", type=int, default=6)
+    ap.add_argument("--per-class", type=int, default=0, help="samples per class per epoch (0: the largest class)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="train settings (the train section)")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/noise_robustness.json"))
@@ -142,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ferdata-bench-") as tmp:
         for ratio in [float(r) for r in args.ratios.split(",")]:
             work = Path(tmp) / f"r{ratio}"
-            data = prepare(args.data, work / "data", ratio=ratio, seed=args.seed, epochs=args.epochs, per_video=args.per_video)
+            data = prepare(args.data, work / "data", ratio=ratio, seed=args.seed, epochs=args.epochs, per_video=args.per_video,
+                           per_class=args.per_class)
             probs = None
             if args.folds > 1 and (ratio > 0 or args.va == "circumplex"):
                 cfg = TrainConfig(method="ce", epochs=args.epochs, seed=args.seed, options=options, **base)
                 start = time.time()
-                oof = out_of_fold(data, cfg, folds=args.folds, per_video=args.per_video, seed=args.seed)
+                oof = out_of_fold(data, cfg, folds=args.folds, per_video=args.per_video, per_class=args.per_class, seed=args.seed)
                 seconds = round(time.time() - start, 1)
                 probs = oof
                 if ratio > 0:

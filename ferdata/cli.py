@@ -201,7 +201,8 @@ def prior(data: Optional[Path] = DataOpt, folds: Optional[int] = typer.Option(No
     section = p.get("prior") or {}
     cfg = train_config(p, {"method": method or section.get("method", "ce"), "epochs": epochs or section.get("epochs")})
     table = run(data_dir(data, p), cfg, folds=pick(folds, p, "prior", "folds", 4),
-                per_video=pick(None, p, "sample", "per_video", 6), seed=pick(None, p, "prior", "seed", 0))
+                per_video=pick(None, p, "sample", "per_video", 6), per_class=pick(None, p, "sample", "per_class", 0),
+                seed=pick(None, p, "prior", "seed", 0))
     if table.empty:
         typer.echo("prior skipped (prior.folds 0)")
         return

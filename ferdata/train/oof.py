@@ -31,7 +31,7 @@ def fold_groups(labels: pd.DataFrame, manifest: pd.DataFrame, *, folds: int, see
     return np.array([fold_of[g] for g in group.astype(str)])
 
 
-def out_of_fold(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_video: int = 6,
+def out_of_fold(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_video: int = 6, per_class: int = 0,
                 seed: int = 0) -> pd.DataFrame:
     """A learned-style table (sample_id, split, distribution, uncertainty) of out-of-fold posteriors."""
     if folds < 2:
@@ -55,7 +55,7 @@ def out_of_fold(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_v
             held = fold == f
             fold_labels.loc[held, "split"] = "holdout"
             write_table(fold_labels, work / "labels.parquet", "labels", meta)
-            sample(work, epochs=cfg.epochs, per_video=per_video, seed=seed)
+            sample(work, epochs=cfg.epochs, per_video=per_video, per_class=per_class, seed=seed)
             train(work, work / "models", cfg)
             learned, _ = read_table(work / "models" / LEARNED, "learned")
             dist = np.stack(learned.set_index("sample_id").loc[labels["sample_id"], "distribution"].to_numpy())
@@ -67,7 +67,8 @@ def out_of_fold(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_v
                          "distribution": list(probs.astype(np.float32)), "uncertainty": uncertainty})
 
 
-def prior(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_video: int = 6, seed: int = 0) -> pd.DataFrame:
+def prior(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_video: int = 6, per_class: int = 0,
+          seed: int = 0) -> pd.DataFrame:
     """Write ``data_dir/prior.parquet``: out-of-fold posteriors of ``cfg.method`` for every labelled face
     (an empty table when ``folds`` is 0)."""
     data_dir = Path(data_dir)
@@ -77,7 +78,7 @@ def prior(data_dir: str | Path, cfg: TrainConfig, *, folds: int = 4, per_video: 
                               "distribution": pd.Series([], dtype=object), "uncertainty": pd.Series([], dtype="float64")})
         write_table(table, data_dir / PRIOR, "learned", {"classes": meta["classes"], "method": "none", "folds": 0})
         return table
-    table = out_of_fold(data_dir, cfg, folds=folds, per_video=per_video, seed=seed)
+    table = out_of_fold(data_dir, cfg, folds=folds, per_video=per_video, per_class=per_class, seed=seed)
     write_table(table, data_dir / PRIOR, "learned", {"classes": meta["classes"], "method": cfg.method, "folds": folds,
                                                       "out_of_fold": True})
     return table
