@@ -88,7 +88,7 @@ def download(name: Optional[str] = typer.Argument(None, help="dataset name (defa
 
 @app.command()
 @stage
-def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option(None, help="landmarks (the dataset's own 5 points) or none (already aligned: resize only)"),
+def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option(None, help="landmarks (the dataset's own 5 points), mtcnn (detect them) or none (already aligned: resize only)"),
           size: Optional[int] = typer.Option(None, help="output size in pixels (112, 224)"),
           workers: Optional[int] = typer.Option(None, help="worker processes"),
           params_file: Optional[Path] = ParamsOpt) -> None:
@@ -98,7 +98,8 @@ def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option
     p = load_params(params_file)
     table = run(data_dir(data, p), detector=pick(detector, p, "align", "detector", "landmarks"),
                 size=pick(size, p, "align", "size", 112), jpeg_quality=pick(None, p, "align", "jpeg_quality", 95),
-                workers=pick(workers, p, "align", "workers", 1))
+                workers=pick(workers, p, "align", "workers", 1), weights=pick(None, p, "align", "mtcnn_weights", None),
+                no_face=pick(None, p, "align", "no_face", "flag"), min_face=pick(None, p, "align", "min_face", 20))
     typer.echo(summarize(table))
 
 

@@ -48,6 +48,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("score", _f32),
         pa.field("path", pa.string()),
         pa.field("reason", pa.string()),
+        pa.field("flags", pa.string()),
     ]),
     "shard_index": pa.schema([
         _id,

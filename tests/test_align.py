@@ -90,3 +90,50 @@ def test_resize_face_crops_the_centre_square():
     img[20:80] = 255  # the centre 60x60 square is white
     out = resize_face(img, 30)
     assert out.shape == (30, 30, 3) and out.min() == 255
+
+
+def test_read_image_handles_cmyk_and_rejects_truncated_jpeg(tmp_path):
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert read_image(tmp_path / "cmyk.jpg").shape == (40, 50, 3)
+    cv2.imwrite(str(tmp_path / "whole.jpg"), rgb)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    cv2.imwrite(str(tmp_path / "whole.png"), rgb)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:200])
+    for name in ("cut.jpg", "cut.png"):
+        try:
+            read_image(tmp_path / name)
+        except ValueError as exc:
+            assert "unreadable" in str(exc)
+        else:
+            raise AssertionError(f"{name} should not read")
+
+
+def test_mtcnn_align_flags_faces_it_cannot_find(data_dir, tmp_path):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        pytest.skip("pip install --no-deps facenet-pytorch==2.6.0")
+    from skimage import data
+
+    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
+    photo = data.astronaut()
+    cv2.imwrite(str(data_dir / manifest["path"].iloc[0]), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    two = np.concatenate([photo, photo], axis=1)  # two astronauts side by side
+    cv2.imwrite(str(data_dir / manifest["path"].iloc[1]), cv2.cvtColor(two, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(data_dir / manifest["path"].iloc[2]), np.full((160, 160, 3), 90, np.uint8))  # no face
+    small = manifest.iloc[:3].copy()
+    small["bbox"] = [None, np.array([512 + 180, 60, 90, 110], np.float32), None]
+    write_table(small, data_dir / "manifest.parquet", "manifest", {"classes": meta["classes"]})
+    table = align(data_dir, detector="mtcnn", size=112).set_index("sample_id")
+    ids = small["sample_id"]
+    assert table.loc[ids[0], "status"] == "ok" and table.loc[ids[0], "score"] > 0.99
+    assert table.loc[ids[1], "status"] == "ok" and table.loc[ids[1], "flags"] == "multi_face"
+    assert table.loc[ids[2], "status"] == "no_face"
+    table = align(data_dir, detector="mtcnn", size=112, no_face="center_crop").set_index("sample_id")
+    assert table.loc[ids[2], "status"] == "ok" and table.loc[ids[2], "flags"] == "no_face,center_crop"
