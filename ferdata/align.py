@@ -7,8 +7,10 @@ and a reason, never dropped silently; only ``ok`` faces go on to the shards.
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -17,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.errors import FerdataError
-from ferdata.io import atomic_dir, image_root, read_table, write_table
+from ferdata.io import atomic_dir, image_root, read_table, stable_hash, write_json, write_table
 
 ALIGNED = "aligned.parquet"
 ALIGNED_DIR = "aligned"
@@ -149,15 +151,44 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core already
 
 
+WORK = ".align-work"
+CHUNK = 512
+
+
+def _chunk_rows(settings: Settings, chunk: list[tuple], workers: int, pool: ProcessPoolExecutor | None) -> list[dict]:
+    run = functools.partial(_align_one, settings=settings)
+    if pool is None:
+        return [run(job) for job in chunk]
+    return list(pool.map(run, chunk, chunksize=max(1, len(chunk) // (4 * workers))))
+
+
+def _work_dir(data_dir: Path, settings: Settings, manifest: pd.DataFrame) -> Path:
+    """The resumable work folder; started afresh when the settings or the manifest changed."""
+    work = data_dir / WORK
+    stamp = {"settings": asdict(settings), "manifest": stable_hash(manifest["sample_id"].tolist()), "chunk": CHUNK}
+    if work.is_dir() and (not (work / "settings.json").is_file() or json.loads((work / "settings.json").read_text()) != json.loads(json.dumps(stamp, sort_keys=True))):
+        shutil.rmtree(work)
+    (work / ALIGNED_DIR).mkdir(parents=True, exist_ok=True)
+    write_json(stamp, work / "settings.json")
+    return work
+
+
 def align(data_dir: str | Path, *, detector: str = "landmarks", size: int = 112, jpeg_quality: int = 95,
-          workers: int = 1, weights: str | None = None, no_face: str = "flag", min_face: int = 20) -> pd.DataFrame:
-    """Align every manifest face into ``data_dir/aligned`` and write ``data_dir/aligned.parquet``."""
+          workers: int = 1, weights: str | None = None, no_face: str = "flag", min_face: int = 20,
+          part: tuple[int, int] = (1, 1)) -> pd.DataFrame:
+    """Align the manifest's faces in chunks under ``data_dir/.align-work`` (an interrupted run resumes
+    from the chunks already done); ``part=(i, n)`` does only every n-th chunk, so n machines can share
+    the work. Once every chunk is done, publish ``aligned/`` and ``aligned.parquet``; before that,
+    return the rows done so far."""
     if detector not in DETECTORS:
         raise FerdataError(f"unknown align.detector {detector!r}: available here: {', '.join(DETECTORS)}")
     if detector != "none" and size % 112 and size % 128:
         raise FerdataError(f"align.size {size} must be a multiple of 112 or 128 (e.g. 112, 224)")
     if no_face not in ("flag", "center_crop"):
         raise FerdataError(f"align.no_face {no_face!r}: use flag or center_crop")
+    index, parts = part
+    if not 1 <= index <= parts:
+        raise FerdataError(f"--part {index}/{parts}: use i/n with 1 <= i <= n")
     if detector == "mtcnn":
         from ferdata.detect import find_weights
 
@@ -166,22 +197,40 @@ def align(data_dir: str | Path, *, detector: str = "landmarks", size: int = 112,
     data_dir = Path(data_dir)
     manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
     root = image_root(data_dir, meta)
-    run = functools.partial(_align_one, settings=settings)
+    work = _work_dir(data_dir, settings, manifest)
+    jobs = [(r.sample_id, str(root / r.path), r.landmarks, r.bbox, str(work / ALIGNED_DIR / f"{r.sample_id}.jpg"))
+            for r in manifest.itertuples(index=False)]
+    chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+    todo = [c for c in range(len(chunks)) if c % parts == index - 1 and not (work / f"chunk-{c:06d}.parquet").is_file()]
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 1 and todo else None
+    try:
+        with tqdm(total=sum(len(chunks[c]) for c in todo), desc="align", unit="face", leave=False, disable=None) as bar:
+            for c in todo:
+                rows = pd.DataFrame(_chunk_rows(settings, chunks[c], workers, pool))
+                write_table(rows, work / f"chunk-{c:06d}.parquet", "aligned")  # the chunk's commit point
+                bar.update(len(rows))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    done = sorted(work.glob("chunk-*.parquet"))
+    table = pd.concat([read_table(p, "aligned")[0] for p in done], ignore_index=True) if done else pd.DataFrame()
+    if len(done) < len(chunks):
+        table.attrs["total"] = len(jobs)  # partial: the other parts (or a rerun) finish it
+        return table
+    table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
     with atomic_dir(data_dir / ALIGNED_DIR) as tmp:
-        jobs = [(r.sample_id, str(root / r.path), r.landmarks, r.bbox, str(tmp / f"{r.sample_id}.jpg"))
-                for r in manifest.itertuples(index=False)]
-        if workers > 1:
-            with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-                rows = list(tqdm(pool.map(run, jobs, chunksize=16), total=len(jobs), desc="align", leave=False, disable=None))
-        else:
-            rows = [run(j) for j in tqdm(jobs, desc="align", leave=False, disable=None)]
-    table = pd.DataFrame(rows)
+        tmp.rmdir()
+        (work / ALIGNED_DIR).rename(tmp)
     write_table(table, data_dir / ALIGNED, "aligned", {"classes": meta["classes"], "size": size, "detector": detector})
+    shutil.rmtree(work)
     return table
 
 
 def summarize(table: pd.DataFrame) -> str:
-    """One line: how many faces per status and per flag."""
+    """One line: how many faces per status and per flag (and how far a partial run is)."""
+    if "total" in table.attrs:
+        return (f"aligned {len(table)}/{table.attrs['total']} faces so far; run `ferdata align` again (or the other "
+                "parts) to finish")
     counts = table["status"].value_counts().sort_index()
     line = f"aligned {int((table['status'] == 'ok').sum())}/{len(table)} faces (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
     flags = table["flags"].dropna().str.split(",").explode().value_counts().sort_index()

@@ -137,3 +137,28 @@ def test_mtcnn_align_flags_faces_it_cannot_find(data_dir, tmp_path):
     assert table.loc[ids[2], "status"] == "no_face"
     table = align(data_dir, detector="mtcnn", size=112, no_face="center_crop").set_index("sample_id")
     assert table.loc[ids[2], "status"] == "ok" and table.loc[ids[2], "flags"] == "no_face,center_crop"
+
+
+def test_parts_and_resume(data_dir, monkeypatch):
+    import ferdata.align as mod
+
+    monkeypatch.setattr(mod, "CHUNK", 10)  # 48 faces: 5 chunks
+    first = align(data_dir, part=(1, 2))
+    assert "total" in first.attrs and len(first) == 28  # chunks 0, 2, 4 = 10 + 10 + 8 faces
+    assert not (data_dir / "aligned.parquet").exists() or pd.read_parquet(data_dir / "aligned.parquet").shape[0] == 48
+    calls = []
+    real = mod._align_one
+    monkeypatch.setattr(mod, "_align_one", lambda job, settings: calls.append(job[0]) or real(job, settings))
+    done = align(data_dir)  # resumes: only part 2's chunks are left
+    assert len(calls) == 20 and len(done) == 48 and "total" not in done.attrs
+    assert not (data_dir / ".align-work").exists() and len(list((data_dir / "aligned").glob("*.jpg"))) == 48
+    assert done["sample_id"].is_monotonic_increasing
+
+
+def test_changed_settings_start_the_work_afresh(data_dir, monkeypatch):
+    import ferdata.align as mod
+
+    monkeypatch.setattr(mod, "CHUNK", 10)
+    align(data_dir, part=(1, 5))
+    table = align(data_dir, detector="none", size=64, part=(2, 5))
+    assert len(table) == 10 and set(table["detector"]) == {"none"}
