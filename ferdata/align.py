@@ -23,7 +23,7 @@ from ferdata.io import atomic_dir, image_root, read_table, stable_hash, write_js
 
 ALIGNED = "aligned.parquet"
 ALIGNED_DIR = "aligned"
-DETECTORS = ("landmarks", "mtcnn", "none")
+DETECTORS = ("landmarks", "mtcnn", "insightface", "none")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -74,7 +74,7 @@ class Settings:
     detector: str
     size: int
     quality: int
-    weights: str | None = None
+    weights: str | None = None  # mtcnn weight folder, or insightface model folder
     no_face: str = "flag"  # flag (no aligned image) or center_crop
     min_face: int = 20
 
@@ -82,13 +82,14 @@ class Settings:
 _DETECTOR: dict[str, object] = {}
 
 
-def _mtcnn(settings: Settings):
-    """One MTCNN per process, built on first use (workers are separate processes)."""
-    if "mtcnn" not in _DETECTOR:
-        from ferdata.detect import MTCNN
+def _detector(settings: Settings):
+    """One detector per process, built on first use (workers are separate processes)."""
+    if settings.detector not in _DETECTOR:
+        from ferdata.detect import MTCNN, InsightFace
 
-        _DETECTOR["mtcnn"] = MTCNN(settings.weights or None, min_face=settings.min_face)
-    return _DETECTOR["mtcnn"]
+        _DETECTOR[settings.detector] = (MTCNN(settings.weights or None, min_face=settings.min_face)
+                                        if settings.detector == "mtcnn" else InsightFace(settings.weights or None))
+    return _DETECTOR[settings.detector]
 
 
 def choose_face(faces: list, bbox: object, shape: tuple[int, ...]) -> int:
@@ -115,7 +116,7 @@ def _locate_face(img: np.ndarray, landmarks: object, bbox: object, settings: Set
         if landmarks is None or not np.isfinite(np.asarray(landmarks, np.float64)).all():
             return {"status": "no_landmarks", "reason": "manifest has no 5-point landmarks for this face"}
         return {"status": "ok", "face": warp_to_template(img, landmarks, settings.size)}
-    faces = _mtcnn(settings).detect(img)
+    faces = _detector(settings).detect(img)
     if not faces:
         if settings.no_face == "center_crop":
             return {"status": "ok", "face": resize_face(img, settings.size), "flags": "no_face,center_crop"}
@@ -189,10 +190,10 @@ def align(data_dir: str | Path, *, detector: str = "landmarks", size: int = 112,
     index, parts = part
     if not 1 <= index <= parts:
         raise FerdataError(f"--part {index}/{parts}: use i/n with 1 <= i <= n")
-    if detector == "mtcnn":
-        from ferdata.detect import find_weights
+    if detector in ("mtcnn", "insightface"):  # fail before any work when the model files are missing
+        from ferdata.detect import find_insightface_model, find_weights
 
-        find_weights(weights)  # fail before any work when the weights are missing
+        (find_weights if detector == "mtcnn" else find_insightface_model)(weights)
     settings = Settings(detector, size, jpeg_quality, weights, no_face, min_face)
     data_dir = Path(data_dir)
     manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")

@@ -88,7 +88,7 @@ def download(name: Optional[str] = typer.Argument(None, help="dataset name (defa
 
 @app.command()
 @stage
-def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option(None, help="landmarks (the dataset's own 5 points), mtcnn (detect them) or none (already aligned: resize only)"),
+def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option(None, help="landmarks (the dataset's own 5 points), mtcnn or insightface (detect them), none (already aligned: resize only)"),
           size: Optional[int] = typer.Option(None, help="output size in pixels (112, 224)"),
           workers: Optional[int] = typer.Option(None, help="worker processes"),
           part: str = typer.Option("1/1", help="do part i of n (i/n) of the chunks, for several machines"),
@@ -101,9 +101,10 @@ def align(data: Optional[Path] = DataOpt, detector: Optional[str] = typer.Option
         index, parts = (int(v) for v in part.split("/"))
     except ValueError:
         raise UsageError(f"--part {part!r}: expected i/n, e.g. 3/8") from None
-    table = run(data_dir(data, p), detector=pick(detector, p, "align", "detector", "landmarks"),
+    det = pick(detector, p, "align", "detector", "landmarks")
+    table = run(data_dir(data, p), detector=det,
                 size=pick(size, p, "align", "size", 112), jpeg_quality=pick(None, p, "align", "jpeg_quality", 95),
-                workers=pick(workers, p, "align", "workers", 1), weights=pick(None, p, "align", "mtcnn_weights", None),
+                workers=pick(workers, p, "align", "workers", 1), weights=pick(None, p, "align", f"{'mtcnn_weights' if det == 'mtcnn' else 'insightface_models'}", None),
                 no_face=pick(None, p, "align", "no_face", "flag"), min_face=pick(None, p, "align", "min_face", 20),
                 part=(index, parts))
     typer.echo(summarize(table))

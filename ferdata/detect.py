@@ -226,3 +226,38 @@ class MTCNN:
         boxes = _regress(boxes, reg)
         keep = nms(boxes, prob, 0.7, mode="min")
         return [Face(boxes[i], float(prob[i]), np.stack([lx[i], ly[i]], 1)) for i in keep]
+
+
+INSIGHTFACE_DEFAULT = "~/.insightface/models/buffalo_l"
+
+
+def find_insightface_model(folder: str | Path | None = None) -> Path:
+    """A SCRFD/RetinaFace ONNX detector file in ``folder`` (never downloaded)."""
+    path = Path(folder or INSIGHTFACE_DEFAULT).expanduser()
+    found = [p for pattern in ("det_*.onnx", "scrfd*.onnx", "*retinaface*.onnx") for p in sorted(path.glob(pattern))]
+    if not found:
+        raise FerdataError(f"align.detector insightface needs a SCRFD or RetinaFace ONNX file (e.g. det_10g.onnx from "
+                           f"insightface's buffalo_l pack) in {path}; set align.insightface_models to its folder. "
+                           "ferdata never downloads it")
+    return found[0]
+
+
+class InsightFace:
+    """SCRFD/RetinaFace through insightface's model_zoo, from a local ONNX file."""
+
+    def __init__(self, models: str | Path | None = None, *, det_size: int = 640):
+        import onnxruntime
+        from insightface.model_zoo import get_model
+
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
+        self.model = get_model(str(find_insightface_model(models)), providers=providers)
+        self.model.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, input_size=(det_size, det_size))
+        self.det_size = det_size
+
+    def detect(self, img: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 image, best score first."""
+        boxes, points = self.model.detect(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), input_size=(self.det_size, self.det_size))
+        if points is None:
+            return []
+        order = np.argsort(-boxes[:, 4], kind="stable")
+        return [Face(boxes[i, :4].astype(np.float64), float(boxes[i, 4]), points[i].astype(np.float64)) for i in order]

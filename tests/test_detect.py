@@ -53,3 +53,10 @@ def test_mtcnn_finds_nothing_in_a_blank_image():
     from ferdata.detect import MTCNN
 
     assert MTCNN(device="cpu").detect(np.full((200, 200, 3), 127, np.uint8)) == []
+
+
+def test_insightface_without_model_files_is_one_clear_error(tmp_path, data_dir):
+    from ferdata.align import align
+
+    with pytest.raises(FerdataError, match=r"needs a SCRFD or RetinaFace ONNX file .* never downloads it"):
+        align(data_dir, detector="insightface", weights=str(tmp_path))
