@@ -51,9 +51,13 @@ def read_image(path: Path) -> np.ndarray:
 
 def warp_to_template(img: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
     """Similarity-warp ``img`` so its 5 landmarks land on the ArcFace template at ``size`` pixels."""
+    import warnings
+
     from insightface.utils import face_align
 
-    return face_align.norm_crop(img, np.asarray(landmarks, np.float32).reshape(5, 2), image_size=size)
+    with warnings.catch_warnings():  # insightface calls skimage's deprecated estimate(); the result is the same
+        warnings.simplefilter("ignore", FutureWarning)
+        return face_align.norm_crop(img, np.asarray(landmarks, np.float32).reshape(5, 2), image_size=size)
 
 
 def resize_face(img: np.ndarray, size: int) -> np.ndarray:
