@@ -60,3 +60,20 @@ def test_muxspace_csv(tmp_path):
     assert len(df) + len(rejected) == 1500
     counts = df["label"].map(lambda i: CANONICAL[i]).value_counts()
     assert counts["happy"] == 613 and counts["neutral"] == 773  # HAPPINESS and happiness are one class
+
+
+def test_muxspace_photos_through_mtcnn(tmp_path):
+    import importlib.util
+
+    from ferdata.align import align
+
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        pytest.skip("pip install --no-deps facenet-pytorch==2.6.0")
+    ingest(tmp_path, "csv", "muxspace-sample.tar.gz")
+    manifest, meta = read_table(tmp_path / "csv/manifest.parquet", "manifest")
+    from ferdata.io import write_table
+
+    write_table(manifest.head(40), tmp_path / "csv/manifest.parquet", "manifest", meta)
+    table = align(tmp_path / "csv", detector="mtcnn", size=112)
+    assert (table["status"] == "ok").mean() > 0.9  # real frontal photos: a face in (nearly) every one
+    assert table["score"].dropna().median() > 0.99
