@@ -56,22 +56,41 @@ def circumplex_va(ids: pd.Series, classes: list[str], posteriors: str | Path) ->
     return pd.DataFrame({"sample_id": ids.to_numpy(), "valence": va[:, 0], "arousal": va[:, 1], "source": "circumplex"})
 
 
+def knn_indices(points: np.ndarray, k: int, *, tie_rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact K nearest neighbours of every point among the others: (indices, distances), each (n, k).
+
+    A KD-tree (scipy's cKDTree, all cores) answers the queries; equal distances are ordered by
+    ``tie_rank`` (default: index). Rows whose K-th distance is tied beyond the candidates fetched are
+    asked again with twice as many, so the result does not depend on the tree's internal order."""
+    n = len(points)
+    rank = np.arange(n) if tie_rank is None else np.asarray(tie_rank)
+    tree = cKDTree(points)
+    idx = np.empty((n, k), np.int64)
+    dist = np.empty((n, k), np.float64)
+    rows, width = np.arange(n), min(n, k + 1 + 8)
+    while rows.size:
+        d, j = tree.query(points[rows], k=width, workers=-1)
+        d, j = d.reshape(len(rows), width), j.reshape(len(rows), width)
+        d = np.where(j == rows[:, None], np.inf, np.round(d, 9))  # self goes last
+        order = np.lexsort((rank[j], d), axis=-1)
+        d, j = np.take_along_axis(d, order, 1), np.take_along_axis(j, order, 1)
+        finite_max = np.where(np.isfinite(d), d, -np.inf).max(1)
+        done = (width >= n) | (d[:, k - 1] < finite_max)
+        idx[rows[done]], dist[rows[done]] = j[done, :k], d[done, :k]
+        rows, width = rows[~done], min(n, width * 2)
+    return idx, dist
+
+
 def knn_graph(ids: np.ndarray, points: np.ndarray, k: int) -> pd.DataFrame:
-    """Exact K nearest neighbours (Euclidean, self excluded, ties broken by id order)."""
+    """The ``knn`` table: K nearest other training faces (Euclidean), ties broken by id order."""
     n = len(ids)
     if n < 2:
         raise FerdataError(f"the KNN graph needs at least 2 training faces, found {n}")
-    k_eff = min(k, n - 1)
-    slack = min(n, k_eff + 1 + 8)  # extra candidates so equal distances can be re-ordered by id
-    dist, idx = cKDTree(points).query(points, k=slack)
-    neighbours, distances = [], []
-    for i in range(n):
-        keep = idx[i] != i
-        d, j = dist[i][keep], idx[i][keep]
-        order = np.lexsort((j, np.round(d, 9)))[:k_eff]
-        neighbours.append(ids[j[order]].tolist())
-        distances.append(d[order].astype(np.float32))
-    return pd.DataFrame({"sample_id": ids, "neighbours": neighbours, "distances": distances})
+    ids = np.asarray(ids)
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(n)
+    idx, dist = knn_indices(np.asarray(points, np.float64), min(k, n - 1), tie_rank=rank)
+    return pd.DataFrame({"sample_id": ids, "neighbours": ids[idx].tolist(), "distances": list(dist.astype(np.float32))})
 
 
 def va(data_dir: str | Path, *, source: str = "provided", k: int = 8,

@@ -72,3 +72,12 @@ def test_circumplex_va_from_posteriors(data_dir, tmp_path):
     write_table(post.iloc[1:], tmp_path / "partial.parquet", "learned", {"classes": classes})
     with pytest.raises(FerdataError, match="has no distribution for 1 faces"):
         va(data_dir, source="circumplex", posteriors=tmp_path / "partial.parquet")
+
+
+def test_ties_beyond_the_first_candidates_still_break_by_id():
+    # 40 faces at one VA point (e.g. identical pseudo VA): a tree returns an arbitrary 17 of them
+    pts = np.zeros((40, 2))
+    ids = np.array([f"s{i:02d}" for i in range(40)])[::-1].copy()  # ids in reverse of point order
+    graph = knn_graph(ids, pts, 3)
+    assert graph.loc[0, "neighbours"] == ["s00", "s01", "s02"]  # the smallest ids, whatever the tree order
+    assert graph.loc[39, "neighbours"] == ["s01", "s02", "s03"]  # self (s00) excluded
