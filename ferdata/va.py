@@ -1,8 +1,9 @@
 """The va stage: valence/arousal for every aligned face and a K-nearest-neighbour graph in VA space.
 
-LDLVA draws each training sample's neighbours from this graph. Sources: the dataset's own VA
-(``provided``), or ``circumplex``: class posteriors (a parquet with a ``distribution`` per face, e.g. an
-out-of-fold CE run) times per-class VA centroids.
+LDLVA draws each training sample's neighbours from this graph. Sources, combinable in priority
+order: the dataset's own VA (``provided``); ``circumplex``: class posteriors (a parquet with a
+``distribution`` per face, e.g. ``ferdata prior``'s out-of-fold CE run) times per-class VA centroids;
+``csv``: precomputed VA (and optionally neighbours) such as the official LDLVA release.
 """
 
 from __future__ import annotations
@@ -19,20 +20,74 @@ from ferdata.io import locate, read_table, write_table
 
 VA = "va.parquet"
 KNN = "knn.parquet"
-SOURCES = ("provided", "circumplex")
+SOURCES = ("provided", "circumplex", "csv")
 
 
 def provided_va(manifest: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
-    """The manifest's own VA for ``ids``; every value must exist and lie in [-1, 1]."""
-    rows = manifest.set_index("sample_id").loc[ids, ["valence", "arousal"]]
-    bad = rows[rows.isna().any(axis=1) | (rows.abs() > 1).any(axis=1)]
-    if len(bad):
-        raise FerdataError(
-            f"{len(bad)} faces have no valid provided VA (NaN or outside [-1, 1]), e.g. {bad.index[0]!r}; "
-            "this dataset needs another va.source")
-    out = rows.reset_index()
-    out["source"] = "provided"
+    """The manifest's own VA for ``ids`` (NaN where the dataset has none)."""
+    rows = manifest.set_index("sample_id").loc[ids, ["valence", "arousal"]].reset_index()
+    rows["source"] = "provided"
+    return rows
+
+
+def _csv_ids(table: pd.DataFrame, manifest: pd.DataFrame, path: Path) -> pd.Series:
+    """The sample id of every CSV row: its sample_id column, else its image path matched to the manifest."""
+    if "sample_id" in table.columns:
+        return table["sample_id"].astype(str)
+    column = next((c for c in ("subDirectory_filePath", "path", "image") if c in table.columns), None)
+    if column is None:
+        raise FerdataError(f"{path} needs a sample_id column or an image path column (subDirectory_filePath, path, image)")
+    by_path = {Path(p).as_posix(): sid for p, sid in zip(manifest["path"], manifest["sample_id"])}
+    by_tail: dict[str, str] = {}
+    for p, sid in by_path.items():  # AffectNet's lists omit the Manually_Annotated_Images/ prefix
+        parts = Path(p).parts
+        for i in range(1, len(parts)):
+            by_tail.setdefault(Path(*parts[i:]).as_posix(), sid)
+    return table[column].astype(str).map(lambda p: by_path.get(Path(p).as_posix()) or by_tail.get(Path(p).as_posix()))
+
+
+def read_va_csv(path: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
+    """A table of precomputed VA (``sample_id`` or an image path, ``valence``, ``arousal``, optional ``knn``:
+    ``;``-separated row indices, as in the official LDLVA release) keyed by sample id."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerdataError(f"va.csv {path} not found")
+    table = pd.read_csv(path, dtype={"knn": str})
+    missing = [c for c in ("valence", "arousal") if c not in table.columns]
+    if missing:
+        raise FerdataError(f"{path} lacks columns {missing}")
+    table["sample_id"] = _csv_ids(table, manifest, path)
+    if "knn" in table.columns:
+        row_ids = table["sample_id"].to_numpy()
+        table["knn_ids"] = [None if not isinstance(v, str) or not v.strip() else
+                            [row_ids[int(j)] for j in v.split(";") if j.strip()] for v in table["knn"]]
+    return table
+
+
+def csv_va(ids: pd.Series, table: pd.DataFrame) -> pd.DataFrame:
+    rows = table.dropna(subset=["sample_id"]).drop_duplicates("sample_id").set_index("sample_id")
+    out = rows.reindex(ids)[["valence", "arousal"]].reset_index()
+    out["source"] = "csv"
     return out
+
+
+def combine(ids: pd.Series, frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each face's VA from the first source with a valid value (finite, in [-1, 1]); and the faces no
+    source covers, with the reason."""
+    out = pd.DataFrame({"sample_id": ids.to_numpy(), "valence": np.nan, "arousal": np.nan, "source": None})
+    open_rows = np.ones(len(out), bool)
+    reasons = np.full(len(out), "no VA in any source", dtype=object)
+    for frame in frames:
+        v, a = frame["valence"].to_numpy(np.float64), frame["arousal"].to_numpy(np.float64)
+        finite = np.isfinite(v) & np.isfinite(a)
+        valid = finite & (np.abs(v) <= 1) & (np.abs(a) <= 1)
+        reasons[open_rows & finite & ~valid] = f"{frame['source'].iloc[0] if len(frame) else '?'} VA outside [-1, 1]"
+        take = open_rows & valid
+        out.loc[take, ["valence", "arousal"]] = np.stack([v, a], 1)[take]
+        out.loc[take, "source"] = frame["source"].to_numpy()[take]
+        open_rows &= ~take
+    rejected = pd.DataFrame({"sample_id": out["sample_id"][open_rows], "reason": reasons[open_rows]})
+    return out[~open_rows].reset_index(drop=True), rejected.reset_index(drop=True)
 
 
 def circumplex_va(ids: pd.Series, classes: list[str], posteriors: str | Path) -> pd.DataFrame:
@@ -93,24 +148,62 @@ def knn_graph(ids: np.ndarray, points: np.ndarray, k: int) -> pd.DataFrame:
     return pd.DataFrame({"sample_id": ids, "neighbours": ids[idx].tolist(), "distances": list(dist.astype(np.float32))})
 
 
-def va(data_dir: str | Path, *, source: str = "provided", k: int = 8,
-       posteriors: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``va.parquet`` (all aligned faces) and ``knn.parquet`` (training faces) under ``data_dir``."""
-    if source not in SOURCES:
-        raise FerdataError(f"unknown va.source {source!r}: available: {', '.join(SOURCES)}")
+def va(data_dir: str | Path, *, source: str | list[str] = "provided", k: int = 8,
+       posteriors: str | Path | None = None, csv: str | Path | None = None,
+       csv_knn: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``va.parquet`` (all aligned faces) and ``knn.parquet`` (training faces) under ``data_dir``.
+
+    ``source`` may list several sources in priority order (``provided,circumplex``): each face takes
+    the first one with a valid value. A face that none covers is an error naming it and the reason."""
+    sources = [x.strip() for x in (source.split(",") if isinstance(source, str) else source)]
+    unknown = [x for x in sources if x not in SOURCES]
+    if unknown or not sources:
+        raise FerdataError(f"unknown va.source {','.join(unknown) or source!r}: available: {', '.join(SOURCES)}")
     if k < 1:
         raise FerdataError(f"va.k must be >= 1, got {k}")
     data_dir = Path(data_dir)
     manifest, meta = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
     index, _ = read_table(locate(data_dir, "shard_index.parquet"), "shard_index", hint="run `ferdata shard` first")
-    ids = index["sample_id"].sort_values(kind="stable")
-    if source == "circumplex":
-        table = circumplex_va(ids, meta["classes"], posteriors or data_dir / "prior.parquet")
-    else:
-        table = provided_va(manifest, ids)
-    write_table(table, data_dir / VA, "va", {"classes": meta["classes"], "source": source})
+    ids = index["sample_id"].sort_values(kind="stable").reset_index(drop=True)
+    imported = None
+    frames = []
+    for name in sources:
+        if name == "provided":
+            frames.append(provided_va(manifest, ids))
+        elif name == "circumplex":
+            frames.append(circumplex_va(ids, meta["classes"], posteriors or data_dir / "prior.parquet"))
+        else:
+            if not csv:
+                raise FerdataError("va.source csv needs va.csv: the path of a table of precomputed VA")
+            imported = read_va_csv(csv, manifest)
+            frames.append(csv_va(ids, imported))
+    table, rejected = combine(ids, frames)
+    if len(rejected):
+        first = rejected.iloc[0]
+        raise FerdataError(f"{len(rejected)} faces have no valid VA from {','.join(sources)}, e.g. {first['sample_id']!r} "
+                           f"({first['reason']}); add a fallback source, e.g. va.source: {','.join(sources)},circumplex")
+    write_table(table, data_dir / VA, "va", {"classes": meta["classes"], "source": ",".join(sources)})
     split = manifest.set_index("sample_id").loc[table["sample_id"], "split"].to_numpy()
     train = table[split == "train"]
-    graph = knn_graph(train["sample_id"].to_numpy(), train[["valence", "arousal"]].to_numpy(np.float64), k)
-    write_table(graph, data_dir / KNN, "knn", {"k": k, "space": "va"})
+    if csv_knn:
+        graph = imported_graph(train, imported, k)
+    else:
+        graph = knn_graph(train["sample_id"].to_numpy(), train[["valence", "arousal"]].to_numpy(np.float64), k)
+    write_table(graph, data_dir / KNN, "knn", {"k": k, "space": "va", "imported": bool(csv_knn)})
     return table, graph
+
+
+def imported_graph(train: pd.DataFrame, imported: pd.DataFrame | None, k: int) -> pd.DataFrame:
+    """The knn table from a CSV's own neighbour lists (LDLVA release), kept to training faces."""
+    if imported is None or "knn_ids" not in imported.columns:
+        raise FerdataError("va.csv_knn needs va.source csv and a knn column in va.csv")
+    lists = imported.dropna(subset=["sample_id"]).drop_duplicates("sample_id").set_index("sample_id")["knn_ids"]
+    va_of = train.set_index("sample_id")[["valence", "arousal"]]
+    rows = []
+    for sid in train["sample_id"]:
+        nbrs = [j for j in (lists.get(sid) or []) if j in va_of.index and j != sid][:k]
+        if not nbrs:
+            raise FerdataError(f"va.csv lists no training neighbour for {sid!r}; use the computed graph (va.csv_knn: false)")
+        d = np.linalg.norm(va_of.loc[nbrs].to_numpy(np.float64) - va_of.loc[sid].to_numpy(np.float64), axis=1)
+        rows.append({"sample_id": sid, "neighbours": nbrs, "distances": d.astype(np.float32)})
+    return pd.DataFrame(rows)

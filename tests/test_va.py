@@ -81,3 +81,47 @@ def test_ties_beyond_the_first_candidates_still_break_by_id():
     graph = knn_graph(ids, pts, 3)
     assert graph.loc[0, "neighbours"] == ["s00", "s01", "s02"]  # the smallest ids, whatever the tree order
     assert graph.loc[39, "neighbours"] == ["s01", "s02", "s03"]  # self (s00) excluded
+
+
+def _uniform_prior(data_dir, manifest, classes):
+    import pandas as pd
+
+    from ferdata.io import write_table
+
+    probs = np.full((len(manifest), len(classes)), 1.0 / len(classes), np.float32)
+    write_table(pd.DataFrame({"sample_id": manifest["sample_id"], "split": manifest["split"],
+                              "distribution": list(probs), "uncertainty": 0.0}),
+                data_dir / "prior.parquet", "learned", {"classes": classes})
+
+
+def test_sources_in_priority_order_fill_gaps(data_dir):
+    from ferdata.io import write_table
+
+    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
+    manifest.loc[:4, "valence"] = np.nan  # five faces without annotated VA
+    manifest.loc[5, "arousal"] = 1.7  # one out of range
+    write_table(manifest, data_dir / "manifest.parquet", "manifest", meta)
+    with pytest.raises(FerdataError, match=r"6 faces have no valid VA from provided, .*add a fallback source"):
+        va(data_dir, source="provided")
+    _uniform_prior(data_dir, manifest, meta["classes"])
+    table, graph = va(data_dir, source="provided,circumplex", k=3)
+    counts = table["source"].value_counts().to_dict()
+    assert counts == {"provided": 42, "circumplex": 6} and len(graph) > 0
+
+
+def test_csv_source_reads_the_ldlva_release_layout(data_dir, tmp_path):
+    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
+    rows = manifest.reset_index(drop=True)
+    lines = ["subDirectory_filePath,expression,valence,arousal,knn"]
+    train_rows = rows.index[rows["split"] == "train"].to_numpy()
+    for i, r in rows.iterrows():
+        nbrs = ";".join(str(train_rows[(i + d) % len(train_rows)]) for d in (1, 2, 3))
+        lines.append(f"{r['path']},{r['label']},{r['valence']:.4f},{r['arousal']:.4f},{nbrs}")
+    (tmp_path / "ldlva.csv").write_text("\n".join(lines) + "\n")
+    table, graph = va(data_dir, source="csv", csv=tmp_path / "ldlva.csv", k=2, csv_knn=True)
+    assert (table["source"] == "csv").all()
+    assert np.allclose(table.set_index("sample_id").loc[rows["sample_id"], "valence"], rows["valence"], atol=1e-4)
+    train_ids = set(rows.loc[rows["split"] == "train", "sample_id"])
+    assert all(set(n) <= train_ids and len(n) <= 2 for n in graph["neighbours"])
+    with pytest.raises(FerdataError, match="va.source csv needs va.csv"):
+        va(data_dir, source="csv")
