@@ -124,7 +124,7 @@ def shard(data: Optional[Path] = DataOpt, max_count: Optional[int] = typer.Optio
 
 @app.command()
 @stage
-def va(data: Optional[Path] = DataOpt, source: Optional[str] = typer.Option(None, help="provided, circumplex, csv, or several in priority order (provided,circumplex)"),
+def va(data: Optional[Path] = DataOpt, source: Optional[str] = typer.Option(None, help="provided, regressor, onnx, circumplex, csv, or several in priority order (provided,circumplex)"),
        posteriors: Optional[str] = typer.Option(None, help="circumplex: parquet with a distribution per face"),
        k: Optional[int] = typer.Option(None, help="neighbours per training face"),
        params_file: Optional[Path] = ParamsOpt) -> None:
@@ -134,7 +134,8 @@ def va(data: Optional[Path] = DataOpt, source: Optional[str] = typer.Option(None
     p = load_params(params_file)
     table, graph = run(data_dir(data, p), source=pick(source, p, "va", "source", "provided"), k=pick(k, p, "va", "k", 8),
                        posteriors=pick(posteriors, p, "va", "posteriors", None), csv=pick(None, p, "va", "csv", None),
-                       csv_knn=bool(pick(None, p, "va", "csv_knn", False)))
+                       csv_knn=bool(pick(None, p, "va", "csv_knn", False)), regressor=pick(None, p, "va", "regressor", None),
+                       onnx=pick(None, p, "va", "onnx", None))
     typer.echo(f"va for {len(table)} faces; knn graph over {len(graph)} training faces")
 
 

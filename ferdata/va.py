@@ -1,7 +1,8 @@
 """The va stage: valence/arousal for every aligned face and a K-nearest-neighbour graph in VA space.
 
 LDLVA draws each training sample's neighbours from this graph. Sources, combinable in priority
-order: the dataset's own VA (``provided``); ``circumplex``: class posteriors (a parquet with a
+order: the dataset's own VA (``provided``); ``regressor``: a VA regressor fitted on a VA-annotated dataset (out of fold on the same
+one); ``onnx``: a user-supplied ONNX VA model; ``circumplex``: class posteriors (a parquet with a
 ``distribution`` per face, e.g. ``ferdata prior``'s out-of-fold CE run) times per-class VA centroids;
 ``csv``: precomputed VA (and optionally neighbours) such as the official LDLVA release.
 """
@@ -20,7 +21,7 @@ from ferdata.io import locate, read_table, write_table
 
 VA = "va.parquet"
 KNN = "knn.parquet"
-SOURCES = ("provided", "circumplex", "csv")
+SOURCES = ("provided", "regressor", "onnx", "circumplex", "csv")
 
 
 def provided_va(manifest: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
@@ -69,6 +70,35 @@ def csv_va(ids: pd.Series, table: pd.DataFrame) -> pd.DataFrame:
     out = rows.reindex(ids)[["valence", "arousal"]].reset_index()
     out["source"] = "csv"
     return out
+
+
+def onnx_va(data_dir: Path, ids: pd.Series, options: dict) -> pd.DataFrame:
+    """VA from a user-supplied ONNX model (e.g. an exported EmoNet or HSEmotion VA head): faces resized to
+    ``input_size``, scaled to [0, 1], normalised by ``mean``/``std``, in ``layout`` nchw or nhwc; valence
+    and arousal are columns ``columns`` of output ``output``."""
+    from ferdata.loader import load_images
+
+    path = Path(str(options.get("model") or "")).expanduser()
+    if not path.is_file():
+        raise FerdataError(f"va.onnx.model {str(path) if str(path) != '.' else '(unset)'} not found: export a VA model "
+                           "to ONNX and give its path, input_size, mean, std and layout under va.onnx")
+    import onnxruntime
+
+    size = int(options.get("input_size", 224))
+    mean = np.asarray(options.get("mean", [0.485, 0.456, 0.406]), np.float32)
+    std = np.asarray(options.get("std", [0.229, 0.224, 0.225]), np.float32)
+    layout, output = options.get("layout", "nchw"), int(options.get("output", 0))
+    cols = list(options.get("columns", [0, 1]))
+    session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+    name = session.get_inputs()[0].name
+    images = load_images(locate(data_dir, "shards"), ids.tolist(), size=size)
+    out = []
+    for i in range(0, len(images), 128):
+        x = (images[i:i + 128].astype(np.float32) / 255.0 - mean) / std
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "nchw" else x)
+        out.append(np.asarray(session.run(None, {name: x})[output], np.float64).reshape(len(x), -1)[:, cols])
+    va = np.concatenate(out)
+    return pd.DataFrame({"sample_id": ids.to_numpy(), "valence": va[:, 0], "arousal": va[:, 1], "source": "onnx"})
 
 
 def combine(ids: pd.Series, frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -150,7 +180,8 @@ def knn_graph(ids: np.ndarray, points: np.ndarray, k: int) -> pd.DataFrame:
 
 def va(data_dir: str | Path, *, source: str | list[str] = "provided", k: int = 8,
        posteriors: str | Path | None = None, csv: str | Path | None = None,
-       csv_knn: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+       csv_knn: bool = False, regressor: dict | None = None,
+       onnx: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``va.parquet`` (all aligned faces) and ``knn.parquet`` (training faces) under ``data_dir``.
 
     ``source`` may list several sources in priority order (``provided,circumplex``): each face takes
@@ -172,6 +203,18 @@ def va(data_dir: str | Path, *, source: str | list[str] = "provided", k: int = 8
             frames.append(provided_va(manifest, ids))
         elif name == "circumplex":
             frames.append(circumplex_va(ids, meta["classes"], posteriors or data_dir / "prior.parquet"))
+        elif name == "onnx":
+            frames.append(onnx_va(data_dir, ids, onnx or {}))
+        elif name == "regressor":
+            from ferdata.train.regress import RegressConfig, regressor_va
+
+            options = dict(regressor or {})
+            source_dir = options.pop("source", None)
+            try:
+                cfg = RegressConfig(**options)
+            except TypeError as exc:
+                raise FerdataError(f"bad va.regressor option: {exc}") from exc
+            frames.append(regressor_va(data_dir, ids, source=source_dir or None, cfg=cfg))
         else:
             if not csv:
                 raise FerdataError("va.source csv needs va.csv: the path of a table of precomputed VA")

@@ -41,8 +41,8 @@ def test_va_stage(data_dir):
     train = set(manifest.loc[manifest["split"] == "train", "sample_id"])
     assert set(graph["sample_id"]) == train
     assert all(set(n) <= train and len(n) == 4 for n in graph["neighbours"])
-    with pytest.raises(FerdataError, match="unknown va.source 'onnx'"):
-        va(data_dir, source="onnx")
+    with pytest.raises(FerdataError, match="unknown va.source 'emonet'"):
+        va(data_dir, source="emonet")
 
 
 def test_circumplex_va_from_posteriors(data_dir, tmp_path):
@@ -125,3 +125,36 @@ def test_csv_source_reads_the_ldlva_release_layout(data_dir, tmp_path):
     assert all(set(n) <= train_ids and len(n) <= 2 for n in graph["neighbours"])
     with pytest.raises(FerdataError, match="va.source csv needs va.csv"):
         va(data_dir, source="csv")
+
+
+def test_regressor_source_predicts_out_of_fold(data_dir):
+    table, _ = va(data_dir, source="regressor", k=3,
+                  regressor={"epochs": 1, "folds": 2, "batch_size": 8, "image_size": 32})
+    assert (table["source"] == "regressor").all() and len(table) == 48
+    assert table[["valence", "arousal"]].abs().max().max() <= 1
+    with pytest.raises(FerdataError, match="bad va.regressor option"):
+        va(data_dir, source="regressor", regressor={"epochz": 1})
+
+
+def _tiny_va_onnx(path):
+    """An ONNX model: per-channel mean of the input -> 2 outputs -> tanh (a stand-in for a VA net)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [1.0, 0.0, 0.0, 1.0, -1.0, -1.0])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["z"]), helper.make_node("Tanh", ["z"], ["va"])],
+        "va", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info("va", TensorProto.FLOAT, ["n", 2])], [weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_onnx_source_runs_a_user_model(data_dir, tmp_path):
+    _tiny_va_onnx(tmp_path / "va.onnx")
+    table, _ = va(data_dir, source="onnx", k=3, onnx={"model": str(tmp_path / "va.onnx"), "input_size": 32,
+                                                     "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    assert (table["source"] == "onnx").all() and table[["valence", "arousal"]].abs().max().max() < 1
+    assert table["valence"].std() > 0  # depends on the face
+    with pytest.raises(FerdataError, match="va.onnx.model .*nope.onnx not found"):
+        va(data_dir, source="onnx", onnx={"model": str(tmp_path / "nope.onnx")})
