@@ -105,6 +105,17 @@ def _member_path(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
+def _write_member(out: Path, is_dir: bool, open_src) -> int:
+    """Write one checked member (a folder, or a file's bytes); return its size in bytes (0 for folders)."""
+    if is_dir:
+        out.mkdir(parents=True, exist_ok=True)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open_src() as src, open(out, "wb") as fh:
+        shutil.copyfileobj(src, fh, CHUNK)
+    return out.stat().st_size
+
+
 def _extract_tar(archive: Path, target: Path) -> int:
     count = 0
     try:
@@ -115,17 +126,10 @@ def _extract_tar(archive: Path, target: Path) -> int:
                     raise FerdataError(f"{archive} is unsafe: member {member.name!r} is a link; refusing to extract it")
                 if not (member.isfile() or member.isdir()):
                     raise FerdataError(f"{archive} is unsafe: member {member.name!r} is a device or fifo")
-                out = target / rel
-                if member.isdir():
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                with src, open(out, "wb") as fh:
-                    shutil.copyfileobj(src, fh, CHUNK)
-                if out.stat().st_size != member.size:
+                size = _write_member(target / rel, member.isdir(), lambda m=member: tar.extractfile(m))
+                if member.isfile() and size != member.size:
                     raise EOFError(f"member {member.name} is short")
-                count += 1
+                count += member.isfile()
     except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise FerdataError(f"{archive} is truncated or corrupt ({exc}); download it again") from exc
     return count
@@ -139,14 +143,8 @@ def _extract_zip(archive: Path, target: Path) -> int:
                 rel = _member_path(info.filename, archive)
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise FerdataError(f"{archive} is unsafe: member {info.filename!r} is a link; refusing to extract it")
-                out = target / rel
-                if info.is_dir():
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(out, "wb") as fh:
-                    shutil.copyfileobj(src, fh, CHUNK)
-                count += 1
+                _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i))
+                count += not info.is_dir()
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
         raise FerdataError(f"{archive} is truncated or corrupt ({exc}); download it again") from exc
     return count
