@@ -259,6 +259,20 @@ def report(data: Optional[Path] = DataOpt, reports: Optional[Path] = typer.Optio
 
 @app.command()
 @stage
+def validate(path: Path = typer.Argument(..., help="a ferdata parquet table (manifest, va, labels, knn, softlabels, ...)")) -> None:
+    """Run a table's expectation suite; print the failures with a few offending ids."""
+    from ferdata.errors import FerdataError
+    from ferdata.validate import SUITES, describe, validate_file
+
+    kind, rows, failed = validate_file(path)
+    if failed:
+        raise FerdataError(f"{path}: {kind} table fails validation: {describe(failed)}")
+    checked = "its expectation suite" if kind in SUITES else "its schema (no suite for this kind)"
+    typer.echo(f"{path}: {kind} table, {rows} rows, passes {checked}")
+
+
+@app.command()
+@stage
 def sweep(reports: Path = typer.Option(..., help="a noise sweep's report folder (reports/sweep/<dataset>)"),
           out: Optional[Path] = typer.Option(None, help="where sweep.csv and noise_recovery.png go (default: --reports)")) -> None:
     """Collect a noise sweep's metrics into sweep.csv and the noise-recovery curve."""

@@ -34,11 +34,17 @@ def _conform(df: pd.DataFrame, kind: str) -> pa.Table:
         raise FerdataError(f"{kind} table does not fit its schema: {exc}") from exc
 
 
-def write_table(df: pd.DataFrame, path: str | Path, kind: str, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``df`` as a ``kind`` table, atomically, with ferdata metadata (JSON-encoded values)."""
+def write_table(df: pd.DataFrame, path: str | Path, kind: str, meta: dict[str, Any] | None = None, *,
+                validate: bool = True) -> Path:
+    """Write ``df`` as a ``kind`` table, atomically, with ferdata metadata (JSON-encoded values); the
+    table's expectation suite runs first, so a table that fails it is never written."""
     from ferdata import __version__
 
     table = _conform(df, kind)
+    if validate:
+        from ferdata.validate import check_table
+
+        check_table(df, kind, meta, Path(path))
     info = {"ferdata.table": kind, "ferdata.schema_version": SCHEMA_VERSION, "ferdata.version": __version__}
     info.update({f"ferdata.{k}": v for k, v in (meta or {}).items()})
     encoded = {k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in info.items()}

@@ -248,5 +248,6 @@ def imported_graph(train: pd.DataFrame, imported: pd.DataFrame | None, k: int) -
         if not nbrs:
             raise FerdataError(f"va.csv lists no training neighbour for {sid!r}; use the computed graph (va.csv_knn: false)")
         d = np.linalg.norm(va_of.loc[nbrs].to_numpy(np.float64) - va_of.loc[sid].to_numpy(np.float64), axis=1)
-        rows.append({"sample_id": sid, "neighbours": nbrs, "distances": d.astype(np.float32)})
+        order = np.argsort(d, kind="stable")  # nearest first, like the computed graph
+        rows.append({"sample_id": sid, "neighbours": [nbrs[i] for i in order], "distances": d[order].astype(np.float32)})
     return pd.DataFrame(rows)

@@ -30,10 +30,14 @@ def test_soft_labels_contract(trained_dir):
 def test_load_soft_labels_rejects_broken_files(trained_dir, tmp_path):
     df, meta = read_table(trained_dir / "softlabels.parquet", "softlabels")
     df.loc[0, "distribution"] = np.full(7, 0.5, np.float32)
-    write_table(df, tmp_path / "bad.parquet", "softlabels", {"classes": meta["classes"]})
+    with pytest.raises(FerdataError, match="bad.parquet not written: softlabels table fails validation: "
+                                           "expect_column_values_to_be_between\\(_dist_sum\\): 1 rows, e.g. "):
+        write_table(df, tmp_path / "bad.parquet", "softlabels", {"classes": meta["classes"]})
+    assert not (tmp_path / "bad.parquet").exists()
+    write_table(df, tmp_path / "bad.parquet", "softlabels", {"classes": meta["classes"]}, validate=False)
     with pytest.raises(FerdataError, match="do not sum to 1"):
         ferdata.load_soft_labels(tmp_path / "bad.parquet")
-    write_table(df, tmp_path / "nocls.parquet", "softlabels")
+    write_table(df, tmp_path / "nocls.parquet", "softlabels", validate=False)
     with pytest.raises(FerdataError, match="lacks the class names"):
         ferdata.load_soft_labels(tmp_path / "nocls.parquet")
 
