@@ -92,3 +92,82 @@ def test_fork_reads_what_it_lacks_from_its_base(tmp_path):
     assert locate(leaf, "softlabels.parquet") == leaf / "softlabels.parquet"  # missing: named where written
     with pytest.raises(FerdataError, match="not a dataset folder"):
         fork(tmp_path / "nothing", tmp_path / "x")
+
+
+def _kill_mid_write(script: str, marker, timeout: float = 60.0) -> None:
+    """Run ``script`` in a child python, wait until it creates ``marker``, then SIGKILL it."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", script])
+    start = time.time()
+    while not marker.exists():
+        assert child.poll() is None, "the child ended before the kill"
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+
+
+def test_a_table_killed_mid_write_leaves_the_old_file(tmp_path):
+    import textwrap
+
+    target = tmp_path / "plan.parquet"
+    write_table(_plan(), target, "plan")
+    before = target.read_bytes()
+    marker = tmp_path / "writing"
+    _kill_mid_write(textwrap.dedent(f"""
+        import time, pyarrow.parquet as pq
+        import ferdata.io as io
+        real = pq.write_table
+        def slow(table, where, **kw):
+            real(table, where, **kw)
+            open({str(marker)!r}, "w").close()  # the temp file is written, the rename not yet done
+            time.sleep(60)
+        pq.write_table = slow
+        import pandas as pd
+        df = pd.DataFrame({{"epoch": [9], "position": [0], "sample_id": ["x"]}})
+        io.write_table(df, {str(target)!r}, "plan")
+    """), marker)
+    assert target.read_bytes() == before  # the old version, whole
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("plan.parquet", "writing")]
+    assert all(name.startswith(".plan.parquet.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_align_killed_mid_run_resumes_and_publishes_nothing_half_done(data_dir):
+    import shutil
+    import textwrap
+
+    import pandas as pd
+
+    from ferdata.align import align
+
+    shutil.rmtree(data_dir / "aligned")
+    (data_dir / "aligned.parquet").unlink()
+    marker = data_dir / "killed-here"
+    _kill_mid_write(textwrap.dedent(f"""
+        import time
+        import ferdata.align as mod
+        mod.CHUNK = 10
+        real = mod.write_table
+        def slow(df, path, kind, *a, **kw):
+            out = real(df, path, kind, *a, **kw)
+            if "chunk-000002" in str(path):
+                open({str(marker)!r}, "w").close()
+                time.sleep(60)
+            return out
+        mod.write_table = slow
+        mod.align({str(data_dir)!r})
+    """), marker)
+    assert not (data_dir / "aligned").exists() and not (data_dir / "aligned.parquet").exists()
+    assert len(list((data_dir / ".align-work").glob("chunk-*.parquet"))) == 3
+    import ferdata.align as mod
+
+    mod_chunk = mod.CHUNK
+    try:
+        mod.CHUNK = 10
+        table = align(data_dir)
+    finally:
+        mod.CHUNK = mod_chunk
+    assert len(table) == 48 and pd.read_parquet(data_dir / "aligned.parquet").shape[0] == 48
