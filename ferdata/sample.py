@@ -20,14 +20,21 @@ PLAN = "plan.parquet"
 
 
 def cap_per_video(videos: np.ndarray, per_video: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices kept after keeping at most ``per_video`` random frames of each video."""
+    """Indices kept after keeping at most ``per_video`` random frames of each video.
+
+    Videos are grouped with one stable sort (not a scan per video), so a dataset of single-frame
+    "videos" (AffectNet) costs O(n log n); the random draws are made video by video in sorted order."""
+    if not len(videos):
+        return np.zeros(0, np.int64)
+    order = np.argsort(videos, kind="stable")
+    sorted_videos = videos[order]
+    bounds = np.flatnonzero(sorted_videos[1:] != sorted_videos[:-1]) + 1
     keep = []
-    for video in np.unique(videos):
-        members = np.flatnonzero(videos == video)
+    for members in np.split(order, bounds):
         if len(members) > per_video:
             members = np.sort(rng.choice(members, size=per_video, replace=False))
         keep.append(members)
-    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    return np.sort(np.concatenate(keep))
 
 
 def balance_classes(labels: np.ndarray, candidates: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
