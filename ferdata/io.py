@@ -85,6 +85,12 @@ def read_table(path: str | Path, kind: str, *, hint: str = "") -> tuple[pd.DataF
     return table.select(want.names).to_pandas(), meta
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds."""
@@ -93,6 +99,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

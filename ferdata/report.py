@@ -127,12 +127,16 @@ def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pat
     plt.close(fig)
 
 
-def report(data_dir: str | Path, reports_dir: str | Path) -> dict[str, Any]:
-    """Write ``metrics.json``, ``class_balance.png`` and ``confusion.png`` under ``reports_dir``."""
+def report(data_dir: str | Path, reports_dir: str | Path, *, gallery: int = 12) -> dict[str, Any]:
+    """Write ``metrics.json``, the figures (class balance, confusion, VA scatter, uncertainty by
+    flipped/clean, the most ambiguous faces, the noise sweep's curve when there is one) and one
+    self-contained ``index.html`` under ``reports_dir``."""
+    from ferdata import figures
+
     data_dir, reports_dir = Path(data_dir), Path(reports_dir)
     soft, meta = read_table(locate(data_dir, "softlabels.parquet"), "softlabels", hint="run `ferdata export` first")
     labels, _ = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
-    manifest, _ = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
+    manifest, man_meta = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
     classes = meta["classes"]
     metrics = compute_metrics(soft, labels, manifest, classes)
     metrics["method"] = meta.get("method")
@@ -148,6 +152,26 @@ def report(data_dir: str | Path, reports_dir: str | Path) -> dict[str, Any]:
         truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
     plot_confusion(confusion(truth, pred, len(classes)), classes, f"{split.capitalize()} confusion ({what})",
                    reports_dir / "confusion.png")
+    pictures = [("Class balance per split", reports_dir / "class_balance.png"),
+                (f"{split.capitalize()} confusion ({what})", reports_dir / "confusion.png")]
+    va_path = locate(data_dir, "va.parquet")
+    if va_path.is_file():
+        va, _ = read_table(va_path, "va")
+        pictures.append(("Valence/arousal by clean label", figures.plot_va(va, labels, classes, reports_dir / "va.png")))
+    pictures.append(("Uncertainty of training soft labels, flipped vs clean",
+                     figures.plot_uncertainty(soft, labels, reports_dir / "uncertainty.png")))
+    ambiguous = figures.most_ambiguous(soft, gallery)
+    if len(ambiguous):
+        from ferdata.loader import load_images
+
+        images = load_images(locate(data_dir, "shards"), ambiguous["sample_id"].tolist(), size=96)
+        pictures.append((f"The {len(ambiguous)} most ambiguous training faces and their soft labels",
+                         figures.plot_gallery(ambiguous, images, classes, reports_dir / "ambiguous.png")))
+    sweep = reports_dir.parent / "sweep" / f"{reports_dir.name}-summary" / "noise_recovery.png"
+    if sweep.is_file():
+        pictures.append(("Noise sweep: accuracy and detection against the noise ratio", sweep))
+    figures.write_html(reports_dir / "index.html", title=f"ferdata report: {man_meta.get('dataset', data_dir.name)} "
+                       f"({metrics['method']})", metrics=metrics, figures=pictures)
     return metrics
 
 

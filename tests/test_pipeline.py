@@ -57,8 +57,12 @@ def test_repro_runs_caches_and_reruns_only_downstream_of_noise(repo):
     assert first == {"download", "align", "shard", "va", "noise", "sample", "train", "export", "report"}
     soft = ferdata.load_soft_labels(repo / "data/synth/softlabels.parquet")
     assert len(soft) == 48
-    for name in ("metrics.json", "class_balance.png", "confusion.png"):
+    for name in ("metrics.json", "class_balance.png", "confusion.png", "va.png", "uncertainty.png", "ambiguous.png",
+                 "index.html"):
         assert (repo / "reports/synth" / name).is_file()
+    _dvc(repo, "plots", "show", "-o", "plots-page")
+    page = (repo / "plots-page/index.html").read_text()
+    assert page.count("<img") == 5 and "http" not in page.replace("http-equiv", "")  # renders offline
     assert (repo / "models/synth/model.pt").is_file()
 
     assert _ran(_dvc(repo, "repro")) == set()  # nothing changed: no work

@@ -33,6 +33,18 @@ def test_report_stage(trained_dir, tmp_path):
     for key in ("test_acc_true_argmax", "train_kl_true", "noise_auroc_given_prob", "flips_recovered"):
         assert key in saved
     assert saved["train_flipped"] > 0 and 0 <= saved["noise_auroc_given_prob"] <= 1
+    for name in ("va.png", "uncertainty.png", "ambiguous.png"):
+        assert (tmp_path / name).stat().st_size > 5_000, name
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("<img src=\"data:image/png;base64,") == 5  # every figure inlined
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing fetched
+
+
+def test_report_is_deterministic(trained_dir, tmp_path):
+    report(trained_dir, tmp_path / "a")
+    report(trained_dir, tmp_path / "b")
+    for name in ("metrics.json", "index.html", "ambiguous.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_collect_sweep_makes_one_table_and_a_curve(tmp_path):

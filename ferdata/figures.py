@@ -1,0 +1,128 @@
+"""The report's pictures beyond metrics: VA scatter, uncertainty by flipped/clean, the most ambiguous
+faces with their distributions, and one self-contained HTML page holding every figure."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ferdata.classes import class_index
+from ferdata.io import atomic_file
+
+COLOURS = ("#7f7f7f", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#d62728", "#e377c2")
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    _pyplot().close(fig)
+    return path
+
+
+def plot_va(va: pd.DataFrame, labels: pd.DataFrame, classes: list[str], path: Path) -> Path:
+    """Valence/arousal of every face, coloured by its clean label."""
+    plt = _pyplot()
+    df = va.merge(labels[["sample_id", "clean_label"]], on="sample_id")
+    idx = class_index(df["clean_label"].to_numpy(), classes)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for i, name in enumerate(classes):
+        m = idx == i
+        ax.scatter(df.loc[m, "valence"], df.loc[m, "arousal"], s=6, alpha=0.5, color=COLOURS[i % len(COLOURS)], label=name)
+    ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel="valence", ylabel="arousal",
+           title=f"Valence/arousal by clean label (source: {', '.join(sorted(set(va['source'])))})")
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.axvline(0, color="0.8", lw=0.8)
+    ax.legend(markerscale=3, fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Path:
+    """Histogram of the training faces' uncertainty, flipped labels against clean ones."""
+    plt = _pyplot()
+    df = soft[soft["split"] == "train"].merge(labels[["sample_id", "flipped"]], on="sample_id")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(0, 1, 31)
+    ax.hist(df.loc[~df["flipped"], "uncertainty"], bins=bins, alpha=0.6, label=f"clean ({(~df['flipped']).sum()})", density=True)
+    if df["flipped"].any():
+        ax.hist(df.loc[df["flipped"], "uncertainty"], bins=bins, alpha=0.6, label=f"flipped ({df['flipped'].sum()})", density=True)
+    ax.set(xlabel="uncertainty of the exported soft label", ylabel="density", title="Uncertainty: flipped vs clean labels")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], path: Path) -> Path:
+    """The most ambiguous training faces (highest normalised entropy) beside their distributions."""
+    plt = _pyplot()
+    n = len(soft)
+    fig, axes = plt.subplots(n, 2, figsize=(7, 1.6 * n), gridspec_kw={"width_ratios": [1, 2.6]}, squeeze=False)
+    for row, (ax_img, ax_bar) in enumerate(axes):
+        rec = soft.iloc[row]
+        ax_img.imshow(images[row])
+        ax_img.set_axis_off()
+        dist = np.asarray(rec["distribution"], np.float64)
+        given = int(class_index(np.array([rec["label"]]), classes)[0])
+        colours = ["#d62728" if i == given else "#1f77b4" for i in range(len(classes))]
+        ax_bar.barh(np.arange(len(classes)), dist, color=colours)
+        ax_bar.set_yticks(np.arange(len(classes)), classes, fontsize=7)
+        ax_bar.invert_yaxis()
+        ax_bar.set_xlim(0, 1)
+        ax_bar.tick_params(axis="x", labelsize=7)
+        ax_bar.set_title(f"{rec['sample_id']}  (given: {classes[given]}, red)", fontsize=7, loc="left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def most_ambiguous(soft: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k training faces whose exported distribution is least confident (ties by id)."""
+    train = soft[soft["split"] == "train"]
+    return train.sort_values(["confidence", "sample_id"], kind="stable").head(k)
+
+
+def _img(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def write_html(path: Path, *, title: str, metrics: dict[str, Any], figures: list[tuple[str, Path]]) -> Path:
+    """One self-contained page (figures inlined as data URIs, no script, nothing fetched)."""
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in metrics.items() if not isinstance(v, (dict, list)))
+    extra = {k: v for k, v in metrics.items() if isinstance(v, (dict, list))}
+    body = "".join(f"<figure><figcaption>{html.escape(caption)}</figcaption><img src=\"{_img(fig)}\" alt=\"{html.escape(caption)}\"></figure>"
+                   for caption, fig in figures if fig.is_file())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5rem; }} th, td {{ padding: .2rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }}
+figure {{ margin: 1.5rem 0; }} figcaption {{ font-weight: 600; margin-bottom: .4rem; }} img {{ max-width: 100%; border: 1px solid #eee; }}
+pre {{ background: #f6f6f6; padding: .6rem; overflow-x: auto; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<table>{rows}</table>
+<pre>{html.escape(json.dumps(extra, indent=1, sort_keys=True))}</pre>
+{body}
+</body></html>
+"""
+    with atomic_file(path) as tmp:
+        tmp.write_text(page)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
