@@ -209,14 +209,15 @@ class FaceStream(tud.IterableDataset):
             yield pad
 
     def _augmenter(self):
+        if self.augment == "none":
+            return None, None  # albumentations is not even imported
         from ferdata.augment import strong_transform, weak_transform
 
         info = tud.get_worker_info()
         rank, _ = dist_slot()
         seed = self.seed + 1_000_003 * self.epoch + 1009 * rank + (info.id if info else 0)
-        weak = weak_transform(seed) if self.augment != "none" else None
         strong = strong_transform(seed + 1) if self.augment in ("strong", "two_view") else None
-        return weak, strong
+        return weak_transform(seed), strong
 
     def __iter__(self) -> Iterator[tuple[object, dict]]:
         weak, strong = self._augmenter()
