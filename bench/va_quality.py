@@ -30,7 +30,6 @@ from noise_robustness import evaluate, prepare, train_method  # noqa: E402
 from ferdata.io import fork, locate, read_table, write_table  # noqa: E402
 from ferdata.train.loop import TrainConfig  # noqa: E402
 from ferdata.train.oof import out_of_fold  # noqa: E402
-from ferdata.train.regress import RegressConfig  # noqa: E402
 from ferdata.va import va  # noqa: E402
 
 

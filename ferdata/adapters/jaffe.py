@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ferdata.adapters.base import Ingest, canonical_label, finish_splits, images_under, require_root
-from ferdata.classes import BASIC7, CANONICAL
+from ferdata.classes import BASIC7
 
 MARKERS = ("jaffedbase", "KA.AN1.39.tiff")
 WHERE = "JAFFE is at https://zenodo.org/record/3451524 (non-commercial research use)"
