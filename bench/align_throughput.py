@@ -13,7 +13,6 @@ Usage (after `dvc repro` has built data/synth):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import save_and_print
 
 from ferdata.align import Settings, _align_one, align, read_image
 from ferdata.io import image_root, read_table
@@ -138,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         table = align(data, detector="mtcnn", workers=2)
         results["align_stage_mtcnn_2_workers_per_s"] = len(table) / (time.perf_counter() - start)
         shutil.rmtree(data)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    for key, value in results.items():
-        print(f"{key:>36}: {value:.3f}" if isinstance(value, float) else f"{key:>36}: {value}")
+    save_and_print(results, args.out, width=36, digits=3)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _common import save_and_print
 import webdataset as wds
 
 from ferdata.loader import FaceStream, decode, decode_fast
@@ -119,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         stream = FaceStream(shards, labels, size=args.train_size)
         results[f"stream_none_at_{args.train_size}px_per_s"] = timed_pass(stream, workers=args.workers, batch=args.batch)
         results["speedup_none_vs_folder"] = results["stream_none_per_s"] / results["folder_pil_per_s"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    for key, value in results.items():
-        print(f"{key:>26}: {value:.1f}" if isinstance(value, float) else f"{key:>26}: {value}")
+    save_and_print(results, args.out, width=26, digits=1)
     return 0
 
 
