@@ -3,6 +3,7 @@
 Weak: horizontal flip and a small shift-scale-rotate (the geometry). Strong: the same geometry, then
 colour jitter, greyscale, blur, noise and coarse dropout on top, so a (weak, strong) pair shows the
 same face in the same place: the two-branch method compares their spatial attention maps.
+The loader (``ferdata.loader.ShardFaces``) applies them in its workers, reseeded per batch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 def weak_transform(seed: int) -> A.Compose:
@@ -34,17 +34,3 @@ def strong_transform(seed: int) -> A.Compose:
         A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
         A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.1, 0.25), hole_width_range=(0.1, 0.25), p=0.5),
     ], seed=seed)
-
-
-class Augmenter:
-    """Turns a uint8 image batch into its weak view, and optionally its strong view too."""
-
-    def __init__(self, seed: int, *, strong: bool = False):
-        self.weak = weak_transform(seed)
-        self.strong = strong_transform(seed + 1) if strong else None
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        weak = np.stack([self.weak(image=img)["image"] for img in images])
-        if self.strong is None:
-            return weak, None
-        return weak, np.stack([self.strong(image=img)["image"] for img in weak])

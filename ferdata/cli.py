@@ -174,13 +174,14 @@ def train(data: Optional[Path] = DataOpt, models: Optional[Path] = typer.Option(
           method: Optional[str] = typer.Option(None, help="ce, ls, ldlva, arbex or akt"), backbone: Optional[str] = typer.Option(None, help="small_cnn or resnet18"),
           epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None),
           image_size: Optional[int] = typer.Option(None), weights: Optional[str] = typer.Option(None, help="local initial weights (.pt)"),
-          seed: Optional[int] = typer.Option(None), params_file: Optional[Path] = ParamsOpt) -> None:
+          seed: Optional[int] = typer.Option(None), workers: Optional[int] = typer.Option(None, help="DataLoader workers per rank"),
+          params_file: Optional[Path] = ParamsOpt) -> None:
     """Train a model on the epoch plan (CUDA when present; DDP under torchrun)."""
     from ferdata.train.loop import train as run
 
     p = load_params(params_file)
     given = {"method": method, "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "image_size": image_size, "weights": weights, "seed": seed}
+             "image_size": image_size, "weights": weights, "seed": seed, "workers": workers}
     cfg = train_config(p, given)
     out = models if models is not None else Path("models") / p.get("dataset", "synth")
     log = run(data_dir(data, p), out, cfg)["epochs"]
@@ -280,6 +281,16 @@ def sweep(reports: Path = typer.Option(..., help="a noise sweep's report folder 
 
     table = collect_sweep(reports, out)
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+@app.command(name="vega-template")
+@stage
+def vega_template(out: Path = typer.Argument(Path("reports/vega.html"), help="where the template goes")) -> None:
+    """Write the offline page template for `dvc plots show` (Vega inlined, no CDN)."""
+    from ferdata.figures import write_vega_template
+
+    write_vega_template(out)
+    typer.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB); .dvc/config points plots.html_template at it")
+
 
 def main() -> None:
     app()

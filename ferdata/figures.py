@@ -1,5 +1,6 @@
 """The report's pictures beyond metrics: VA scatter, uncertainty by flipped/clean, the most ambiguous
-faces with their distributions, and one self-contained HTML page holding every figure."""
+faces with their distributions, one self-contained HTML page holding every figure, and the page
+template that lets `dvc plots show` draw its Vega-Lite plots offline."""
 
 from __future__ import annotations
 
@@ -126,3 +127,45 @@ pre {{ background: #f6f6f6; padding: .6rem; overflow-x: auto; }}
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+VEGA_LITE = "5.21"  # DVC's plot templates are Vega-Lite 5 specs
+
+
+def write_vega_template(path: Path) -> Path:
+    """An HTML template for `dvc plots show` (config ``plots.html_template``) with Vega, Vega-Lite and
+    vega-embed inlined, so the page DVC writes draws its data plots with nothing fetched from a CDN.
+
+    The scripts come from the vl-convert-python wheel (its bundled copy of the three libraries), not
+    from the network; DVC fills ``{plot_divs}`` and leaves out its CDN ``{scripts}``."""
+    import vl_convert
+
+    bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE)
+    if "</script" in bundle.lower():
+        raise RuntimeError("the Vega bundle holds a closing script tag and cannot be inlined")
+    page = f"""<!DOCTYPE html>
+<html>
+<head>
+    {{refresh_tag}}
+    <meta charset="utf-8">
+    <title>DVC Plot</title>
+    <!-- Vega {vl_convert.get_vega_version()}, Vega-Lite {VEGA_LITE}, vega-embed {vl_convert.get_vega_embed_version()}
+         from vl-convert-python {vl_convert.__version__}: no CDN -->
+    <script type="text/javascript">
+(function () {{
+{bundle}
+}})();
+    </script>
+    <style>
+        body {{ font-family: system-ui, sans-serif; }}
+        table {{ border-spacing: 15px; }}
+    </style>
+</head>
+<body>
+    {{plot_divs}}
+</body>
+</html>
+"""
+    with atomic_file(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path

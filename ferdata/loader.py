@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 import torch.utils.data as tud
 import webdataset as wds
 
@@ -49,25 +52,49 @@ class _NotPlain(Exception):
 
 def _walk_ustar(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     with open(path, "rb") as fh:
-        offset = 0
-        while True:
-            fh.seek(offset)
-            header = fh.read(512)
-            if len(header) < 512 or header == b"\0" * 512:
-                return
-            kind = header[156:157]
-            if kind not in (b"0", b"\0", b"5"):
-                if offset == 0:
-                    raise _NotPlain
-                raise FerdataError(f"{path} holds a tar entry of type {kind!r} after plain ones; re-run `ferdata shard`")
-            name = header[:100].split(b"\0", 1)[0].decode()
-            prefix = header[345:500].split(b"\0", 1)[0].decode()
-            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            data = offset + 512
-            key, _, ext = (f"{prefix}/{name}" if prefix else name).partition(".")
-            if kind != b"5" and ext.lower() in ("jpg", "jpeg"):
-                yield key, functools.partial(_read_at, fh, path, data, size)
-            offset = data + (size + 511) // 512 * 512
+        for key, offset, size in _ustar_entries(fh, path):
+            yield key, functools.partial(_read_at, fh, path, offset, size)
+
+
+def _ustar_entries(fh, path: Path) -> Iterator[tuple[str, int, int]]:
+    """(key, data offset, size) of every JPEG member of a plain ustar file, from its headers alone."""
+    offset = 0
+    while True:
+        fh.seek(offset)
+        header = fh.read(512)
+        if len(header) < 512 or header == b"\0" * 512:
+            return
+        kind = header[156:157]
+        if kind not in (b"0", b"\0", b"5"):
+            if offset == 0:
+                raise _NotPlain
+            raise FerdataError(f"{path} holds a tar entry of type {kind!r} after plain ones; re-run `ferdata shard`")
+        name = header[:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        data = offset + 512
+        key, _, ext = (f"{prefix}/{name}" if prefix else name).partition(".")
+        if kind != b"5" and ext.lower() in ("jpg", "jpeg"):
+            yield key, data, size
+        offset = data + (size + 511) // 512 * 512
+
+
+def member_table(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Where every face lies: one row per JPEG member with ``sample_id``, ``shard`` (position in
+    ``paths``), ``offset`` and ``size`` of its bytes. Costs one header read per member."""
+    rows: list[tuple[str, int, int, int]] = []
+    for i, path in enumerate(paths):
+        path = Path(path)
+        if not path.is_file():
+            raise FerdataError(f"shard {path} not found; re-run `ferdata shard`")
+        with open(path, "rb") as fh:
+            try:
+                rows += [(key, i, offset, size) for key, offset, size in _ustar_entries(fh, path)]
+            except _NotPlain:
+                with tarfile.open(path, "r:") as tar:
+                    rows += [(m.name.partition(".")[0], i, m.offset_data, m.size) for m in tar
+                             if m.isfile() and m.name.partition(".")[2].lower() in ("jpg", "jpeg")]
+    return pd.DataFrame(rows, columns=["sample_id", "shard", "offset", "size"])
 
 
 def _read_at(fh, path: Path, offset: int, size: int) -> bytes:
@@ -86,31 +113,20 @@ def _walk_tarfile(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
                 yield key, functools.partial(_read_at, fh, path, member.offset_data, member.size)
 
 
-def decode(jpeg: bytes, size: int | None = None) -> np.ndarray:
-    """Decode JPEG bytes to RGB uint8, optionally resized to ``size`` x ``size``."""
-    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FerdataError("a shard holds an undecodable image; re-run `ferdata align` and `ferdata shard`")
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if size is not None and img.shape[0] != size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    return img
+def decode(jpeg: bytes | memoryview, size: int | None = None) -> np.ndarray:
+    """Decode JPEG bytes to RGB uint8, optionally resized to ``size`` x ``size``.
 
+    libjpeg-turbo through simplejpeg, with the fast DCT and DCT-domain downscaling to the smallest
+    scale still >= ``size`` before the final area resize: 2.8x PIL's rate on 112 px faces
+    (bench/loader_throughput.py)."""
+    import simplejpeg
 
-def decode_fast(jpeg: bytes, size: int | None = None) -> np.ndarray:
-    """Decode for streaming: libjpeg-turbo through simplejpeg (fast DCT, RGB out, and DCT-domain
-    downscaling to the smallest scale still >= ``size``), then resize; OpenCV when simplejpeg is absent.
-    Measured by bench/loader_throughput.py."""
-    try:
-        import simplejpeg
-    except ImportError:
-        return decode(jpeg, size)
     try:
         img = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", fastdct=True, fastupsample=True,
                                      min_height=size or 0, min_width=size or 0)
     except ValueError as exc:
         raise FerdataError(f"a shard holds an undecodable image ({exc}); re-run `ferdata align` and `ferdata shard`") from exc
-    if size is not None and img.shape[0] != size:
+    if size is not None and img.shape[:2] != (size, size):
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return img
 
@@ -118,31 +134,190 @@ def decode_fast(jpeg: bytes, size: int | None = None) -> np.ndarray:
 def load_images(shard_dir: str | Path, sample_ids: list[str], *, size: int | None = None) -> np.ndarray:
     """Decode the faces of ``sample_ids`` (in that order) into one N x H x W x 3 uint8 array.
 
-    Reads only the shards that hold them. Meant for datasets that fit in memory.
+    Reads only the members it needs. Meant for sets that fit in memory; training streams (``ShardFaces``).
     """
     if not sample_ids:
         return np.zeros((0, size or 0, size or 0, 3), np.uint8)
-    shard_dir = Path(shard_dir)
-    want = {sid: i for i, sid in enumerate(sample_ids)}
-    shards = sorted(shard_dir.glob("shard-*.tar"))
+    return ShardFaces(shard_paths(shard_dir), sample_ids, size=size).images(np.arange(len(sample_ids)))
+
+
+def shard_paths(shard_dir: str | Path) -> list[Path]:
+    """The shards of a dataset, in order."""
+    shards = sorted(Path(shard_dir).glob("shard-*.tar"))
     if not shards:
         raise FerdataError(f"no shard-*.tar in {shard_dir}; run `ferdata shard` first")
-    out: np.ndarray | None = None
-    seen = np.zeros(len(sample_ids), bool)
-    for key, jpeg in iter_shards(shards):
-        i = want.get(key)
-        if i is None:
-            continue
-        img = decode(jpeg, size)
-        if out is None:
-            out = np.empty((len(sample_ids), *img.shape), np.uint8)
-        out[i] = img
-        seen[i] = True
-    if not seen.all():
-        missing = [sample_ids[i] for i in np.flatnonzero(~seen)[:3]]
-        raise FerdataError(f"{(~seen).sum()} samples are in no shard of {shard_dir}, e.g. {missing}; re-run `ferdata shard`")
-    assert out is not None
-    return out
+    return shards
+
+
+class Request(NamedTuple):
+    """One batch for ``ShardFaces``: positions into its sample ids, the views wanted, their seed."""
+
+    positions: np.ndarray
+    augment: str = "none"  # none, weak, strong (weak then strong) or two_view (weak and strong)
+    seed: int = 0
+
+
+VIEWS = ("none", "weak", "strong", "two_view")
+
+
+class ShardFaces(tud.Dataset):
+    """Random access to the faces in the shards, by position in ``sample_ids``: one ``pread`` at the
+    member's offset and one decode per face, no per-face files and no tar parsing after the header walk.
+
+    Give a DataLoader ``batch_sampler=`` of ``Request``s (``plan_batches``, ``in_order``) and
+    ``collate_fn=as_batch`` (or use ``batches``): each worker returns a whole batch as uint8 tensors
+    (shared memory, not pickled arrays), ``{"position", "image"}`` plus ``"strong"`` for two views.
+    Augmentation is reseeded per request, so a batch's pixels do not depend on which worker, or how
+    many, made it."""
+
+    def __init__(self, shards: Iterable[str | Path], sample_ids: Iterable[str], *, size: int | None = None,
+                 members: pd.DataFrame | None = None):
+        self.shards = [str(p) for p in shards]
+        self.ids = [str(s) for s in sample_ids]
+        table = member_table(self.shards) if members is None else members
+        twice = table["sample_id"].duplicated()
+        if twice.any():
+            raise FerdataError(f"sample {table['sample_id'][twice].iloc[0]!r} is in the shards twice; re-run `ferdata shard`")
+        where = table.set_index("sample_id").reindex(self.ids)
+        missing = where["shard"].isna().to_numpy()
+        if missing.any():
+            some = [self.ids[i] for i in np.flatnonzero(missing)[:3]]
+            raise FerdataError(f"{missing.sum()} samples are in no shard, e.g. {some}; re-run `ferdata shard`")
+        self.shard = where["shard"].to_numpy(np.int64)
+        self.offset = where["offset"].to_numpy(np.int64)
+        self.nbytes = where["size"].to_numpy(np.int64)
+        self.size = size
+        self._fds: dict[int, int] = {}
+        self._views: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fds": {}, "_views": {}}  # descriptors and transforms are per process
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+
+    def read(self, i: int) -> bytes:
+        """The JPEG bytes of face ``i`` (``pread``: no shared file position, safe after fork)."""
+        s = int(self.shard[i])
+        fd = self._fds.get(s)
+        if fd is None:
+            fd = self._fds[s] = os.open(self.shards[s], os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        data = os.pread(fd, int(self.nbytes[i]), int(self.offset[i]))
+        if len(data) != self.nbytes[i]:
+            raise FerdataError(f"{self.shards[s]} is truncated at face {self.ids[i]!r}; re-run `ferdata shard`")
+        return data
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return decode(self.read(i), self.size)
+
+    def images(self, positions: np.ndarray) -> np.ndarray:
+        """The faces at ``positions``, unaugmented, as one N x H x W x 3 uint8 array."""
+        return self.__getitems__(Request(np.asarray(positions)))["image"].numpy()
+
+    def __getitems__(self, request: Request | list[int]) -> dict[str, torch.Tensor]:
+        if not isinstance(request, Request):
+            request = Request(np.asarray(request, np.int64))
+        if request.augment not in VIEWS:
+            raise FerdataError(f"augment {request.augment!r}: use one of {', '.join(VIEWS)}")
+        weak, strong = self._transforms(request.augment, request.seed)
+        out: dict[str, torch.Tensor] = {"position": torch.as_tensor(np.asarray(request.positions, np.int64))}
+        for j, i in enumerate(request.positions):
+            img = decode(self.read(int(i)), self.size)
+            if weak is not None:
+                img = weak(image=img)["image"]
+            views = {"image": img}
+            if request.augment == "two_view":
+                views["strong"] = strong(image=img)["image"]
+            elif strong is not None:
+                views["image"] = strong(image=img)["image"]
+            for name, view in views.items():
+                if name not in out:
+                    out[name] = _batch_tensor((len(request.positions), *view.shape))
+                out[name][j] = torch.from_numpy(view)
+        if "image" not in out:
+            side = self.size or 0
+            out["image"] = torch.zeros((0, side, side, 3), dtype=torch.uint8)
+        return out
+
+    def _transforms(self, augment: str, seed: int):
+        """(weak, strong) albumentations pipelines for ``augment``, reseeded for this request."""
+        if augment == "none":
+            return None, None  # albumentations is not even imported
+        if not self._views:
+            from ferdata.augment import strong_transform, weak_transform
+
+            self._views = {"weak": weak_transform(0), "strong": strong_transform(0)}
+        weak, strong = self._views["weak"], self._views["strong"]
+        weak.set_random_seed(seed)
+        if augment == "weak":
+            return weak, None
+        strong.set_random_seed(seed + 1)
+        return weak, strong
+
+
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """A uint8 tensor for a batch; in a DataLoader worker, allocated in shared memory right away so
+    handing it to the main process copies nothing (as torch's default collate does)."""
+    out = torch.empty(shape, dtype=torch.uint8)
+    return out.share_memory_() if tud.get_worker_info() is not None else out
+
+
+def as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The DataLoader collate for ``ShardFaces``: the dataset already made the batch."""
+    return batch
+
+
+def request_seed(*parts: int) -> int:
+    """A 32-bit seed from (seed, epoch, rank, step): independent streams, no arithmetic collisions."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class PlanBatches(tud.Sampler):
+    """An epoch plan as this rank's batch ``Request``s: rank r takes every ``world``-th entry of the
+    epoch's order, and every rank makes the same number of full batches, len // (batch_size * world),
+    so no rank waits at the last step under DDP (the few leftover entries are dropped that epoch).
+    ``set_epoch`` picks the epoch; seeds come from (seed, epoch, rank, step)."""
+
+    def __init__(self, epochs: list[np.ndarray], *, batch_size: int, augment: str = "weak", seed: int = 0,
+                 rank: int = 0, world: int = 1):
+        if augment not in VIEWS:
+            raise FerdataError(f"augment {augment!r}: use one of {', '.join(VIEWS)}")
+        self.epochs, self.batch_size, self.augment, self.seed = epochs, batch_size, augment, seed
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def steps(self, epoch: int) -> int:
+        return len(self.epochs[epoch]) // (self.batch_size * self.world)
+
+    def __len__(self) -> int:
+        return self.steps(self.epoch)
+
+    def __iter__(self) -> Iterator[Request]:
+        mine = np.asarray(self.epochs[self.epoch], np.int64)[self.rank::self.world]
+        for step in range(self.steps(self.epoch)):
+            yield Request(mine[step * self.batch_size:(step + 1) * self.batch_size], self.augment,
+                          request_seed(self.seed, self.epoch, self.rank, step))
+
+
+def in_order(positions: np.ndarray, batch_size: int) -> list[Request]:
+    """Unaugmented batch requests over ``positions`` in order (inference)."""
+    positions = np.asarray(positions, np.int64)
+    return [Request(positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
+
+
+def batches(faces: ShardFaces, requests, *, workers: int = 0, pin_memory: bool = False) -> tud.DataLoader:
+    """A DataLoader that fetches ``requests`` (a list, or a ``PlanBatches``) from ``faces``.
+
+    Workers are forked and keep OpenCV's thread settings: calling ``cv2.setNumThreads`` inside a
+    forked worker deadlocks once the parent has used OpenCV's pool."""
+    return tud.DataLoader(faces, batch_sampler=requests, collate_fn=as_batch, num_workers=workers,
+                          pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
 def dist_slot() -> tuple[int, int]:
@@ -225,7 +400,7 @@ class FaceStream(tud.IterableDataset):
         buffer: list[tuple[str, bytes]] = []
 
         def emit(key: str, jpeg: bytes) -> tuple[object, dict]:
-            img = decode_fast(jpeg, self.size)
+            img = decode(jpeg, self.size)
             if weak is not None:
                 img = weak(image=img)["image"]
             if self.augment == "two_view":

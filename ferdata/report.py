@@ -16,6 +16,7 @@ from ferdata.errors import FerdataError
 from ferdata.io import atomic_file, locate, read_table, write_json
 
 METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"  # DVC confusion plot data
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -127,6 +128,14 @@ def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pat
     plt.close(fig)
 
 
+def write_predictions(ids: pd.Series, truth: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> None:
+    """The evaluated faces as ``sample_id, actual, predicted`` (class names): DVC's confusion plot data."""
+    names = np.asarray(classes, dtype=object)
+    table = pd.DataFrame({"sample_id": ids.to_numpy(), "actual": names[truth], "predicted": names[pred]})
+    with atomic_file(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+
+
 def report(data_dir: str | Path, reports_dir: str | Path, *, gallery: int = 12) -> dict[str, Any]:
     """Write ``metrics.json``, the figures (class balance, confusion, VA scatter, uncertainty by
     flipped/clean, the most ambiguous faces, the noise sweep's curve when there is one) and one
@@ -152,6 +161,7 @@ def report(data_dir: str | Path, reports_dir: str | Path, *, gallery: int = 12) 
         truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
     plot_confusion(confusion(truth, pred, len(classes)), classes, f"{split.capitalize()} confusion ({what})",
                    reports_dir / "confusion.png")
+    write_predictions(rows["sample_id"], truth, pred, classes, reports_dir / PREDICTIONS)
     pictures = [("Class balance per split", reports_dir / "class_balance.png"),
                 (f"{split.capitalize()} confusion ({what})", reports_dir / "confusion.png")]
     va_path = locate(data_dir, "va.parquet")

@@ -48,13 +48,14 @@ def repo(tmp_path_factory) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(repo, "init", "-q")
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # plots.html_template: the offline page
     return repo
 
 
 @pytest.mark.slow
 def test_repro_runs_caches_and_reruns_only_downstream_of_noise(repo):
     first = _ran(_dvc(repo, "repro"))
-    assert first == {"download", "align", "shard", "va", "noise", "sample", "train", "export", "report"}
+    assert first == {"vega", "download", "align", "shard", "va", "noise", "sample", "train", "export", "report"}
     soft = ferdata.load_soft_labels(repo / "data/synth/softlabels.parquet")
     assert len(soft) == 48
     for name in ("metrics.json", "class_balance.png", "confusion.png", "va.png", "uncertainty.png", "ambiguous.png",
@@ -62,7 +63,9 @@ def test_repro_runs_caches_and_reruns_only_downstream_of_noise(repo):
         assert (repo / "reports/synth" / name).is_file()
     _dvc(repo, "plots", "show", "-o", "plots-page")
     page = (repo / "plots-page/index.html").read_text()
-    assert page.count("<img") == 5 and "http" not in page.replace("http-equiv", "")  # renders offline
+    assert page.count('<img src="static/') == 5 and page.count("vegaEmbed('#") == 3  # 5 images, 3 Vega plots
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page) and "cdn." not in page  # nothing fetched: renders offline
+    assert "window.vegaEmbed=" in page  # the libraries are inlined
     assert (repo / "models/synth/model.pt").is_file()
 
     assert _ran(_dvc(repo, "repro")) == set()  # nothing changed: no work

@@ -1,7 +1,9 @@
 """The training loop: follows the epoch plan, on CUDA when present, under torchrun (DDP) when launched so.
 
-It writes the backbone checkpoint and ``learned.parquet``: the distribution the method gives every
-labelled face (the learned soft label for training faces, the method's prediction for val/test).
+Faces stream from the shards through DataLoader workers (``ferdata.loader.ShardFaces``), one batch of
+the plan per request, augmented in the worker; nothing holds the dataset in memory. It writes the
+backbone checkpoint and ``learned.parquet``: the distribution the method gives every labelled face
+(the learned soft label for training faces, the method's prediction for val/test).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -20,11 +23,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ferdata.augment import Augmenter
 from ferdata.classes import class_index
 from ferdata.errors import FerdataError
 from ferdata.io import atomic_file, locate, read_table, write_json, write_table
-from ferdata.loader import load_images
+from ferdata.loader import PlanBatches, ShardFaces, batches, in_order, member_table, shard_paths
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method
 from ferdata.train.methods.base import normalised_entropy
@@ -48,6 +50,7 @@ class TrainConfig:
     image_size: int = 64
     weights: str = ""
     seed: int = 0
+    workers: int = 2  # DataLoader workers per rank that read, decode and augment faces
     options: dict[str, Any] = field(default_factory=dict)  # per-method options, e.g. {"ldlva": {...}}
 
 
@@ -70,9 +73,11 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 N x H x W x 3 -> normalised float N x 3 x H x W on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - MEAN) / STD
 
 
@@ -89,15 +94,15 @@ class Objective(torch.nn.Module):
 
 
 @torch.no_grad()
-def infer_all(model: torch.nn.Module, method: Method, images: np.ndarray, device: torch.device,
-              batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """The method's features and predicted distributions for every image, in eval mode."""
+def infer_all(model: torch.nn.Module, method: Method, loader: Iterable[dict[str, torch.Tensor]],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The method's features and predicted distributions for every face ``loader`` yields, in eval mode."""
     modes = model.training, method.training
     model.eval()
     method.eval()
     feats, probs = [], []
-    for i in range(0, len(images), batch_size):
-        f, p = method.infer(model, to_input(images[i:i + batch_size], device))
+    for batch in loader:
+        f, p = method.infer(model, to_input(batch["image"], device))
         feats.append(f)
         probs.append(p)
     model.train(modes[0])
@@ -156,34 +161,43 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
     method = build_method(cfg.method, ctx)
     objective = Objective(model, method).to(device)
     net = torch.nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
-    images = load_images(locate(data_dir, "shards"), labels["sample_id"].tolist(), size=cfg.image_size)
-    train_images = images[(labels["split"] == "train").to_numpy()]
-    val_mask = (labels["split"] == "val").to_numpy()
-    val_targets = class_index(labels.loc[val_mask, "label"].to_numpy(), classes)
-    objective.fetch = lambda pos: to_input(train_images[pos.cpu().numpy()], device)
+    shards = shard_paths(locate(data_dir, "shards"))
+    members = member_table(shards)
+    faces = ShardFaces(shards, labels["sample_id"], size=cfg.image_size, members=members)
+    train_faces = ShardFaces(shards, ids, size=cfg.image_size, members=members)
+    val_pos = np.flatnonzero((labels["split"] == "val").to_numpy())
+    val_targets = class_index(labels["label"].to_numpy()[val_pos], classes)
+    objective.fetch = lambda pos: to_input(train_faces.images(pos.cpu().numpy()), device)
     targets = ctx.labels
 
-    steps_per_epoch = [len(plan[plan["epoch"] == e]) // (cfg.batch_size * world) for e in range(cfg.epochs)]
+    epochs = [np.array([position[s] for s in plan.loc[plan["epoch"] == e, "sample_id"]], np.int64) for e in range(cfg.epochs)]
+    sampler = PlanBatches(epochs, batch_size=cfg.batch_size, augment="two_view" if method.needs_strong_view else "weak",
+                          seed=cfg.seed, rank=rank, world=world)
+    steps_per_epoch = [sampler.steps(e) for e in range(cfg.epochs)]
     if min(steps_per_epoch) < 1:
         raise FerdataError(f"the epoch plan has fewer samples than one batch of {cfg.batch_size} per rank")
+    pin = device.type == "cuda"
+    train_loader = batches(train_faces, sampler, workers=cfg.workers, pin_memory=pin)
+    val_loader = batches(faces, in_order(val_pos, 256), workers=cfg.workers, pin_memory=pin)
+    train_eval = batches(train_faces, in_order(np.arange(len(ids)), 256), workers=cfg.workers, pin_memory=pin) \
+        if method.needs_epoch_outputs else None
     opt = torch.optim.SGD(list(model.parameters()) + method.shared_parameters(), lr=cfg.lr, momentum=0.9,
                           weight_decay=cfg.weight_decay, nesterov=True)
     optimizers = [opt, *method.own_optimizers()]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=sum(steps_per_epoch), pct_start=0.15)
-    augmenter = Augmenter(cfg.seed + 1000 * rank, strong=method.needs_strong_view)
     log = []
     for epoch in range(cfg.epochs):
         method.set_epoch(epoch, cfg.epochs)
-        if method.needs_epoch_outputs:
-            method.start_epoch(*infer_all(model, method, train_images, device))
+        if train_eval is not None:
+            method.start_epoch(*infer_all(model, method, train_eval, device))
         net.train()
-        order = np.array([position[s] for s in plan.loc[plan["epoch"] == epoch, "sample_id"]])[rank::world]
+        sampler.set_epoch(epoch)
         start, total, seen = time.time(), 0.0, 0
-        bar = tqdm(range(steps_per_epoch[epoch]), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if rank == 0 else True)
-        for step in bar:
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            weak, strong = augmenter(train_images[batch])
-            loss = net(torch.from_numpy(batch).to(device), to_input(weak, device), targets[batch].to(device),
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if rank == 0 else True)
+        for batch in bar:
+            index = batch["position"]
+            strong = batch.get("strong")
+            loss = net(index.to(device), to_input(batch["image"], device), targets[index].to(device),
                        None if strong is None else to_input(strong, device))
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
@@ -191,15 +205,17 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
             for o in optimizers:
                 o.step()
             sched.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
-        _, val_probs = infer_all(model, method, images[val_mask], device)
-        val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if val_mask.any() else float("nan")
+            total += loss.item() * len(index)
+            seen += len(index)
+        _, val_probs = infer_all(model, method, val_loader, device)
+        val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if len(val_pos) else float("nan")
         log.append({"epoch": epoch + 1, "loss": total / seen, "val_acc": val_acc})  # no timings: the log is a DVC output
         if rank == 0:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / seen:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)")
+    del train_loader, val_loader, train_eval  # persistent workers exit here
     if rank == 0:
-        learned = learned_distributions(model, method, images, labels, targets, device)
+        every = batches(faces, in_order(np.arange(len(faces)), 256), workers=cfg.workers, pin_memory=pin)
+        learned = learned_distributions(model, method, every, labels, targets, device)
         save_checkpoint(model, method, models_dir / CHECKPOINT, {**asdict(cfg), "classes": classes})
         write_table(learned, models_dir / LEARNED, "learned", {"classes": classes, "method": cfg.method})
         write_json({"config": asdict(cfg), "epochs": log}, models_dir / TRAIN_LOG)
@@ -209,10 +225,11 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
     return {"epochs": log}
 
 
-def learned_distributions(model: torch.nn.Module, method: Method, images: np.ndarray, labels: pd.DataFrame,
-                          targets: torch.Tensor, device: torch.device) -> pd.DataFrame:
-    """Every labelled face's distribution and uncertainty: soft labels for train, predictions otherwise."""
-    feats, probs = infer_all(model, method, images, device)
+def learned_distributions(model: torch.nn.Module, method: Method, loader: Iterable[dict[str, torch.Tensor]],
+                          labels: pd.DataFrame, targets: torch.Tensor, device: torch.device) -> pd.DataFrame:
+    """Every labelled face's distribution and uncertainty (``loader`` yields them in ``labels`` order):
+    soft labels for train, predictions otherwise."""
+    feats, probs = infer_all(model, method, loader, device)
     uncertainty = normalised_entropy(probs)
     train = torch.tensor((labels["split"] == "train").to_numpy(), device=device)
     soft, soft_unc = method.soft_labels(feats[train], probs[train], targets.to(device))
