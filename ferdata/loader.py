@@ -1,5 +1,6 @@
-"""Read faces back out of the WebDataset shards, keyed by ``sample_id``: all at once into memory
-(``load_images``), or streamed per rank and worker for a torch DataLoader (``FaceStream``)."""
+"""Read faces back out of the WebDataset shards, keyed by ``sample_id``: by random access for
+training (``ShardFaces``, fed batch requests by ``PlanBatches`` over the epoch plan), all at once
+into memory (``load_images``), or as a sequential stream split by rank and worker (``FaceStream``)."""
 
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ class ShardFaces(tud.Dataset):
     """Random access to the faces in the shards, by position in ``sample_ids``: one ``pread`` at the
     member's offset and one decode per face, no per-face files and no tar parsing after the header walk.
 
-    Give a DataLoader ``batch_sampler=`` of ``Request``s (``plan_batches``, ``in_order``) and
+    Give a DataLoader ``batch_sampler=`` of ``Request``s (``PlanBatches``, ``in_order``) and
     ``collate_fn=as_batch`` (or use ``batches``): each worker returns a whole batch as uint8 tensors
     (shared memory, not pickled arrays), ``{"position", "image"}`` plus ``"strong"`` for two views.
     Augmentation is reseeded per request, so a batch's pixels do not depend on which worker, or how
