@@ -22,12 +22,12 @@ from ferdata.errors import FerdataError
 
 
 def iter_shards(paths: Iterable[str | Path]) -> Iterator[tuple[str, bytes]]:
-    """Yield (sample_id, jpeg bytes) from shards in order, without shuffling."""
+    """Yield (sample_id, jpeg bytes) from shards in order, through webdataset's own reader (no
+    rank or worker split: every caller sees every face)."""
     urls = [str(p) for p in paths]
     for p in urls:
         if not Path(p).is_file():
             raise FerdataError(f"shard {p} not found; re-run `ferdata shard`")
-    # every rank reads every shard here (in-memory use); per-rank splitting belongs to a streaming loader
     every = lambda src: src  # noqa: E731
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=every, workersplitter=every):
         yield sample["__key__"], sample["jpg"]
