@@ -257,7 +257,6 @@ def report(data: Optional[Path] = DataOpt, reports: Optional[Path] = typer.Optio
     typer.echo(summarize(run(data_dir(data, p), out)))
 
 
-
 @app.command()
 @stage
 def validate(path: Path = typer.Argument(..., help="a ferdata parquet table (manifest, va, labels, knn, softlabels, ...)")) -> None:
@@ -281,6 +280,7 @@ def sweep(reports: Path = typer.Option(..., help="a noise sweep's report folder 
 
     table = collect_sweep(reports, out)
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
 
 @app.command(name="vega-template")
 @stage

@@ -1,6 +1,6 @@
-"""The report's pictures beyond metrics: VA scatter, uncertainty by flipped/clean, the most ambiguous
-faces with their distributions, one self-contained HTML page holding every figure, and the page
-template that lets `dvc plots show` draw its Vega-Lite plots offline."""
+"""The report's pictures: class balance, confusion, VA scatter, uncertainty by flipped/clean, the most
+ambiguous faces with their distributions, the noise sweep's curves; one self-contained HTML page
+holding them; and the page template that lets `dvc plots show` draw its Vega-Lite plots offline."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from ferdata.io import atomic_file
 COLOURS = ("#7f7f7f", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#d62728", "#e377c2")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -27,16 +28,74 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
+    """Write ``fig`` atomically as a PNG without a Software stamp (same figure, same bytes) and close it."""
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
+
+
+def plot_class_balance(labels: pd.DataFrame, classes: list[str], path: Path) -> Path:
+    """Grouped bars: given-label counts per split, and the clean training labels beside them."""
+    plt = pyplot()
+
+    groups = [(f"{s} (given)", class_index(labels.loc[labels["split"] == s, "label"].to_numpy(), classes)) for s in ("train", "val", "test")]
+    groups.insert(1, ("train (clean)", class_index(labels.loc[labels["split"] == "train", "clean_label"].to_numpy(), classes)))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(groups)
+    for g, (name, values) in enumerate(groups):
+        counts = np.bincount(values, minlength=len(classes))
+        ax.bar(np.arange(len(classes)) + g * width - 0.4 + width / 2, counts, width, label=name)
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=30)
+    ax.set_ylabel("faces")
+    ax.set_title("Class balance per split")
+    ax.legend()
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix with counts in the cells."""
+    plt = pyplot()
+
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=30)
+    ax.set_yticks(np.arange(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_sweep(table: pd.DataFrame, path: Path) -> Path:
+    """Clean-test accuracy and noisy-label detection AUROC against the noise ratio, a line per method."""
+    plt = pyplot()
+
+    acc = "test_acc_true_argmax" if table["test_acc_true_argmax"].notna().any() else "test_acc_clean_label"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, rows in table.groupby("method", sort=True):
+        axes[0].plot(rows["ratio"], rows[acc], marker="o", label=method)
+        axes[1].plot(rows["ratio"], rows["noise_auroc_given_prob"], marker="o", label=method)
+    axes[0].set(xlabel="symmetric noise ratio", ylabel=acc.replace("_", " "), title="Clean-test accuracy")
+    axes[1].set(xlabel="symmetric noise ratio", ylabel="AUROC (1 - p[given label])", title="Noisy-label detection")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    return save_png(fig, path)
 
 
 def plot_va(va: pd.DataFrame, labels: pd.DataFrame, classes: list[str], path: Path) -> Path:
     """Valence/arousal of every face, coloured by its clean label."""
-    plt = _pyplot()
+    plt = pyplot()
     df = va.merge(labels[["sample_id", "clean_label"]], on="sample_id")
     idx = class_index(df["clean_label"].to_numpy(), classes)
     fig, ax = plt.subplots(figsize=(6.5, 6))
@@ -49,12 +108,12 @@ def plot_va(va: pd.DataFrame, labels: pd.DataFrame, classes: list[str], path: Pa
     ax.axvline(0, color="0.8", lw=0.8)
     ax.legend(markerscale=3, fontsize=8, loc="lower left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Path:
     """Histogram of the training faces' uncertainty, flipped labels against clean ones."""
-    plt = _pyplot()
+    plt = pyplot()
     df = soft[soft["split"] == "train"].merge(labels[["sample_id", "flipped"]], on="sample_id")
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(0, 1, 31)
@@ -64,12 +123,12 @@ def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Pa
     ax.set(xlabel="uncertainty of the exported soft label", ylabel="density", title="Uncertainty: flipped vs clean labels")
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], path: Path) -> Path:
     """The most ambiguous training faces (highest normalised entropy) beside their distributions."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(soft)
     fig, axes = plt.subplots(n, 2, figsize=(7, 1.6 * n), gridspec_kw={"width_ratios": [1, 2.6]}, squeeze=False)
     for row, (ax_img, ax_bar) in enumerate(axes):
@@ -86,7 +145,7 @@ def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], pat
         ax_bar.tick_params(axis="x", labelsize=7)
         ax_bar.set_title(f"{rec['sample_id']}  (given: {classes[given]}, red)", fontsize=7, loc="left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def most_ambiguous(soft: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -41,20 +41,26 @@ def iter_members(paths: Iterable[str | Path]) -> Iterator[tuple[str, Callable[[]
     read and a seek, not its data (tarfile's own parser costs ~20x more per member). Shards with
     GNU/pax extension headers fall back to tarfile."""
     for path in paths:
-        try:
-            yield from _walk_ustar(Path(path))
-        except _NotPlain:
-            yield from _walk_tarfile(Path(path))
+        path = Path(path)
+        with open(path, "rb") as fh:
+            for key, offset, size in _entries(fh, path):
+                yield key, functools.partial(_read_at, fh, path, offset, size)
 
 
 class _NotPlain(Exception):
     pass
 
 
-def _walk_ustar(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    with open(path, "rb") as fh:
-        for key, offset, size in _ustar_entries(fh, path):
-            yield key, functools.partial(_read_at, fh, path, offset, size)
+def _entries(fh, path: Path) -> Iterator[tuple[str, int, int]]:
+    """(key, data offset, size) of every JPEG member: the fast ustar walk, else tarfile's parser."""
+    try:
+        yield from _ustar_entries(fh, path)  # raises _NotPlain at the first header, before yielding
+    except _NotPlain:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                if m.isfile() and ext.lower() in ("jpg", "jpeg"):
+                    yield key, m.offset_data, m.size
 
 
 def _ustar_entries(fh, path: Path) -> Iterator[tuple[str, int, int]]:
@@ -89,12 +95,7 @@ def member_table(paths: Iterable[str | Path]) -> pd.DataFrame:
         if not path.is_file():
             raise FerdataError(f"shard {path} not found; re-run `ferdata shard`")
         with open(path, "rb") as fh:
-            try:
-                rows += [(key, i, offset, size) for key, offset, size in _ustar_entries(fh, path)]
-            except _NotPlain:
-                with tarfile.open(path, "r:") as tar:
-                    rows += [(m.name.partition(".")[0], i, m.offset_data, m.size) for m in tar
-                             if m.isfile() and m.name.partition(".")[2].lower() in ("jpg", "jpeg")]
+            rows += [(key, i, offset, size) for key, offset, size in _entries(fh, path)]
     return pd.DataFrame(rows, columns=["sample_id", "shard", "offset", "size"])
 
 
@@ -104,14 +105,6 @@ def _read_at(fh, path: Path, offset: int, size: int) -> bytes:
     if len(data) != size:
         raise FerdataError(f"{path} is truncated; re-run `ferdata shard`")
     return data
-
-
-def _walk_tarfile(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    with tarfile.open(path, "r:") as tar, open(path, "rb") as fh:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if member.isfile() and ext.lower() in ("jpg", "jpeg"):
-                yield key, functools.partial(_read_at, fh, path, member.offset_data, member.size)
 
 
 def decode(jpeg: bytes | memoryview, size: int | None = None) -> np.ndarray:
@@ -148,6 +141,18 @@ def shard_paths(shard_dir: str | Path) -> list[Path]:
     if not shards:
         raise FerdataError(f"no shard-*.tar in {shard_dir}; run `ferdata shard` first")
     return shards
+
+
+def make_views(img: np.ndarray, augment: str, weak, strong) -> dict[str, np.ndarray]:
+    """The views of one decoded face: ``image`` (as is, weak, or weak then strong) and, in ``two_view``
+    mode, ``strong`` (the strong pipeline on the weak view: same geometry, other colours)."""
+    if weak is not None:
+        img = weak(image=img)["image"]
+    if augment == "two_view":
+        return {"image": img, "strong": strong(image=img)["image"]}
+    if strong is not None:
+        img = strong(image=img)["image"]
+    return {"image": img}
 
 
 class Request(NamedTuple):
@@ -227,14 +232,7 @@ class ShardFaces(tud.Dataset):
         weak, strong = self._transforms(request.augment, request.seed)
         out: dict[str, torch.Tensor] = {"position": torch.as_tensor(np.asarray(request.positions, np.int64))}
         for j, i in enumerate(request.positions):
-            img = decode(self.read(int(i)), self.size)
-            if weak is not None:
-                img = weak(image=img)["image"]
-            views = {"image": img}
-            if request.augment == "two_view":
-                views["strong"] = strong(image=img)["image"]
-            elif strong is not None:
-                views["image"] = strong(image=img)["image"]
+            views = make_views(decode(self.read(int(i)), self.size), request.augment, weak, strong)
             for name, view in views.items():
                 if name not in out:
                     out[name] = _batch_tensor((len(request.positions), *view.shape))
@@ -323,8 +321,6 @@ def batches(faces: ShardFaces, requests, *, workers: int = 0, pin_memory: bool =
 
 def dist_slot() -> tuple[int, int]:
     """(rank, world size) of this process: torch.distributed when initialised, else torchrun's env."""
-    import os
-
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -401,14 +397,8 @@ class FaceStream(tud.IterableDataset):
         buffer: list[tuple[str, bytes]] = []
 
         def emit(key: str, jpeg: bytes) -> tuple[object, dict]:
-            img = decode(jpeg, self.size)
-            if weak is not None:
-                img = weak(image=img)["image"]
-            if self.augment == "two_view":
-                return (img, strong(image=img)["image"]), self.rows[key]
-            if strong is not None:
-                img = strong(image=img)["image"]
-            return img, self.rows[key]
+            views = make_views(decode(jpeg, self.size), self.augment, weak, strong)
+            return (tuple(views.values()) if self.augment == "two_view" else views["image"]), self.rows[key]
 
         for item in self._mine():
             if self.shuffle <= 1:

@@ -81,53 +81,6 @@ def compute_metrics(soft: pd.DataFrame, labels: pd.DataFrame, manifest: pd.DataF
     return out
 
 
-def plot_class_balance(labels: pd.DataFrame, classes: list[str], path: Path) -> None:
-    """Grouped bars: given-label counts per split, and the clean training labels beside them."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = [(f"{s} (given)", class_index(labels.loc[labels["split"] == s, "label"].to_numpy(), classes)) for s in ("train", "val", "test")]
-    groups.insert(1, ("train (clean)", class_index(labels.loc[labels["split"] == "train", "clean_label"].to_numpy(), classes)))
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / len(groups)
-    for g, (name, values) in enumerate(groups):
-        counts = np.bincount(values, minlength=len(classes))
-        ax.bar(np.arange(len(classes)) + g * width - 0.4 + width / 2, counts, width, label=name)
-    ax.set_xticks(np.arange(len(classes)), classes, rotation=30)
-    ax.set_ylabel("faces")
-    ax.set_title("Class balance per split")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-
-
-def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> None:
-    """Row-normalised confusion matrix with counts in the cells."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_xticks(np.arange(len(classes)), classes, rotation=30)
-    ax.set_yticks(np.arange(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-
-
 def write_predictions(ids: pd.Series, truth: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> None:
     """The evaluated faces as ``sample_id, actual, predicted`` (class names): DVC's confusion plot data."""
     names = np.asarray(classes, dtype=object)
@@ -151,7 +104,7 @@ def report(data_dir: str | Path, reports_dir: str | Path, *, gallery: int = 12) 
     metrics["method"] = meta.get("method")
     metrics["noise"] = meta.get("noise")
     write_json(metrics, reports_dir / METRICS)
-    plot_class_balance(labels, classes, reports_dir / "class_balance.png")
+    figures.plot_class_balance(labels, classes, reports_dir / "class_balance.png")
     split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")
     rows = soft[soft["split"] == split].merge(manifest[["sample_id", "true_dist"]], on="sample_id")
     pred = np.stack(rows["distribution"].to_numpy()).argmax(1) if len(rows) else np.zeros(0, np.int64)
@@ -159,7 +112,7 @@ def report(data_dir: str | Path, reports_dir: str | Path, *, gallery: int = 12) 
         truth, what = np.stack(rows["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
     else:
         truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
-    plot_confusion(confusion(truth, pred, len(classes)), classes, f"{split.capitalize()} confusion ({what})",
+    figures.plot_confusion(confusion(truth, pred, len(classes)), classes, f"{split.capitalize()} confusion ({what})",
                    reports_dir / "confusion.png")
     write_predictions(rows["sample_id"], truth, pred, classes, reports_dir / PREDICTIONS)
     pictures = [("Class balance per split", reports_dir / "class_balance.png"),
@@ -211,27 +164,9 @@ def collect_sweep(reports_dir: str | Path, out_dir: str | Path | None = None) ->
     table = pd.DataFrame(rows).sort_values(["method", "ratio"], kind="stable").reset_index(drop=True)
     with atomic_file(out_dir / "sweep.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
+    from ferdata.figures import plot_sweep
+
     plot_sweep(table, out_dir / "noise_recovery.png")
     return table
 
 
-def plot_sweep(table: pd.DataFrame, path: Path) -> None:
-    """Clean-test accuracy and noisy-label detection AUROC against the noise ratio, a line per method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    acc = "test_acc_true_argmax" if table["test_acc_true_argmax"].notna().any() else "test_acc_clean_label"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, rows in table.groupby("method", sort=True):
-        axes[0].plot(rows["ratio"], rows[acc], marker="o", label=method)
-        axes[1].plot(rows["ratio"], rows["noise_auroc_given_prob"], marker="o", label=method)
-    axes[0].set(xlabel="symmetric noise ratio", ylabel=acc.replace("_", " "), title="Clean-test accuracy")
-    axes[1].set(xlabel="symmetric noise ratio", ylabel="AUROC (1 - p[given label])", title="Noisy-label detection")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)

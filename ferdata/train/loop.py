@@ -170,7 +170,8 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
     objective.fetch = lambda pos: to_input(train_faces.images(pos.cpu().numpy()), device)
     targets = ctx.labels
 
-    epochs = [np.array([position[s] for s in plan.loc[plan["epoch"] == e, "sample_id"]], np.int64) for e in range(cfg.epochs)]
+    planned = plan["sample_id"].map(position).to_numpy(np.int64)  # positions in the training table
+    epochs = [planned[(plan["epoch"] == e).to_numpy()] for e in range(cfg.epochs)]
     sampler = PlanBatches(epochs, batch_size=cfg.batch_size, augment="two_view" if method.needs_strong_view else "weak",
                           seed=cfg.seed, rank=rank, world=world)
     steps_per_epoch = [sampler.steps(e) for e in range(cfg.epochs)]
