@@ -24,7 +24,7 @@ import torch
 from _common import save_and_print
 
 from ferdata.align import Settings, _align_one, align, read_image
-from ferdata.io import image_root, read_table
+from ferdata.core.io import image_root, read_table
 
 
 def photos_from(source: Path, work: Path, limit: int) -> list[Path]:

@@ -23,7 +23,7 @@ import numpy as np
 
 
 def va_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    from ferdata.classes import VA_CENTROIDS
+    from ferdata.core.classes import VA_CENTROIDS
 
     rng = np.random.default_rng(seed)
     centres = np.array(list(VA_CENTROIDS.values()))

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ferdata.classes import class_index
-from ferdata.io import fork, locate, read_table, write_table
+from ferdata.core.classes import class_index
+from ferdata.core.io import fork, locate, read_table, write_table
 from ferdata.noise import noise
 from ferdata.report import auroc, kl_divergence
 from ferdata.sample import sample

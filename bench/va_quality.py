@@ -27,7 +27,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from noise_robustness import evaluate, prepare, train_method  # noqa: E402
 
-from ferdata.io import fork, locate, read_table, write_table  # noqa: E402
+from ferdata.core.io import fork, locate, read_table, write_table  # noqa: E402
 from ferdata.train.loop import TrainConfig  # noqa: E402
 from ferdata.train.oof import out_of_fold  # noqa: E402
 from ferdata.va import va  # noqa: E402

@@ -12,18 +12,52 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ferdata.errors import FerdataError
-from ferdata.io import atomic_dir, image_root, read_table, stable_hash, write_json, write_table
+from ferdata.core.errors import UsageError
+from ferdata.core.io import atomic_dir, image_root, read_table, stable_hash, write_json
+from ferdata.core.settings import Settings, option
+from ferdata.core.stage import Run, Stage
+from ferdata.core.tables import TABLES
 
-ALIGNED = "aligned.parquet"
-ALIGNED_DIR = "aligned"
 DETECTORS = ("landmarks", "mtcnn", "insightface", "none")
+ALIGNED_DIR = TABLES["aligned_faces"].file
+
+
+@dataclass(frozen=True)
+class AlignSettings(Settings):
+    """The ``align`` section of params.yaml."""
+
+    section = "align"
+    detector: str = option("landmarks", "landmarks (the dataset's own 5 points), mtcnn or insightface (detect them), "
+                           "none (already aligned: resize only)", choices=DETECTORS)
+    size: int = option(112, "output size in pixels (a multiple of 112 or 128 unless detector is none)", min=16)
+    jpeg_quality: int = option(95, "JPEG quality of the aligned faces", min=1, max=100)
+    workers: int = option(2, "worker processes", min=1)
+    mtcnn_weights: str = option("", "folder of facenet-pytorch's MTCNN weight files (default: the installed package)")
+    insightface_models: str = option("", "folder of an insightface model pack (det_*.onnx)")
+    no_face: str = option("flag", "when the detector finds no face: flag it, or keep a center crop",
+                          choices=("flag", "center_crop"))
+    min_face: int = option(20, "smallest face the detector looks for, in pixels", min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.detector != "none" and self.size % 112 and self.size % 128:
+            raise UsageError(f"align.size {self.size} must be a multiple of 112 or 128 (e.g. 112, 224)")
+
+    @property
+    def weights(self) -> str:
+        """The model files of the chosen detector."""
+        return self.mtcnn_weights if self.detector == "mtcnn" else self.insightface_models
+
+
+STAGE = Stage("align", "Align every face to the canonical 5-point template (resumable; --part i/n splits the work).", __name__,
+              AlignSettings, reads=("manifest",), may_read=("raw",), writes=("aligned_faces", "aligned"))
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -71,22 +105,10 @@ def resize_face(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How every face of one align run is processed (sent to each worker once per job)."""
-
-    detector: str
-    size: int
-    quality: int
-    weights: str | None = None  # mtcnn weight folder, or insightface model folder
-    no_face: str = "flag"  # flag (no aligned image) or center_crop
-    min_face: int = 20
-
-
 _DETECTOR: dict[str, object] = {}
 
 
-def _detector(settings: Settings):
+def _detector(settings: AlignSettings):
     """One detector per process, built on first use (workers are separate processes)."""
     if settings.detector not in _DETECTOR:
         from ferdata.detect import MTCNN, InsightFace
@@ -112,7 +134,7 @@ def choose_face(faces: list, bbox: object, shape: tuple[int, ...]) -> int:
     return int(np.argmax(size - 0.5 * offset))
 
 
-def _locate_face(img: np.ndarray, landmarks: object, bbox: object, settings: Settings) -> dict:
+def _locate_face(img: np.ndarray, landmarks: object, bbox: object, settings: AlignSettings) -> dict:
     """Landmarks (or a resize) for one image, with the detector's score, flags and status."""
     if settings.detector == "none":
         return {"status": "ok", "face": resize_face(img, settings.size)}
@@ -130,7 +152,7 @@ def _locate_face(img: np.ndarray, landmarks: object, bbox: object, settings: Set
             "flags": "multi_face" if len(faces) > 1 else None}
 
 
-def _align_one(job: tuple[str, str, object, object, str], settings: Settings) -> dict:
+def _align_one(job: tuple[str, str, object, object, str], settings: AlignSettings) -> dict:
     sample_id, src, landmarks, bbox, out = job
     row = {"sample_id": sample_id, "detector": settings.detector, "score": None, "path": None, "reason": None,
            "flags": None}
@@ -143,7 +165,7 @@ def _align_one(job: tuple[str, str, object, object, str], settings: Settings) ->
     row.update(found)
     if face is None:
         return row
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(face, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.quality])
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(face, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
     if not ok:
         return {**row, "status": "unreadable", "reason": "JPEG encoding failed"}
     Path(out).write_bytes(buf.tobytes())
@@ -160,17 +182,18 @@ WORK = ".align-work"
 CHUNK = 512
 
 
-def _chunk_rows(settings: Settings, chunk: list[tuple], workers: int, pool: ProcessPoolExecutor | None) -> list[dict]:
+def _chunk_rows(settings: AlignSettings, chunk: list[tuple], workers: int, pool: ProcessPoolExecutor | None) -> list[dict]:
     run = functools.partial(_align_one, settings=settings)
     if pool is None:
         return [run(job) for job in chunk]
     return list(pool.map(run, chunk, chunksize=max(1, len(chunk) // (4 * workers))))
 
 
-def _work_dir(data_dir: Path, settings: Settings, manifest: pd.DataFrame) -> Path:
+def _work_dir(data_dir: Path, settings: AlignSettings, manifest: pd.DataFrame) -> Path:
     """The resumable work folder; started afresh when the settings or the manifest changed."""
     work = data_dir / WORK
-    stamp = {"settings": asdict(settings), "manifest": stable_hash(manifest["sample_id"].tolist()), "chunk": CHUNK}
+    same = {k: v for k, v in asdict(settings).items() if k != "workers"}  # the worker count changes no face
+    stamp = {"settings": same, "manifest": stable_hash(manifest["sample_id"].tolist()), "chunk": CHUNK}
     if work.is_dir() and (not (work / "settings.json").is_file() or json.loads((work / "settings.json").read_text()) != json.loads(json.dumps(stamp, sort_keys=True))):
         shutil.rmtree(work)
     (work / ALIGNED_DIR).mkdir(parents=True, exist_ok=True)
@@ -178,57 +201,56 @@ def _work_dir(data_dir: Path, settings: Settings, manifest: pd.DataFrame) -> Pat
     return work
 
 
-def align(data_dir: str | Path, *, detector: str = "landmarks", size: int = 112, jpeg_quality: int = 95,
-          workers: int = 1, weights: str | None = None, no_face: str = "flag", min_face: int = 20,
-          part: tuple[int, int] = (1, 1)) -> pd.DataFrame:
+def align(data_dir: str | Path, settings: AlignSettings | None = None, *, part: tuple[int, int] = (1, 1),
+          **options: Any) -> pd.DataFrame:
     """Align the manifest's faces in chunks under ``data_dir/.align-work`` (an interrupted run resumes
     from the chunks already done); ``part=(i, n)`` does only every n-th chunk, so n machines can share
-    the work. Once every chunk is done, publish ``aligned/`` and ``aligned.parquet``; before that,
+    the work. Once every chunk is done, publish the aligned faces and their table; before that,
     return the rows done so far."""
-    if detector not in DETECTORS:
-        raise FerdataError(f"unknown align.detector {detector!r}: available here: {', '.join(DETECTORS)}")
-    if detector != "none" and size % 112 and size % 128:
-        raise FerdataError(f"align.size {size} must be a multiple of 112 or 128 (e.g. 112, 224)")
-    if no_face not in ("flag", "center_crop"):
-        raise FerdataError(f"align.no_face {no_face!r}: use flag or center_crop")
+    run = STAGE.start(settings, options, data=data_dir)
+    s: AlignSettings = run.settings
     index, parts = part
     if not 1 <= index <= parts:
-        raise FerdataError(f"--part {index}/{parts}: use i/n with 1 <= i <= n")
-    if detector in ("mtcnn", "insightface"):  # fail before any work when the model files are missing
+        raise UsageError(f"--part {index}/{parts}: use i/n with 1 <= i <= n")
+    if s.detector in ("mtcnn", "insightface"):  # fail before any work when the model files are missing
         from ferdata.detect import find_insightface_model, find_weights
 
-        (find_weights if detector == "mtcnn" else find_insightface_model)(weights)
-    settings = Settings(detector, size, jpeg_quality, weights, no_face, min_face)
+        (find_weights if s.detector == "mtcnn" else find_insightface_model)(s.weights or None)
     data_dir = Path(data_dir)
-    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest", hint="run `ferdata download` first")
-    root = image_root(data_dir, meta)
-    work = _work_dir(data_dir, settings, manifest)
+    manifest, meta = run.read("manifest")
+    root = image_root(run.input("manifest").parent, meta)
+    work = _work_dir(data_dir, s, manifest)
     jobs = [(r.sample_id, str(root / r.path), r.landmarks, r.bbox, str(work / ALIGNED_DIR / f"{r.sample_id}.jpg"))
             for r in manifest.itertuples(index=False)]
     chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
     todo = [c for c in range(len(chunks)) if c % parts == index - 1 and not (work / f"chunk-{c:06d}.parquet").is_file()]
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 1 and todo else None
-    try:
-        with tqdm(total=sum(len(chunks[c]) for c in todo), desc="align", unit="face", leave=False, disable=None) as bar:
-            for c in todo:
-                rows = pd.DataFrame(_chunk_rows(settings, chunks[c], workers, pool))
-                write_table(rows, work / f"chunk-{c:06d}.parquet", "aligned")  # the chunk's commit point
-                bar.update(len(rows))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    _align_chunks(run, s, work, [(c, chunks[c]) for c in todo])
     done = sorted(work.glob("chunk-*.parquet"))
     table = pd.concat([read_table(p, "aligned")[0] for p in done], ignore_index=True) if done else pd.DataFrame()
     if len(done) < len(chunks):
         table.attrs["total"] = len(jobs)  # partial: the other parts (or a rerun) finish it
         return table
     table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
-    with atomic_dir(data_dir / ALIGNED_DIR) as tmp:
+    with atomic_dir(run.output("aligned_faces")) as tmp:
         tmp.rmdir()
         (work / ALIGNED_DIR).rename(tmp)
-    write_table(table, data_dir / ALIGNED, "aligned", {"classes": meta["classes"], "size": size, "detector": detector})
+    run.write(table, "aligned", {"classes": meta["classes"], "size": s.size, "detector": s.detector})
     shutil.rmtree(work)
     return table
+
+
+def _align_chunks(run: Run, settings: AlignSettings, work: Path, todo: list[tuple[int, list[tuple]]]) -> None:
+    """Align the chunks ``todo``, each committed as its own table under ``work`` when it is done."""
+    pool = ProcessPoolExecutor(settings.workers, initializer=_init_worker) if settings.workers > 1 and todo else None
+    try:
+        with tqdm(total=sum(len(c) for _, c in todo), desc="align", unit="face", leave=False, disable=None) as bar:
+            for c, chunk in todo:
+                rows = pd.DataFrame(_chunk_rows(settings, chunk, settings.workers, pool))
+                run.write(rows, "aligned", path=work / f"chunk-{c:06d}.parquet")  # the chunk's commit point
+                bar.update(len(rows))
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def summarize(table: pd.DataFrame) -> str:

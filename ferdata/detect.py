@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError
 
 WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 INSTALL_HINT = ("pip install --no-deps facenet-pytorch==2.6.0 (only its weight files are used), or set "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,33 +15,52 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.io import atomic_dir
+from ferdata.core.settings import Settings, option, resolve
+from ferdata.core.stage import Run, Stage
+from ferdata.core.tables import TABLES
 from ferdata.fetch import ARCHIVE_SUFFIXES, download_url, extract, is_archive, is_url, verify
-from ferdata.io import atomic_dir, write_table
-from ferdata.synth import SynthConfig, generate
+from ferdata.synth import SynthSettings, generate
 
 if TYPE_CHECKING:
     from ferdata.adapters.base import Ingest
 
-MANIFEST = "manifest.parquet"
-REJECTED = "rejected.parquet"
-RAW = "raw"
+RAW = TABLES["raw"].file
 EXTRACTED = "extracted"
 DOWNLOADS = "downloads"
 
 
-def download_synth(out_dir: Path, *, options: dict[str, Any]) -> pd.DataFrame:
-    """Generate the synth dataset's photos under ``out_dir/raw`` and return its manifest."""
-    try:
-        cfg = SynthConfig(**options)
-    except TypeError as exc:
-        raise FerdataError(f"bad synth option: {exc}; see the synth section of params.yaml") from exc
-    if cfg.n_subjects < 1 or cfg.videos_per_subject < 1 or cfg.frames_per_video < 1:
-        raise FerdataError("synth needs n_subjects, videos_per_subject and frames_per_video >= 1")
+@dataclass(frozen=True)
+class DownloadSettings(Settings):
+    """The ``download`` section of params.yaml; the dataset's own options are the section named after it."""
+
+    section = "download"
+    source: str = option("", "archive, folder or http(s) URL of a real dataset", flag="--from")
+    sha256: str = option("", "expected sha256 of the archive")
+    seed: int = option(0, "seed of the synth generator and of every split the adapter carves")
+
+
+STAGE = Stage("download", "Generate synth, or ingest a real dataset through its adapter; write its manifest and "
+              "rejected rows.", __name__, DownloadSettings, writes=("manifest", "rejected", "raw"))
+
+
+def dataset_options(name: str) -> type[Settings]:
+    """The options class of dataset ``name`` (its params section)."""
+    from ferdata.adapters import ADAPTERS
+
+    if name not in known_datasets():
+        raise UsageError(f"unknown dataset {name!r}: known datasets are {', '.join(known_datasets())}")
+    return SynthSettings if name == "synth" else ADAPTERS[name].options
+
+
+def download_synth(run: Run, cfg: SynthSettings) -> pd.DataFrame:
+    """Generate the synth dataset's photos and return its manifest."""
     total = cfg.n_subjects * cfg.videos_per_subject * cfg.frames_per_video
     rows = []
-    with atomic_dir(out_dir / RAW) as raw:
-        for face in tqdm(generate(cfg), total=total, desc="synth", unit="face", leave=False, disable=None):
+    with atomic_dir(run.output("raw")) as raw:
+        for face in tqdm(generate(cfg, run.settings.seed), total=total, desc="synth", unit="face", leave=False,
+                         disable=None):
             rel = f"{RAW}/{face.sample_id}.png"
             cv2.imwrite(str(raw / f"{face.sample_id}.png"), cv2.cvtColor(face.image, cv2.COLOR_RGB2BGR))
             rows.append({
@@ -53,17 +74,17 @@ def download_synth(out_dir: Path, *, options: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-def download_real(name: str, out_dir: Path, *, source: str | None, sha256: str | None,
-                  options: dict[str, Any]) -> pd.DataFrame:
+def download_real(name: str, out_dir: Path, settings: DownloadSettings, options: Settings) -> pd.DataFrame:
     """Ingest a real dataset from a URL, an archive or a folder through its adapter."""
     from ferdata.adapters import ADAPTERS
 
     adapter = ADAPTERS[name]
+    source = settings.source
     if not source:
-        raise FerdataError(f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); "
-                           f"{adapter.where}")
-    root = resolve_source(source, out_dir, sha256=sha256)
-    ing, image_root = adapter.ingest(root, out_dir, options=options)
+        raise UsageError(f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); "
+                         f"{adapter.where}")
+    root = resolve_source(source, out_dir, sha256=settings.sha256 or None)
+    ing, image_root = adapter.ingest(root, out_dir, options=options, seed=settings.seed)
     df, rejected = finalize(ing)
     df.attrs["root"] = _relative_root(image_root, out_dir)
     df.attrs["source"] = source
@@ -138,17 +159,21 @@ def known_datasets() -> list[str]:
     return sorted(["synth", *ADAPTERS])
 
 
-def download(name: str, out_dir: str | Path, *, source: str | None = None, sha256: str | None = None,
-             options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Fetch dataset ``name`` into ``out_dir``; write ``manifest.parquet`` and ``rejected.parquet`` there."""
-    if name not in known_datasets():
-        raise FerdataError(f"unknown dataset {name!r}: known datasets are {', '.join(known_datasets())}")
+def download(name: str, out_dir: str | Path, settings: DownloadSettings | None = None,
+             dataset: Settings | Mapping[str, Any] | None = None, **options: Any) -> pd.DataFrame:
+    """Fetch dataset ``name`` into ``out_dir``; write its manifest and rejected rows there. ``dataset`` holds
+    the dataset's own options (``SynthSettings`` for synth, the adapter's ``Options``, or a mapping of
+    them); ``options`` change fields of ``settings`` (``seed=3``)."""
+    cls = dataset_options(name)
+    if not isinstance(dataset, Settings):
+        dataset = resolve(cls, {name: dict(dataset or {})}, section=name)
+    run = STAGE.start(settings, options, extra=dataset, data=out_dir)
     out_dir = Path(out_dir)
     if name == "synth":
-        df = download_synth(out_dir, options=options or {})
+        df = download_synth(run, dataset)
         df.attrs["rejected"] = pd.DataFrame(columns=["sample_id", "path", "reason", "detail"])
     else:
-        df = download_real(name, out_dir, source=source, sha256=sha256, options=options or {})
+        df = download_real(name, out_dir, run.settings, dataset)
     if df.empty:
         raise FerdataError(f"dataset {name} produced no samples; check its options")
     dup = df["sample_id"][df["sample_id"].duplicated()]
@@ -162,14 +187,14 @@ def download(name: str, out_dir: str | Path, *, source: str | None = None, sha25
     meta = {"dataset": name, "classes": attrs["classes"], "root": attrs.get("root", ".")}
     if attrs.get("source"):
         meta["source"] = attrs["source"]
-    write_table(attrs["rejected"], out_dir / REJECTED, "rejected", {"dataset": name})
-    write_table(df, out_dir / MANIFEST, "manifest", meta)
+    run.write(attrs["rejected"], "rejected", {"dataset": name})
+    run.write(df, "manifest", meta)
     return df
 
 
 def summarize(df: pd.DataFrame) -> str:
     """Kept samples per split and class, rejected rows by reason."""
-    from ferdata.classes import CANONICAL
+    from ferdata.core.classes import CANONICAL
 
     splits = df["split"].value_counts().sort_index()
     classes = df["label"].value_counts().sort_index()

@@ -2,28 +2,37 @@
 
 One row per labelled face: its distribution over the dataset's classes (sums to 1), predicted class,
 confidence (1 - normalised entropy), uncertainty, whether its given label looks wrong, and its VA.
-File metadata names the classes in order and records method, params hash and model hash.
+File metadata names the classes in order and records method, settings hash (over every stage that
+led to it) and model hash.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ferdata.classes import CANONICAL, class_index
-from ferdata.errors import FerdataError
-from ferdata.io import file_sha256, locate, read_table, stable_hash, write_table
+from ferdata.core.classes import CANONICAL, class_index, normalised_entropy
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import file_sha256
+from ferdata.core.settings import Settings, option
+from ferdata.core.stage import Stage
 
-SOFTLABELS = "softlabels.parquet"
+
+@dataclass(frozen=True)
+class ExportSettings(Settings):
+    """The ``export`` section of params.yaml."""
+
+    section = "export"
+    margin: float = option(0.2, "suspected noisy: the top class beats the given label by more than this", min=0.0,
+                           max=1.0)
 
 
-def normalised_entropy(p: np.ndarray) -> np.ndarray:
-    """H(p) / log C per row, in [0, 1] (0 log 0 taken as 0)."""
-    logp = np.log(np.clip(p, 1e-12, None))
-    return np.clip(-(p * logp).sum(1) / np.log(p.shape[1]), 0.0, 1.0)
+STAGE = Stage("export", "Write the soft labels as versioned parquet.", __name__, ExportSettings,
+              reads=("labels", "va", "learned", "model"), writes=("softlabels",))
 
 
 def suspect_noisy(dist: np.ndarray, given: np.ndarray, margin: float) -> np.ndarray:
@@ -52,29 +61,29 @@ def soft_label_table(ids: np.ndarray, splits: np.ndarray, given: np.ndarray, dis
     })
 
 
-def export(data_dir: str | Path, models_dir: str | Path, *, margin: float = 0.2, params: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Write ``data_dir/softlabels.parquet`` from what the trained method learned for every labelled face."""
-    from ferdata.train.loop import CHECKPOINT, LEARNED
-
-    data_dir, models_dir = Path(data_dir), Path(models_dir)
-    labels, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
-    va, _ = read_table(locate(data_dir, "va.parquet"), "va", hint="run `ferdata va` first")
-    learned, learned_meta = read_table(models_dir / LEARNED, "learned", hint="run `ferdata train` first")
-    checkpoint = models_dir / CHECKPOINT
+def export(data_dir: str | Path, models_dir: str | Path, settings: ExportSettings | None = None,
+           **options: Any) -> pd.DataFrame:
+    """Write the soft labels of ``data_dir`` from what the trained method learned for every labelled face."""
+    run = STAGE.start(settings, options, data=data_dir, models=models_dir)
+    labels, meta = run.read("labels")
+    va, _ = run.read("va")
+    learned, learned_meta = run.read("learned")
+    checkpoint = run.input("model")
     if not checkpoint.is_file():
         raise FerdataError(f"{checkpoint} not found: run `ferdata train` first")
     rows = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id", how="left")
     if rows["distribution"].isna().any():
         missing = rows.loc[rows["distribution"].isna(), "sample_id"].iloc[0]
-        raise FerdataError(f"{models_dir / LEARNED} lacks faces of labels.parquet (e.g. {missing!r}); re-run `ferdata train`")
+        raise FerdataError(f"{run.input('learned')} lacks faces of labels.parquet (e.g. {missing!r}); "
+                           "re-run `ferdata train`")
     classes = learned_meta["classes"]
     table = soft_label_table(
         rows["sample_id"].to_numpy(), rows["split"].to_numpy(), rows["label"].to_numpy(),
         np.stack(rows["distribution"].to_numpy()).astype(np.float64), classes,
-        uncertainty=rows["uncertainty"].to_numpy(), va=va, method=learned_meta["method"], margin=margin)
-    write_table(table, data_dir / SOFTLABELS, "softlabels", {
-        "classes": classes, "method": learned_meta["method"], "params_hash": stable_hash(params or {}),
-        "model_hash": file_sha256(checkpoint), "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
+        uncertainty=rows["uncertainty"].to_numpy(), va=va, method=learned_meta["method"], margin=run.settings.margin)
+    run.write(table, "softlabels", {
+        "classes": classes, "method": learned_meta["method"], "model_hash": file_sha256(checkpoint),
+        "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
     })
     return table
 

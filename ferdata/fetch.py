@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from ferdata.errors import FerdataError
-from ferdata.io import atomic_dir, file_sha256
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import atomic_dir, file_sha256
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 CHUNK = 1 << 20

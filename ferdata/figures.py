@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferdata.classes import class_index
-from ferdata.io import atomic_file
+from ferdata.core.classes import class_index
+from ferdata.core.io import atomic_file
+from ferdata.core.stage import Stage
 
 COLOURS = ("#7f7f7f", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#d62728", "#e377c2")
 
@@ -189,6 +190,8 @@ def _fmt(value: Any) -> str:
 
 
 VEGA_LITE = "5.21"  # DVC's plot templates are Vega-Lite 5 specs
+VEGA = Stage("vega-template", "Write the offline page template for `dvc plots show` (Vega inlined, no CDN).",
+             __name__, writes=("vega_template",))
 
 
 def write_vega_template(path: Path) -> Path:

@@ -1,26 +1,56 @@
-"""The report stage: metrics.json and figures (class balance, confusion matrix) for one dataset."""
+"""The report stage: metrics.json, figures and one self-contained page for one dataset; and the table
+and curve of a noise sweep (``ferdata sweep``)."""
 
 from __future__ import annotations
 
 import json
-
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
-from ferdata.classes import class_index
-from ferdata.errors import FerdataError
-from ferdata.io import atomic_file, locate, read_table, write_json
+from ferdata.core.classes import class_index
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import atomic_file, write_json
+from ferdata.core.settings import Settings, option
+from ferdata.core.stage import Stage
+from ferdata.core.tables import TABLES
 
-METRICS = "metrics.json"
-PREDICTIONS = "predictions.csv"  # DVC confusion plot data
+FIGURES = ("fig_class_balance", "fig_confusion", "fig_va", "fig_uncertainty", "fig_ambiguous")
+
+
+@dataclass(frozen=True)
+class ReportSettings(Settings):
+    """The ``report`` section of params.yaml."""
+
+    section = "report"
+    gallery: int = option(12, "how many of the most ambiguous training faces the gallery shows", min=0)
+
+
+STAGE = Stage("report", "Write metrics.json, figures and the report page.", __name__, ReportSettings,
+              reads=("softlabels", "labels", "manifest", "va", "shards"),
+              writes=("metrics", "predictions", "report_page", *FIGURES))
+
+
+@dataclass(frozen=True)
+class SweepSettings(Settings):
+    """The ``sweep`` section of a noise sweep's params: the grid DVC expands (pipelines/noise-sweep)."""
+
+    section = "sweep"
+    ratios: tuple[float, ...] = option((0.0, 0.1, 0.2, 0.3), "noise ratios, one fork of the dataset each")
+    methods: tuple[str, ...] = option(("ce", "ldlva"), "methods trained at every ratio")
+
+
+SWEEP = Stage("sweep", "Collect a noise sweep's metrics into sweep.csv and the noise-recovery curve.", __name__, SweepSettings,
+              writes=("sweep_table", "sweep_curve"))
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties count half)."""
+    from scipy.stats import rankdata
+
     positives = np.asarray(positives, bool)
     n_pos, n_neg = int(positives.sum()), int((~positives).sum())
     if n_pos == 0 or n_neg == 0:
@@ -89,22 +119,22 @@ def write_predictions(ids: pd.Series, truth: np.ndarray, pred: np.ndarray, class
         table.to_csv(tmp, index=False, lineterminator="\n")
 
 
-def report(data_dir: str | Path, reports_dir: str | Path, *, gallery: int = 12) -> dict[str, Any]:
+def report(data_dir: str | Path, reports_dir: str | Path, settings: ReportSettings | None = None,
+           **options: Any) -> dict[str, Any]:
     """Write ``metrics.json``, the figures (class balance, confusion, VA scatter, uncertainty by
-    flipped/clean, the most ambiguous faces, the noise sweep's curve when there is one) and one
-    self-contained ``index.html`` under ``reports_dir``."""
+    flipped/clean, the most ambiguous faces) and one self-contained ``index.html`` under ``reports_dir``."""
     from ferdata import figures
 
-    data_dir, reports_dir = Path(data_dir), Path(reports_dir)
-    soft, meta = read_table(locate(data_dir, "softlabels.parquet"), "softlabels", hint="run `ferdata export` first")
-    labels, _ = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
-    manifest, man_meta = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
+    run = STAGE.start(settings, options, data=data_dir, reports=reports_dir)
+    soft, meta = run.read("softlabels")
+    labels, _ = run.read("labels")
+    manifest, man_meta = run.read("manifest")
     classes = meta["classes"]
     metrics = compute_metrics(soft, labels, manifest, classes)
     metrics["method"] = meta.get("method")
     metrics["noise"] = meta.get("noise")
-    write_json(metrics, reports_dir / METRICS)
-    figures.plot_class_balance(labels, classes, reports_dir / "class_balance.png")
+    write_json(metrics, run.output("metrics"))
+    figures.plot_class_balance(labels, classes, run.output("fig_class_balance"))
     split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")
     rows = soft[soft["split"] == split].merge(manifest[["sample_id", "true_dist"]], on="sample_id")
     pred = np.stack(rows["distribution"].to_numpy()).argmax(1) if len(rows) else np.zeros(0, np.int64)
@@ -112,28 +142,22 @@ def report(data_dir: str | Path, reports_dir: str | Path, *, gallery: int = 12) 
         truth, what = np.stack(rows["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
     else:
         truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
-    figures.plot_confusion(confusion(truth, pred, len(classes)), classes, f"{split.capitalize()} confusion ({what})",
-                   reports_dir / "confusion.png")
-    write_predictions(rows["sample_id"], truth, pred, classes, reports_dir / PREDICTIONS)
-    pictures = [("Class balance per split", reports_dir / "class_balance.png"),
-                (f"{split.capitalize()} confusion ({what})", reports_dir / "confusion.png")]
-    va_path = locate(data_dir, "va.parquet")
-    if va_path.is_file():
-        va, _ = read_table(va_path, "va")
-        pictures.append(("Valence/arousal by clean label", figures.plot_va(va, labels, classes, reports_dir / "va.png")))
+    title = f"{split.capitalize()} confusion ({what})"
+    figures.plot_confusion(confusion(truth, pred, len(classes)), classes, title, run.output("fig_confusion"))
+    write_predictions(rows["sample_id"], truth, pred, classes, run.output("predictions"))
+    pictures = [("Class balance per split", run.output("fig_class_balance")), (title, run.output("fig_confusion"))]
+    va, _ = run.read("va")
+    pictures.append(("Valence/arousal by clean label", figures.plot_va(va, labels, classes, run.output("fig_va"))))
     pictures.append(("Uncertainty of training soft labels, flipped vs clean",
-                     figures.plot_uncertainty(soft, labels, reports_dir / "uncertainty.png")))
-    ambiguous = figures.most_ambiguous(soft, gallery)
+                     figures.plot_uncertainty(soft, labels, run.output("fig_uncertainty"))))
+    ambiguous = figures.most_ambiguous(soft, run.settings.gallery)
     if len(ambiguous):
-        from ferdata.loader import load_images
+        from ferdata.core.shards import load_images
 
-        images = load_images(locate(data_dir, "shards"), ambiguous["sample_id"].tolist(), size=96)
+        images = load_images(run.input("shards"), ambiguous["sample_id"].tolist(), size=96)
         pictures.append((f"The {len(ambiguous)} most ambiguous training faces and their soft labels",
-                         figures.plot_gallery(ambiguous, images, classes, reports_dir / "ambiguous.png")))
-    sweep = reports_dir.parent / "sweep" / f"{reports_dir.name}-summary" / "noise_recovery.png"
-    if sweep.is_file():
-        pictures.append(("Noise sweep: accuracy and detection against the noise ratio", sweep))
-    figures.write_html(reports_dir / "index.html", title=f"ferdata report: {man_meta.get('dataset', data_dir.name)} "
+                         figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous"))))
+    figures.write_html(run.output("report_page"), title=f"ferdata report: {man_meta.get('dataset', Path(data_dir).name)} "
                        f"({metrics['method']})", metrics=metrics, figures=pictures)
     return metrics
 
@@ -148,25 +172,27 @@ SWEEP_COLUMNS = ("test_acc_true_argmax", "test_acc_clean_label", "noise_auroc_gi
                  "flips_recovered", "train_kl_true")
 
 
-def collect_sweep(reports_dir: str | Path, out_dir: str | Path | None = None) -> pd.DataFrame:
+def collect_sweep(reports_dir: str | Path, out_dir: str | Path | None = None,
+                  settings: SweepSettings | None = None) -> pd.DataFrame:
     """One table of every ``metrics.json`` under a noise sweep's report folder (a row per method and
     ratio), written as ``sweep.csv`` beside ``noise_recovery.png`` in ``out_dir``."""
     reports_dir = Path(reports_dir)
-    out_dir = Path(out_dir) if out_dir is not None else reports_dir
+    run = SWEEP.start(settings, reports=out_dir if out_dir is not None else reports_dir)
+    metrics_file = TABLES["metrics"].file
     rows = []
-    for path in sorted(reports_dir.glob("*/*/" + METRICS)):
+    for path in sorted(reports_dir.glob("*/*/" + metrics_file)):
         metrics = json.loads(path.read_text())
         noise = metrics.get("noise") or {}
         rows.append({"method": metrics.get("method") or path.parent.name, "ratio": float(noise.get("ratio", 0.0)),
                      **{c: metrics.get(c) for c in SWEEP_COLUMNS}})
     if not rows:
-        raise FerdataError(f"no */*/{METRICS} under {reports_dir}; run the sweep's report stages first")
+        raise FerdataError(f"no */*/{metrics_file} under {reports_dir}; run the sweep's report stages first")
     table = pd.DataFrame(rows).sort_values(["method", "ratio"], kind="stable").reset_index(drop=True)
-    with atomic_file(out_dir / "sweep.csv") as tmp:
+    with atomic_file(run.output("sweep_table")) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     from ferdata.figures import plot_sweep
 
-    plot_sweep(table, out_dir / "noise_recovery.png")
+    plot_sweep(table, run.output("sweep_curve"))
     return table
 
 

@@ -8,15 +8,30 @@ of the largest class after the cap. The same seed gives the same plan.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ferdata.errors import FerdataError
-from ferdata.io import locate, read_table, write_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.settings import Settings, option
+from ferdata.core.stage import Stage
 
-PLAN = "plan.parquet"
+
+@dataclass(frozen=True)
+class SampleSettings(Settings):
+    """The ``sample`` section of params.yaml, and the number of epochs the trainer will run."""
+
+    section = "sample"
+    epochs: int = option(20, "epochs to plan (read from train.epochs)", min=1, param="train.epochs")
+    per_video: int = option(6, "frames per video per epoch", min=1)
+    per_class: int = option(0, "samples per class per epoch; 0 = the largest class after the per-video cap", min=0)
+    seed: int = option(0, "seed of the plan")
+
+
+STAGE = Stage("sample", "Write the balanced epoch plan.", __name__, SampleSettings, reads=("labels", "manifest"), writes=("plan",))
 
 
 def cap_per_video(videos: np.ndarray, per_video: int, rng: np.random.Generator) -> np.ndarray:
@@ -60,24 +75,30 @@ def epoch_plan(videos: np.ndarray, labels: np.ndarray, *, epoch: int, seed: int,
     return rng.permutation(order)
 
 
-def sample(data_dir: str | Path, *, epochs: int, per_video: int = 6, per_class: int = 0, seed: int = 0) -> pd.DataFrame:
-    """Write ``data_dir/plan.parquet``: (epoch, position, sample_id) for every training epoch."""
-    if epochs < 1 or per_video < 1 or per_class < 0:
-        raise FerdataError(f"sample needs epochs >= 1, per_video >= 1, per_class >= 0 (got {epochs}, {per_video}, {per_class})")
-    data_dir = Path(data_dir)
-    labels, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
-    manifest, _ = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
+def sample(data_dir: str | Path, settings: SampleSettings | None = None, **options: Any) -> pd.DataFrame:
+    """Write the plan table of ``data_dir``: (epoch, position, sample_id) for every training epoch."""
+    run = STAGE.start(settings, options, data=data_dir)
+    s: SampleSettings = run.settings
+    labels, meta = run.read("labels")
+    manifest, _ = run.read("manifest")
     train = labels[labels["split"] == "train"].reset_index(drop=True)
     if train.empty:
-        raise FerdataError(f"{data_dir / 'labels.parquet'} has no training sample to plan")
+        raise FerdataError(f"{run.input('labels')} has no training sample to plan")
     video = manifest.set_index("sample_id").loc[train["sample_id"], "video_id"]
     videos = video.fillna(pd.Series(train["sample_id"].to_numpy(), index=video.index)).to_numpy()  # no video: its own
     ids = train["sample_id"].to_numpy()
     frames = []
-    for e in range(epochs):
-        order = epoch_plan(videos, train["label"].to_numpy(), epoch=e, seed=seed, per_video=per_video, per_class=per_class)
+    for e in range(s.epochs):
+        order = epoch_plan(videos, train["label"].to_numpy(), epoch=e, seed=s.seed, per_video=s.per_video,
+                           per_class=s.per_class)
         frames.append(pd.DataFrame({"epoch": e, "position": np.arange(len(order)), "sample_id": ids[order]}))
     plan = pd.concat(frames, ignore_index=True)
-    write_table(plan, data_dir / PLAN, "plan", {"classes": meta["classes"], "epochs": epochs, "per_video": per_video,
-                                                "per_class": per_class, "seed": seed})
+    run.write(plan, "plan", {"classes": meta["classes"], "epochs": s.epochs, "per_video": s.per_video,
+                             "per_class": s.per_class, "seed": s.seed})
     return plan
+
+
+def summarize(plan: pd.DataFrame) -> str:
+    """One line: epochs and samples per epoch."""
+    epochs = plan["epoch"].nunique()
+    return f"planned {epochs} epochs of {len(plan) // epochs} samples"

@@ -6,31 +6,45 @@ Labels never go into the tars: they live in parquet tables joined by ``sample_id
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-import webdataset as wds
 from tqdm import tqdm
 
-from ferdata.errors import FerdataError
-from ferdata.io import atomic_dir, read_table, write_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import atomic_dir
+from ferdata.core.settings import Settings, option
+from ferdata.core.shards import SHARD_PATTERN
+from ferdata.core.stage import Stage
 
-SHARDS_DIR = "shards"
-SHARD_INDEX = "shard_index.parquet"
-SHARD_PATTERN = "shard-%06d.tar"
+
+@dataclass(frozen=True)
+class ShardSettings(Settings):
+    """The ``shard`` section of params.yaml."""
+
+    section = "shard"
+    max_count: int = option(1000, "faces per shard", min=1)
 
 
-def shard(data_dir: str | Path, *, max_count: int = 1000) -> pd.DataFrame:
-    """Write ``data_dir/shards/shard-*.tar`` from the aligned faces and ``data_dir/shard_index.parquet``."""
-    if max_count < 1:
-        raise FerdataError(f"shard.max_count must be >= 1, got {max_count}")
-    data_dir = Path(data_dir)
-    aligned, meta = read_table(data_dir / "aligned.parquet", "aligned", hint="run `ferdata align` first")
+STAGE = Stage("shard", "Pack aligned faces into WebDataset shards.", __name__, ShardSettings,
+              reads=("aligned", "aligned_faces"), writes=("shards", "shard_index"))
+
+
+def shard(data_dir: str | Path, settings: ShardSettings | None = None, **options: Any) -> pd.DataFrame:
+    """Write the shards of ``data_dir`` from its aligned faces, and the shard index."""
+    import webdataset as wds  # imports torch: not at module level, the CLI reads this module's declaration
+
+    run = STAGE.start(settings, options, data=data_dir)
+    max_count = run.settings.max_count
+    aligned, meta = run.read("aligned")
     ok = aligned[aligned["status"] == "ok"].sort_values("sample_id", kind="stable")
     if ok.empty:
-        raise FerdataError(f"{data_dir / 'aligned.parquet'} has no aligned face to shard; see its status/reason columns")
+        raise FerdataError(f"{run.input('aligned')} has no aligned face to shard; see its status/reason columns")
+    faces_root = run.input("aligned_faces").parent
     rows = []
-    with atomic_dir(data_dir / SHARDS_DIR) as tmp:
+    with atomic_dir(run.output("shards")) as tmp:
         writer, name = None, ""
         for i, r in enumerate(tqdm(ok.itertuples(index=False), total=len(ok), desc="shard", leave=False, disable=None)):
             if i % max_count == 0:
@@ -38,12 +52,16 @@ def shard(data_dir: str | Path, *, max_count: int = 1000) -> pd.DataFrame:
                     writer.close()
                 name = SHARD_PATTERN % (i // max_count)
                 writer = wds.TarWriter(str(tmp / name), encoder=False, mtime=0, user="ferdata", group="ferdata")
-            src = data_dir / r.path
+            src = faces_root / r.path
             if not src.is_file():
                 raise FerdataError(f"{src} is missing although aligned.parquet lists it; re-run `ferdata align`")
             writer.write({"__key__": r.sample_id, "jpg": src.read_bytes()})
             rows.append({"sample_id": r.sample_id, "shard": name, "position": i % max_count})
         writer.close()
     index = pd.DataFrame(rows)
-    write_table(index, data_dir / SHARD_INDEX, "shard_index", {"classes": meta["classes"], "size": meta.get("size")})
+    run.write(index, "shard_index", {"classes": meta["classes"], "size": meta.get("size")})
     return index
+
+
+def summarize(index: pd.DataFrame) -> str:
+    return f"sharded {len(index)} faces into {index['shard'].nunique()} shards"

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ferdata.errors import FerdataError
-from ferdata.io import read_table
-from ferdata.schema import SCHEMA_VERSION
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import read_table
+from ferdata.core.tables import SCHEMA_VERSION
 
 
 def load_soft_labels(path: str | Path) -> pd.DataFrame:

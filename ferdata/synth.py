@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ferdata.classes import BASIC7, CANONICAL, VA_CENTROIDS
+from ferdata.core.classes import BASIC7, CANONICAL, CONFUSABLE, VA_CENTROIDS
+from ferdata.core.groups import split_groups
+from ferdata.core.settings import Settings, option
 
 # Expression parameters: brow raise, inner-brow lowering, eye openness, mouth curvature (smile>0),
 # mouth openness, mouth width, nose wrinkle, one-sided smile.
@@ -30,35 +32,24 @@ PROTOTYPES: dict[str, tuple[float, ...]] = {
     "anger": (-0.7, 1.0, 0.15, -0.3, 0.0, -0.35, 0.3, 0.0),
     "contempt": (0.0, 0.0, -0.1, 0.1, 0.0, 0.0, 0.0, 1.0),
 }
-# Classes that look alike and sit close in VA: the second class of a blend is drawn from here mostly.
-CONFUSABLE: dict[str, tuple[str, ...]] = {
-    "neutral": ("sad", "contempt"),
-    "happy": ("surprise", "contempt"),
-    "sad": ("neutral", "fear", "disgust"),
-    "surprise": ("fear", "happy"),
-    "fear": ("surprise", "sad"),
-    "disgust": ("anger", "sad", "contempt"),
-    "anger": ("disgust", "fear"),
-    "contempt": ("disgust", "happy"),
-}
 # Canonical 112x112 five-point template (eyes, nose tip, mouth corners) the faces are drawn around.
 TEMPLATE = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37], [70.73, 92.20]], np.float32)
 SUPER = 2  # the face is drawn at SUPER x 112 pixels, then warped down into the photo
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthSettings(Settings):
     """Size and difficulty of the synth dataset (the ``synth`` section of params.yaml)."""
 
-    n_subjects: int = 48
-    videos_per_subject: int = 8
-    frames_per_video: int = 8
-    image_size: int = 160
-    blend_prob: float = 0.4
-    contempt: bool = False
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
+    section = "synth"
+    n_subjects: int = option(60, "identities", min=1)
+    videos_per_subject: int = option(8, "videos per identity", min=1)
+    frames_per_video: int = option(8, "frames per video, from neutral to the peak", min=1)
+    image_size: int = option(160, "photo size before alignment", min=32)
+    blend_prob: float = option(0.4, "share of videos whose peak blends two classes", min=0.0, max=1.0)
+    contempt: bool = option(False, "draw contempt too (8 classes instead of 7)")
+    val_fraction: float = option(0.15, "share of identities in val", min=0.0, below=1.0)
+    test_fraction: float = option(0.2, "share of identities in test", min=0.0, below=1.0)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -82,6 +73,10 @@ class Identity:
     rest: np.ndarray
 
 
+def subject_id(index: int) -> str:
+    return f"s{index:03d}"
+
+
 def make_identity(rng: np.random.Generator, index: int) -> Identity:
     """Draw one random identity."""
     tone = rng.uniform(0.25, 1.0)
@@ -91,7 +86,7 @@ def make_identity(rng: np.random.Generator, index: int) -> Identity:
     rest = np.zeros(len(PARAMS))
     rest[[0, 1, 3]] = rng.normal(0.0, 0.15, 3)
     return Identity(
-        subject_id=f"s{index:03d}", face_w=rng.uniform(35, 43), face_h=rng.uniform(45, 53),
+        subject_id=subject_id(index), face_w=rng.uniform(35, 43), face_h=rng.uniform(45, 53),
         eye_dx=rng.uniform(-2.0, 2.0), eye_dy=rng.uniform(-2.0, 2.0), mouth_dy=rng.uniform(-2.5, 2.5),
         skin=skin, hair=hair, iris=iris, hair_style=int(rng.integers(0, 3)), rest=rest,
     )
@@ -102,7 +97,7 @@ def emotional_mass(intensity: float) -> float:
     return float(1.0 / (1.0 + np.exp(-(intensity - 0.35) / 0.1)))
 
 
-def video_distributions(rng: np.random.Generator, cfg: SynthConfig, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def video_distributions(rng: np.random.Generator, cfg: SynthSettings, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """True distributions and intensities of one video's frames, ramping from neutral to the peak."""
     classes = cfg.classes
     n = len(classes)
@@ -288,23 +283,16 @@ class SynthFace:
     arousal: float
 
 
-def split_of(index: int, cfg: SynthConfig) -> str:
-    """Subject-disjoint split: test faces belong to identities never seen in training."""
-    n = cfg.n_subjects
-    n_test = max(1, round(cfg.test_fraction * n)) if cfg.test_fraction > 0 else 0
-    n_val = max(1, round(cfg.val_fraction * n)) if cfg.val_fraction > 0 else 0
-    order = np.random.default_rng([cfg.seed, 7]).permutation(n)
-    rank = int(np.where(order == index)[0][0])
-    return "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-
-
-def generate(cfg: SynthConfig):
-    """Yield every face of the dataset in a fixed order; same config, same faces."""
+def generate(cfg: SynthSettings, seed: int = 0):
+    """Yield every face of the dataset in a fixed order; same settings and seed, same faces. Splits are
+    by identity: test faces belong to people never seen in training."""
     classes = cfg.classes
+    subjects = [subject_id(s) for s in range(cfg.n_subjects)]
+    split_of = split_groups(subjects, seed=seed, val=cfg.val_fraction, test=cfg.test_fraction)
     for s in range(cfg.n_subjects):
-        rng = np.random.default_rng([cfg.seed, s])
+        rng = np.random.default_rng([seed, s])
         ident = make_identity(rng, s)
-        split = split_of(s, cfg)
+        split = split_of[ident.subject_id]
         for v in range(cfg.videos_per_subject):
             dists, _ = video_distributions(rng, cfg, cfg.frames_per_video)
             video_id = f"{ident.subject_id}v{v:02d}"

@@ -1,27 +1,70 @@
 """The va stage: valence/arousal for every aligned face and a K-nearest-neighbour graph in VA space.
 
 LDLVA draws each training sample's neighbours from this graph. Sources, combinable in priority
-order: the dataset's own VA (``provided``); ``regressor``: a VA regressor fitted on a VA-annotated dataset (out of fold on the same
-one); ``onnx``: a user-supplied ONNX VA model; ``circumplex``: class posteriors (a parquet with a
-``distribution`` per face, e.g. ``ferdata prior``'s out-of-fold CE run) times per-class VA centroids;
-``csv``: precomputed VA (and optionally neighbours) such as the official LDLVA release.
+order: the dataset's own VA (``provided``); ``regressor``: the pseudo VA of ``ferdata regress`` (a VA
+regressor fitted on a VA-annotated dataset, out of fold on the same one); ``onnx``: a user-supplied
+ONNX VA model; ``circumplex``: the class posteriors of ``ferdata prior`` (out-of-fold CE) times
+per-class VA centroids; ``csv``: precomputed VA (and optionally neighbours) such as the official LDLVA
+release. The sources that need a trained model read the tables the trainer's stages wrote: this
+stage never trains.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
-from ferdata.classes import VA_CENTROIDS
-from ferdata.errors import FerdataError
-from ferdata.io import locate, read_table, write_table
+from ferdata.core.classes import VA_CENTROIDS
+from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.settings import Settings, option
+from ferdata.core.stage import Run, Stage
 
-VA = "va.parquet"
-KNN = "knn.parquet"
 SOURCES = ("provided", "regressor", "onnx", "circumplex", "csv")
+
+
+@dataclass(frozen=True)
+class OnnxSettings(Settings):
+    """``va.onnx``: how to feed a user's ONNX VA model (e.g. an exported EmoNet or HSEmotion VA head)."""
+
+    section = "va.onnx"
+    model: str = option("", "path of the .onnx file")
+    input_size: int = option(224, "faces are resized to this many pixels", min=1)
+    mean: tuple[float, ...] = option((0.485, 0.456, 0.406), "per-channel mean after scaling to [0, 1]")
+    std: tuple[float, ...] = option((0.229, 0.224, 0.225), "per-channel std after scaling to [0, 1]")
+    layout: str = option("nchw", "input layout", choices=("nchw", "nhwc"))
+    output: int = option(0, "which output holds VA", min=0)
+    columns: tuple[int, ...] = option((0, 1), "the output's valence and arousal columns")
+
+
+@dataclass(frozen=True)
+class VASettings(Settings):
+    """The ``va`` section of params.yaml."""
+
+    section = "va"
+    source: str = option("provided", "provided, regressor, onnx, circumplex, csv, or several in priority order "
+                         "(provided,circumplex)")
+    k: int = option(8, "neighbours per training face", min=1)
+    csv: str = option("", "csv source: a table of sample_id or image path, valence, arousal (+ knn)")
+    csv_knn: bool = option(False, "take the neighbour lists from the csv's knn column")
+    onnx: OnnxSettings = option(factory=OnnxSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [x for x in self.sources if x not in SOURCES]
+        if unknown or not self.sources:
+            raise UsageError(f"unknown va.source {','.join(unknown) or self.source!r}: available: {', '.join(SOURCES)}")
+
+    @property
+    def sources(self) -> list[str]:
+        return [x.strip() for x in self.source.split(",") if x.strip()]
+
+
+STAGE = Stage("va", "Valence/arousal per face and the KNN graph in VA space.", __name__, VASettings,
+              reads=("manifest", "shard_index"), may_read=("prior", "regressed_va", "shards"), writes=("va", "knn"))
 
 
 def provided_va(manifest: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
@@ -72,31 +115,28 @@ def csv_va(ids: pd.Series, table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def onnx_va(data_dir: Path, ids: pd.Series, options: dict) -> pd.DataFrame:
-    """VA from a user-supplied ONNX model (e.g. an exported EmoNet or HSEmotion VA head): faces resized to
-    ``input_size``, scaled to [0, 1], normalised by ``mean``/``std``, in ``layout`` nchw or nhwc; valence
-    and arousal are columns ``columns`` of output ``output``."""
-    from ferdata.loader import load_images
+def onnx_va(shards: Path, ids: pd.Series, options: OnnxSettings) -> pd.DataFrame:
+    """VA from a user-supplied ONNX model: faces resized to ``input_size``, scaled to [0, 1], normalised
+    by ``mean``/``std``, in ``layout`` nchw or nhwc; valence and arousal are columns ``columns`` of output
+    ``output``."""
+    from ferdata.core.shards import load_images
 
-    path = Path(str(options.get("model") or "")).expanduser()
-    if not path.is_file():
-        raise FerdataError(f"va.onnx.model {str(path) if str(path) != '.' else '(unset)'} not found: export a VA model "
+    path = Path(options.model).expanduser()
+    if not options.model or not path.is_file():
+        raise FerdataError(f"va.onnx.model {options.model or '(unset)'} not found: export a VA model "
                            "to ONNX and give its path, input_size, mean, std and layout under va.onnx")
     import onnxruntime
 
-    size = int(options.get("input_size", 224))
-    mean = np.asarray(options.get("mean", [0.485, 0.456, 0.406]), np.float32)
-    std = np.asarray(options.get("std", [0.229, 0.224, 0.225]), np.float32)
-    layout, output = options.get("layout", "nchw"), int(options.get("output", 0))
-    cols = list(options.get("columns", [0, 1]))
+    mean, std = np.asarray(options.mean, np.float32), np.asarray(options.std, np.float32)
     session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
     name = session.get_inputs()[0].name
-    images = load_images(locate(data_dir, "shards"), ids.tolist(), size=size)
+    images = load_images(shards, ids.tolist(), size=options.input_size)
     out = []
     for i in range(0, len(images), 128):
         x = (images[i:i + 128].astype(np.float32) / 255.0 - mean) / std
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "nchw" else x)
-        out.append(np.asarray(session.run(None, {name: x})[output], np.float64).reshape(len(x), -1)[:, cols])
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2) if options.layout == "nchw" else x)
+        raw = np.asarray(session.run(None, {name: x})[options.output], np.float64)
+        out.append(raw.reshape(len(x), -1)[:, list(options.columns)])
     va = np.concatenate(out)
     return pd.DataFrame({"sample_id": ids.to_numpy(), "valence": va[:, 0], "arousal": va[:, 1], "source": "onnx"})
 
@@ -120,25 +160,27 @@ def combine(ids: pd.Series, frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, p
     return out[~open_rows].reset_index(drop=True), rejected.reset_index(drop=True)
 
 
-def circumplex_va(ids: pd.Series, classes: list[str], posteriors: str | Path) -> pd.DataFrame:
+def circumplex_va(ids: pd.Series, classes: list[str], posteriors: pd.DataFrame, where: Path) -> pd.DataFrame:
     """VA as the posterior-weighted mean of the classes' circumplex centroids (``VA_CENTROIDS``)."""
-    import pyarrow.parquet as pq
-
-    path = Path(posteriors)
-    if not path.is_file():
-        raise FerdataError(f"{path} not found: va.source circumplex needs class posteriors per face; run "
-                           "`ferdata prior` (out-of-fold CE) or point va.posteriors at a parquet with a distribution column")
-    table = pq.read_table(path, columns=["sample_id", "distribution"]).to_pandas().set_index("sample_id")
+    table = posteriors.set_index("sample_id")
     missing = ids[~ids.isin(table.index)]
     if len(missing):
-        raise FerdataError(f"{path} has no distribution for {len(missing)} faces, e.g. {missing.iloc[0]!r}")
+        raise FerdataError(f"{where} has no distribution for {len(missing)} faces, e.g. {missing.iloc[0]!r}; "
+                           "re-run `ferdata prior`")
     probs = np.stack(table.loc[ids, "distribution"].to_numpy()).astype(np.float64)
     if probs.shape[1] != len(classes):
-        raise FerdataError(f"{path} has {probs.shape[1]} classes per distribution, the dataset has {len(classes)}")
+        raise FerdataError(f"{where} has {probs.shape[1]} classes per distribution, the dataset has {len(classes)}")
     probs = probs / probs.sum(1, keepdims=True)
     centroids = np.array([VA_CENTROIDS[c] for c in classes])
     va = probs @ centroids
     return pd.DataFrame({"sample_id": ids.to_numpy(), "valence": va[:, 0], "arousal": va[:, 1], "source": "circumplex"})
+
+
+def regressed_va(ids: pd.Series, table: pd.DataFrame) -> pd.DataFrame:
+    """The pseudo VA ``ferdata regress`` wrote (NaN for a face it does not cover)."""
+    out = table.set_index("sample_id").reindex(ids)[["valence", "arousal"]].reset_index()
+    out["source"] = "regressor"
+    return out
 
 
 def knn_indices(points: np.ndarray, k: int, *, tie_rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +189,8 @@ def knn_indices(points: np.ndarray, k: int, *, tie_rank: np.ndarray | None = Non
     A KD-tree (scipy's cKDTree, all cores) answers the queries; equal distances are ordered by
     ``tie_rank`` (default: index). Rows whose K-th distance is tied beyond the candidates fetched are
     asked again with twice as many, so the result does not depend on the tree's internal order."""
+    from scipy.spatial import cKDTree
+
     n = len(points)
     rank = np.arange(n) if tie_rank is None else np.asarray(tie_rank)
     tree = cKDTree(points)
@@ -178,68 +222,62 @@ def knn_graph(ids: np.ndarray, points: np.ndarray, k: int) -> pd.DataFrame:
     return pd.DataFrame({"sample_id": ids, "neighbours": ids[idx].tolist(), "distances": list(dist.astype(np.float32))})
 
 
-def va(data_dir: str | Path, *, source: str | list[str] = "provided", k: int = 8,
-       posteriors: str | Path | None = None, csv: str | Path | None = None,
-       csv_knn: bool = False, regressor: dict | None = None,
-       onnx: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``va.parquet`` (all aligned faces) and ``knn.parquet`` (training faces) under ``data_dir``.
-
-    ``source`` may list several sources in priority order (``provided,circumplex``): each face takes
-    the first one with a valid value. A face that none covers is an error naming it and the reason."""
-    sources = [x.strip() for x in (source.split(",") if isinstance(source, str) else source)]
-    unknown = [x for x in sources if x not in SOURCES]
-    if unknown or not sources:
-        raise FerdataError(f"unknown va.source {','.join(unknown) or source!r}: available: {', '.join(SOURCES)}")
-    if k < 1:
-        raise FerdataError(f"va.k must be >= 1, got {k}")
-    data_dir = Path(data_dir)
-    manifest, meta = read_table(locate(data_dir, "manifest.parquet"), "manifest", hint="run `ferdata download` first")
-    index, _ = read_table(locate(data_dir, "shard_index.parquet"), "shard_index", hint="run `ferdata shard` first")
-    ids = index["sample_id"].sort_values(kind="stable").reset_index(drop=True)
-    imported = None
-    frames = []
-    for name in sources:
+def source_frames(run: Run, ids: pd.Series, manifest: pd.DataFrame, classes: list[str]) -> tuple[list, pd.DataFrame | None]:
+    """Each source's VA for ``ids`` in priority order, and the csv source's table (for its neighbours)."""
+    s: VASettings = run.settings
+    frames, imported = [], None
+    for name in s.sources:
         if name == "provided":
             frames.append(provided_va(manifest, ids))
         elif name == "circumplex":
-            frames.append(circumplex_va(ids, meta["classes"], posteriors or data_dir / "prior.parquet"))
-        elif name == "onnx":
-            frames.append(onnx_va(data_dir, ids, onnx or {}))
+            frames.append(circumplex_va(ids, classes, run.read("prior")[0], run.input("prior")))
         elif name == "regressor":
-            from ferdata.train.regress import RegressConfig, regressor_va
-
-            options = dict(regressor or {})
-            source_dir = options.pop("source", None)
-            try:
-                cfg = RegressConfig(**options)
-            except TypeError as exc:
-                raise FerdataError(f"bad va.regressor option: {exc}") from exc
-            frames.append(regressor_va(data_dir, ids, source=source_dir or None, cfg=cfg))
+            frames.append(regressed_va(ids, run.read("regressed_va")[0]))
+        elif name == "onnx":
+            frames.append(onnx_va(run.input("shards"), ids, s.onnx))
         else:
-            if not csv:
-                raise FerdataError("va.source csv needs va.csv: the path of a table of precomputed VA")
-            imported = read_va_csv(csv, manifest)
+            if not s.csv:
+                raise UsageError("va.source csv needs va.csv: the path of a table of precomputed VA")
+            imported = read_va_csv(s.csv, manifest)
             frames.append(csv_va(ids, imported))
+    return frames, imported
+
+
+def va(data_dir: str | Path, settings: VASettings | None = None, **options: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the va table (every aligned face) and the knn table (training faces) of ``data_dir``.
+
+    Each face takes the first source with a valid value; a face that none covers is an error naming it
+    and the reason."""
+    run = STAGE.start(settings, options, data=data_dir)
+    s: VASettings = run.settings
+    manifest, meta = run.read("manifest")
+    index, _ = run.read("shard_index")
+    ids = index["sample_id"].sort_values(kind="stable").reset_index(drop=True)
+    frames, imported = source_frames(run, ids, manifest, meta["classes"])
     table, rejected = combine(ids, frames)
     if len(rejected):
         first = rejected.iloc[0]
-        raise FerdataError(f"{len(rejected)} faces have no valid VA from {','.join(sources)}, e.g. {first['sample_id']!r} "
-                           f"({first['reason']}); add a fallback source, e.g. va.source: {','.join(sources)},circumplex")
-    write_table(table, data_dir / VA, "va", {"classes": meta["classes"], "source": ",".join(sources)})
+        raise FerdataError(f"{len(rejected)} faces have no valid VA from {s.source}, e.g. {first['sample_id']!r} "
+                           f"({first['reason']}); add a fallback source, e.g. va.source: {s.source},circumplex")
     split = manifest.set_index("sample_id").loc[table["sample_id"], "split"].to_numpy()
     train = table[split == "train"]
-    if csv_knn:
-        graph = imported_graph(train, imported, k)
+    if s.csv_knn:
+        graph = imported_graph(train, imported, s.k)
     else:
-        graph = knn_graph(train["sample_id"].to_numpy(), train[["valence", "arousal"]].to_numpy(np.float64), k)
-    write_table(graph, data_dir / KNN, "knn", {"k": k, "space": "va", "imported": bool(csv_knn)})
+        graph = knn_graph(train["sample_id"].to_numpy(), train[["valence", "arousal"]].to_numpy(np.float64), s.k)
+    run.write(table, "va", {"classes": meta["classes"], "source": ",".join(s.sources)})
+    run.write(graph, "knn", {"k": s.k, "space": "va", "imported": s.csv_knn})
     return table, graph
+
+
+def summarize(table: pd.DataFrame, graph: pd.DataFrame) -> str:
+    return f"va for {len(table)} faces; knn graph over {len(graph)} training faces"
 
 
 def imported_graph(train: pd.DataFrame, imported: pd.DataFrame | None, k: int) -> pd.DataFrame:
     """The knn table from a CSV's own neighbour lists (LDLVA release), kept to training faces."""
     if imported is None or "knn_ids" not in imported.columns:
-        raise FerdataError("va.csv_knn needs va.source csv and a knn column in va.csv")
+        raise UsageError("va.csv_knn needs va.source csv and a knn column in va.csv")
     lists = imported.dropna(subset=["sample_id"]).drop_duplicates("sample_id").set_index("sample_id")["knn_ids"]
     va_of = train.set_index("sample_id")[["valence", "arousal"]]
     rows = []

@@ -12,7 +12,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 TINY = {"n_subjects": 6, "videos_per_subject": 2, "frames_per_video": 4, "image_size": 96,
-        "val_fraction": 0.2, "test_fraction": 0.2, "seed": 3}
+        "val_fraction": 0.2, "test_fraction": 0.2}
+SEED = 3
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,7 @@ def shards_dir(tmp_path_factory) -> Path:
     from ferdata.shard import shard
 
     root = tmp_path_factory.mktemp("tiny") / "synth"
-    download("synth", root, options=TINY)
+    download("synth", root, dataset=TINY, seed=SEED)
     align(root, size=112)
     shard(root, max_count=20)
     return root
@@ -43,7 +44,8 @@ def trained_dir(shards_dir: Path, tmp_path_factory) -> Path:
     from ferdata.export import export
     from ferdata.noise import noise
     from ferdata.sample import sample
-    from ferdata.train.loop import TrainConfig, train
+    from ferdata.train.loop import train
+    from ferdata.train.settings import TrainSettings
     from ferdata.va import va
 
     root = tmp_path_factory.mktemp("trained") / "synth"
@@ -51,6 +53,6 @@ def trained_dir(shards_dir: Path, tmp_path_factory) -> Path:
     va(root, k=3)
     noise(root, ratio=0.25, seed=1)
     sample(root, epochs=2, per_video=3)
-    train(root, root / "models", TrainConfig(epochs=2, batch_size=8, image_size=32, lr=0.01))
+    train(root, root / "models", TrainSettings(epochs=2, batch_size=8, image_size=32, lr=0.01))
     export(root, root / "models")
     return root

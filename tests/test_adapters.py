@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from ferdata.classes import CANONICAL
+from ferdata.core.classes import CANONICAL
 from ferdata.download import download
-from ferdata.errors import FerdataError
-from ferdata.io import read_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import read_table
 
 C = CANONICAL.index
 
@@ -57,7 +57,7 @@ def test_rafdb_original_images_carry_manual_landmarks(tmp_path):
     (root / "Annotation/manual").mkdir(parents=True)
     (root / "Annotation/manual/train_00001_manu_attri.txt").write_text(
         "60.1 80.2\n100.3 81.0\n80.0 100.5\n65.2 120.0\n98.7 121.3\n0\n1\n2\n")
-    download("rafdb", tmp_path / "out", source=str(root), options={"images": "original", "val_fraction": 0})
+    download("rafdb", tmp_path / "out", source=str(root), dataset={"images": "original", "val_fraction": 0})
     m, _, _ = tables(tmp_path / "out")
     assert np.allclose(m.loc["rafdb-train_00001", "landmarks"], [60.1, 80.2, 100.3, 81.0, 80.0, 100.5, 65.2, 120.0, 98.7, 121.3])
 
@@ -106,7 +106,7 @@ def test_ferplus_majority_mode(tmp_path):
         csv.writer(fh).writerows([ferplus_row("fer0000001.png", [4, 3, 3, 0, 0, 0, 0, 0, 0, 0])])
     img(root / "fer0000001.png")
     with pytest.raises(FerdataError, match="no usable samples.*no_majority"):
-        download("ferplus", tmp_path / "out", source=str(tmp_path), options={"label_mode": "majority"})
+        download("ferplus", tmp_path / "out", source=str(tmp_path), dataset={"label_mode": "majority"})
     download("ferplus", tmp_path / "out", source=str(tmp_path))
     assert tables(tmp_path / "out")[0].loc["ferplus-fer0000001", "label"] == C("neutral")
 
@@ -168,7 +168,7 @@ def test_affectnet(tmp_path):
         csv.writer(fh).writerows([header, ["5/cccc.jpg", 0, 0, 100, 100, lmk, 7, -0.5, 0.6]])
     for rel in ("689/737db2483489148d783ef278f43f486c0a97e140fc4b6b61b84363ca.jpg", "100/bbbb.png", "5/cccc.jpg"):
         img(root / "Manually_Annotated_Images" / rel, (120, 120), colour=True)
-    download("affectnet", tmp_path / "out", source=str(tmp_path), options={"val_fraction": 0})
+    download("affectnet", tmp_path / "out", source=str(tmp_path), dataset={"val_fraction": 0})
     m, meta, rej = tables(tmp_path / "out")
     assert meta["classes"] == list(CANONICAL)
     happy = m.loc["affectnet-689_737db2483489148d783ef278f43f486c0a97e140fc4b6b61b84363ca"]
@@ -201,7 +201,7 @@ def test_ckplus_sequences(tmp_path):
         if label is not None:
             (root / "Emotion" / seq).mkdir(parents=True)
             (root / "Emotion" / seq / f"{subject}_{number}_{n:08d}_emotion.txt").write_text(f"   {label:.7e}\n")
-    download("ckplus", tmp_path / "out", source=str(root), options={"val_fraction": 0, "test_fraction": 0})
+    download("ckplus", tmp_path / "out", source=str(root), dataset={"val_fraction": 0, "test_fraction": 0})
     m, meta, rej = tables(tmp_path / "out")
     assert len(m) == 8  # 3 peak frames + the first (neutral) frame per labelled sequence
     assert m.loc["ckplus-S005_001_00000005", "label"] == C("disgust")
@@ -247,7 +247,7 @@ def test_sfew(tmp_path):
             img(tmp_path / "SFEW_2" / split / cls / f"Movie_{cls}_001_{split}.png", (143, 181), colour=True)
     img(tmp_path / "SFEW_2" / "Test" / "Movie_x_001.png", colour=True)
     img(tmp_path / "SFEW_2" / "Train" / "Bored" / "Movie_b_001.png", colour=True)
-    download("sfew", tmp_path / "out", source=str(tmp_path), options={"val_fraction": 0})
+    download("sfew", tmp_path / "out", source=str(tmp_path), dataset={"val_fraction": 0})
     m, meta, rej = tables(tmp_path / "out")
     assert meta["classes"] == ["happy", "sad", "anger"]
     assert (m["split"] == "test").sum() == 3 and (m["split"] == "train").sum() == 3
@@ -264,7 +264,7 @@ def test_affwild2(tmp_path):
         "valence,arousal\n0.1,0.2\n0.5,0.4\n-5,-5\n0.0,0.0\n-5,-5\n")
     for f in (1, 2, 3, 4):  # frame 5 was never detected: no image
         img(root / "cropped_aligned/1-30-1280x720" / f"{f:05d}.jpg", (112, 112), colour=True)
-    download("affwild2", tmp_path / "out", source=str(tmp_path), options={"val_fraction": 0})
+    download("affwild2", tmp_path / "out", source=str(tmp_path), dataset={"val_fraction": 0})
     m, _, rej = tables(tmp_path / "out")
     assert list(m.index) == ["affwild2-1-30-1280x720-00001", "affwild2-1-30-1280x720-00002"]
     assert m.iloc[1]["label"] == C("happy") and np.isclose(m.iloc[1]["valence"], 0.5) and m.iloc[1]["frame"] == 2
@@ -289,7 +289,7 @@ def test_folder_with_and_without_splits(tmp_path):
         for cls in ("happy", "SAD"):
             img(tmp_path / "a" / split / cls / f"{split}{cls}.jpg", colour=True)
     (tmp_path / "a/train/happy/notes.txt").write_text("not an image")
-    download("folder", tmp_path / "outa", source=str(tmp_path / "a"), options={"val_fraction": 0})
+    download("folder", tmp_path / "outa", source=str(tmp_path / "a"), dataset={"val_fraction": 0})
     m, meta, _ = tables(tmp_path / "outa")
     assert sorted(m["split"]) == ["test", "test", "train", "train"] and meta["classes"] == ["happy", "sad"]
     for cls in ("neutral", "angry", "bored"):

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from ferdata.core.errors import FerdataError
+
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import Batch, MethodContext, build_method
 from ferdata.train.methods.akt import attention_map, symmetric_kl
@@ -34,5 +36,5 @@ def test_forward_backward_reaches_both_branches():
     model.eval()
     feats, fused = method.infer(model, x)
     assert feats.shape == (4, model.embed_dim) and torch.allclose(fused.sum(1), torch.ones(4), atol=1e-5)
-    with pytest.raises(ValueError, match="strong view"):
+    with pytest.raises(FerdataError, match="strong view"):
         method.batch_loss(model, Batch(index=torch.arange(4), x=x, y=torch.zeros(4, dtype=torch.long)))

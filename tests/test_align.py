@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 
 from ferdata.align import align, read_image, warp_to_template
-from ferdata.io import read_table, write_table
-from ferdata.synth import SynthConfig, TEMPLATE, generate
+from ferdata.core.io import read_table, write_table
+from ferdata.synth import SynthSettings, TEMPLATE, generate
 
 
 def test_read_image_converts_every_kind(tmp_path):
@@ -34,7 +34,7 @@ def test_warp_puts_landmarks_on_template():
     """Warp a synth photo and check the warped landmarks land near the template (in 112 pixels)."""
     from insightface.utils import face_align
 
-    face = next(iter(generate(SynthConfig(n_subjects=1, videos_per_subject=1, frames_per_video=1, seed=5))))
+    face = next(iter(generate(SynthSettings(n_subjects=1, videos_per_subject=1, frames_per_video=1), 5)))
     out = warp_to_template(face.image, face.landmarks, 112)
     assert out.shape == (112, 112, 3)
     m = face_align.estimate_norm(face.landmarks, 112)
@@ -64,9 +64,9 @@ def test_bad_images_are_flagged_not_dropped(data_dir):
 def test_unknown_detector(data_dir):
     import pytest
 
-    from ferdata.errors import FerdataError
+    from ferdata.core.errors import FerdataError
 
-    with pytest.raises(FerdataError, match="unknown align.detector 'dlib'"):
+    with pytest.raises(FerdataError, match="align.detector 'dlib': use one of landmarks, mtcnn, insightface, none"):
         align(data_dir, detector="dlib")
     with pytest.raises(FerdataError, match="multiple of 112 or 128"):
         align(data_dir, size=100)
@@ -149,7 +149,7 @@ def test_parts_and_resume(data_dir, monkeypatch):
     calls = []
     real = mod._align_one
     monkeypatch.setattr(mod, "_align_one", lambda job, settings: calls.append(job[0]) or real(job, settings))
-    done = align(data_dir)  # resumes: only part 2's chunks are left
+    done = align(data_dir, workers=1)  # resumes: only part 2's chunks are left
     assert len(calls) == 20 and len(done) == 48 and "total" not in done.attrs
     assert not (data_dir / ".align-work").exists() and len(list((data_dir / "aligned").glob("*.jpg"))) == 48
     assert done["sample_id"].is_monotonic_increasing

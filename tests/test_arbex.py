@@ -1,16 +1,17 @@
 import pytest
 import torch
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import UsageError
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import Batch, MethodContext, build_method
 from ferdata.train.methods.base import confidence
+from ferdata.train.settings import ARBExOptions
 
 C = 5
 
 
 def _arbex(**kw):
-    return build_method("arbex", MethodContext(C, 256, torch.zeros(4, dtype=torch.long), options=kw))
+    return build_method("arbex", MethodContext(C, 256, torch.zeros(4, dtype=torch.long), options=ARBExOptions(**kw)))
 
 
 def test_confidence_is_one_minus_normalised_entropy():
@@ -50,5 +51,5 @@ def test_forward_backward_and_loss_terms():
 
 
 def test_bad_option():
-    with pytest.raises(FerdataError, match="bad train.arbex option"):
+    with pytest.raises(UsageError, match="train.arbex: the backbone's 256-dim embedding must split into 7 tokens"):
         _arbex(tokens=7)

@@ -16,7 +16,7 @@ def test_help_lists_every_stage():
 
 def test_unknown_dataset_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["download", "imagenet", "--data", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: unknown dataset 'imagenet': known datasets are affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"]
 
 
@@ -39,3 +39,35 @@ def test_options_override_params(tmp_path, data_dir):
     assert result.exit_code == 0 and "ratio 0.25" in result.output
     result = CliRunner().invoke(app, ["noise", "--data", str(data_dir), "--params", str(tmp_path / "none.yaml")])
     assert result.exit_code == 2 and "params file" in result.output
+
+
+def test_unknown_params_keys_are_one_line_errors_naming_the_key(tmp_path, data_dir):
+    cases = {"noize:\n  ratio: 0.3\n": "unknown setting 'noize'; did you mean noise?",
+             "noise: {ratoi: 0.3}\n": "unknown setting 'noise.ratoi'; did you mean noise.ratio?",
+             "train: {epoch: 3}\n": "unknown setting 'train.epoch'; did you mean train.epochs?",
+             "train: {ldlva: {lamda_lr: 3}}\n": "unknown setting 'train.ldlva.lamda_lr'; did you mean train.ldlva.lambda_lr?",
+             "noise: {ratio: high}\n": "noise.ratio must be float, got 'high'",
+             "align: {size: 100}\n": "align.size 100 must be a multiple of 112 or 128 (e.g. 112, 224)"}
+    for text, message in cases.items():
+        (tmp_path / "p.yaml").write_text(text)
+        result = CliRunner().invoke(app, ["noise", "--ratio", "0.3", "--data", str(data_dir), "--params", str(tmp_path / "p.yaml")])
+        assert result.exit_code == 2, text
+        assert result.output.strip().splitlines() == [f"error: {tmp_path / 'p.yaml'}: {message}"
+                                                      if "unknown" in message else f"error: {message}"], text
+    assert not (data_dir / "labels.parquet").exists()
+
+
+def test_every_setting_is_an_option_with_its_help():
+    from ferdata.stages import STAGES
+
+    for name in ("noise", "train", "va", "align", "prior"):
+        out = CliRunner().invoke(app, [name, "--help"], terminal_width=200).output
+        for field in STAGES[name].settings.__dataclass_fields__.values():
+            if isinstance(field.default, (int, float, str)):
+                assert "--" + field.name.replace("_", "-") in out or field.metadata.get("flag") in out, (name, field.name)
+    assert "(default: 0.05)" in CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
+
+
+def test_the_command_line_does_not_import_torch():
+    code = "import sys, ferdata.cli; from ferdata.stages import sections; sections(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

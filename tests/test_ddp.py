@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ferdata.io import read_table
+from ferdata.core.io import read_table
 
 
 @pytest.mark.parametrize("method", ["ce", "ldlva"])

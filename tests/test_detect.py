@@ -7,7 +7,7 @@ import pytest
 
 from ferdata.align import choose_face
 from ferdata.detect import Face, find_weights, nms
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError
 
 HAS_WEIGHTS = importlib.util.find_spec("facenet_pytorch") is not None
 needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="pip install --no-deps facenet-pytorch==2.6.0")
@@ -59,4 +59,4 @@ def test_insightface_without_model_files_is_one_clear_error(tmp_path, data_dir):
     from ferdata.align import align
 
     with pytest.raises(FerdataError, match=r"needs a SCRFD or RetinaFace ONNX file .* never downloads it"):
-        align(data_dir, detector="insightface", weights=str(tmp_path))
+        align(data_dir, detector="insightface", insightface_models=str(tmp_path))

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from ferdata.download import download
-from ferdata.errors import FerdataError
-from ferdata.io import read_table
+from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.io import read_table
 
-from conftest import TINY
+from conftest import SEED, TINY
 
 
 def test_manifest_of_synth(shards_dir):
@@ -21,8 +21,8 @@ def test_manifest_of_synth(shards_dir):
 
 
 def test_download_is_deterministic(tmp_path):
-    a = download("synth", tmp_path / "a", options=TINY)
-    download("synth", tmp_path / "b", options=TINY)
+    a = download("synth", tmp_path / "a", dataset=TINY, seed=SEED)
+    download("synth", tmp_path / "b", dataset=TINY, seed=SEED)
     assert (tmp_path / "a/manifest.parquet").read_bytes() == (tmp_path / "b/manifest.parquet").read_bytes()
     first = a["path"].iloc[0]
     assert (tmp_path / "a" / first).read_bytes() == (tmp_path / "b" / first).read_bytes()
@@ -34,7 +34,9 @@ def test_unknown_dataset(tmp_path):
 
 
 def test_bad_synth_option(tmp_path):
-    with pytest.raises(FerdataError, match="bad synth option"):
-        download("synth", tmp_path, options={"n_faces": 3})
-    with pytest.raises(FerdataError, match=">= 1"):
-        download("synth", tmp_path, options={"n_subjects": 0})
+    with pytest.raises(UsageError, match="unknown setting 'synth.n_faces'"):
+        download("synth", tmp_path, dataset={"n_faces": 3})
+    with pytest.raises(UsageError, match=r"synth.n_subjects must be in \[1, inf\], got 0"):
+        download("synth", tmp_path, dataset={"n_subjects": 0})
+    with pytest.raises(UsageError, match="unknown setting 'download.sed'; did you mean download.seed"):
+        download("synth", tmp_path, sed=3)

@@ -4,9 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import ferdata
-from ferdata.errors import FerdataError
-from ferdata.export import normalised_entropy, suspect_noisy
-from ferdata.io import read_table, write_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.classes import normalised_entropy
+from ferdata.export import suspect_noisy
+from ferdata.core.io import read_table, write_table
 
 
 def test_soft_labels_contract(trained_dir):
@@ -58,3 +59,30 @@ def test_export_is_deterministic(trained_dir, tmp_path):
     shutil.copytree(trained_dir, copy)
     export(copy, copy / "models")
     assert (copy / "softlabels.parquet").read_bytes() == (trained_dir / "softlabels.parquet").read_bytes()
+
+
+def test_settings_hash_follows_every_setting_upstream(trained_dir, tmp_path, monkeypatch):
+    """The soft labels' settings hash changes with any setting of any stage that led to them, an override
+    on the command line included; the same settings give the same hash."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ferdata.cli import app
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_dir, copy)
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults and options only
+    hashes = []
+    for args in (["noise", "--ratio", "0.25", "--seed", "1"], ["noise", "--ratio", "0.2", "--seed", "1"],
+                 ["noise", "--ratio", "0.25", "--seed", "1"]):
+        for command in (args, ["export", "--models", str(copy / "models")], ["export", "--models", str(copy / "models"),
+                                                                                 "--margin", "0.3"]):
+            result = CliRunner().invoke(app, [*command, "--data", str(copy)])
+            assert result.exit_code == 0, result.output
+            if command[0] == "export":
+                hashes.append(read_table(copy / "softlabels.parquet", "softlabels")[1]["settings_hash"])
+    assert len(set(hashes[:4])) == 4  # ratio 0.25/0.2 x margin 0.2/0.3: four different runs
+    assert hashes[4:] == hashes[:2]  # back to ratio 0.25: the first two hashes again
+    _, meta = read_table(copy / "softlabels.parquet", "softlabels")
+    assert meta["settings"] == {"margin": 0.3} and meta["stage"] == "export"

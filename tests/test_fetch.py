@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError
 from ferdata.fetch import download_url, extract
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB

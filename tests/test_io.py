@@ -2,8 +2,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ferdata.errors import FerdataError
-from ferdata.io import atomic_dir, atomic_file, read_meta, read_table, stable_hash, write_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import atomic_dir, atomic_file, read_meta, read_table, stable_hash, write_table
 
 
 def _plan(n=3):
@@ -76,7 +76,7 @@ def test_read_meta_decodes_json(tmp_path):
 
 
 def test_fork_reads_what_it_lacks_from_its_base(tmp_path):
-    from ferdata.io import fork, locate
+    from ferdata.core.io import fork, locate
 
     base = tmp_path / "data/synth"
     base.mkdir(parents=True)
@@ -119,7 +119,7 @@ def test_a_table_killed_mid_write_leaves_the_old_file(tmp_path):
     marker = tmp_path / "writing"
     _kill_mid_write(textwrap.dedent(f"""
         import time, pyarrow.parquet as pq
-        import ferdata.io as io
+        import ferdata.core.io as io
         real = pq.write_table
         def slow(table, where, **kw):
             real(table, where, **kw)
@@ -149,15 +149,16 @@ def test_align_killed_mid_run_resumes_and_publishes_nothing_half_done(data_dir):
     _kill_mid_write(textwrap.dedent(f"""
         import time
         import ferdata.align as mod
+        import ferdata.core.stage as stage
         mod.CHUNK = 10
-        real = mod.write_table
+        real = stage.write_table
         def slow(df, path, kind, *a, **kw):
             out = real(df, path, kind, *a, **kw)
             if "chunk-000002" in str(path):
                 open({str(marker)!r}, "w").close()
                 time.sleep(60)
             return out
-        mod.write_table = slow
+        stage.write_table = slow
         mod.align({str(data_dir)!r})
     """), marker)
     assert not (data_dir / "aligned").exists() and not (data_dir / "aligned.parquet").exists()

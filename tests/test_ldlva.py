@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from ferdata.errors import FerdataError
-from ferdata.io import read_table
+from ferdata.core.errors import UsageError
+from ferdata.core.io import read_table
 from ferdata.train.backbones import build_backbone
-from ferdata.train.loop import TrainConfig, train
+from ferdata.train.loop import train
+from ferdata.train.settings import LDLVAOptions, TrainSettings
 from ferdata.train.methods import Batch, MethodContext, build_method
 from ferdata.train.methods.ldlva import discriminative_loss, local_similarity
 
@@ -17,7 +18,7 @@ def _method(mode="bank", dim=32, **kw):
     labels = torch.arange(N) % C
     knn = torch.stack([(torch.arange(N) + s) % N for s in (1, 2, 3)], dim=1)
     va = torch.rand(N, 2, generator=gen) * 2 - 1
-    return build_method("ldlva", MethodContext(C, dim, labels, knn, va, {"neighbour_mode": mode, **kw})), labels
+    return build_method("ldlva", MethodContext(C, dim, labels, knn, va, LDLVAOptions(neighbour_mode=mode, **kw))), labels
 
 
 def test_local_similarity_is_l1_kernel():
@@ -102,12 +103,12 @@ def test_discriminative_loss_pushes_centres_apart():
 
 
 def test_bad_neighbour_mode():
-    with pytest.raises(FerdataError, match="neighbour_mode"):
-        _method("psychic")
+    with pytest.raises(UsageError, match="train.ldlva.neighbour_mode 'psychic': use one of bank, forward"):
+        LDLVAOptions(neighbour_mode="psychic")
 
 
 def test_ldlva_trains_end_to_end(trained_dir, tmp_path):
-    cfg = TrainConfig(method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01, options={"ldlva": {"lambda_lr": 50.0}})
+    cfg = TrainSettings(method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01, ldlva=LDLVAOptions(lambda_lr=50.0))
     train(trained_dir, tmp_path, cfg)
     soft, meta = read_table(tmp_path / "learned.parquet", "learned")
     soft = soft[soft["split"] == "train"]

@@ -1,81 +1,43 @@
-"""ferdata/loader.py: the streaming loader splits an epoch exactly across ranks and workers."""
+"""ferdata/loader.py: batches of the epoch plan, split exactly across ranks, the same whatever the workers."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from ferdata.io import read_table
-from ferdata.loader import FaceStream
+from ferdata.core.io import read_table
 
 
-def _collect(stream, workers=0):
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
-    return [row["sample_id"] for _, row in loader]
+def webdataset_members(shards):
+    """(key, jpeg bytes) of every sample, read by webdataset itself."""
+    import webdataset as wds
 
-
-@pytest.fixture()
-def table(shards_dir):
-    index, _ = read_table(shards_dir / "shard_index.parquet", "shard_index")
-    labels = pd.DataFrame({"sample_id": index["sample_id"], "label": np.arange(len(index)) % 7})
-    return labels.iloc[:-1]  # 47 of 48 faces: the table decides which samples the stream yields
-
-
-@pytest.mark.parametrize("world,workers", [(1, 0), (1, 2), (2, 2), (3, 2), (5, 1)])
-def test_ranks_and_workers_partition_an_epoch(shards_dir, table, monkeypatch, world, workers):
-    shards = sorted((shards_dir / "shards").glob("shard-*.tar"))  # 48 faces in 3 uneven shards (20, 20, 8)
-    seen, counts = [], []
-    for rank in range(world):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", str(world))
-        stream = FaceStream(shards, table, size=32, even=False)
-        got = _collect(stream, workers)
-        assert len(got) == len(stream)
-        seen += got
-        counts.append(len(got))
-    assert sorted(seen) == sorted(table["sample_id"])  # every sample once: nothing dropped or repeated
-    assert max(counts) - min(counts) <= 1
-
-
-def test_even_ranks_pad_with_their_own_first_sample(shards_dir, table, monkeypatch):
-    shards = sorted((shards_dir / "shards").glob("shard-*.tar"))
-    per_rank = []
-    for rank in range(2):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        per_rank.append(_collect(FaceStream(shards, table, size=32), workers=2))
-    assert [len(r) for r in per_rank] == [24, 24]  # 47 faces: rank 1 repeats one of its own
-    assert len(set(per_rank[0]) | set(per_rank[1])) == 47 and len(set(per_rank[1])) == 23
-
-
-def test_same_seed_same_stream_and_two_views(shards_dir, table):
-    shards = sorted((shards_dir / "shards").glob("shard-*.tar"))
-    a = FaceStream(shards, table, size=32, augment="strong", shuffle=8, seed=3)
-    b = FaceStream(shards, table, size=32, augment="strong", shuffle=8, seed=3)
-    first_a, first_b = list(a)[:5], list(b)[:5]
-    assert [r["sample_id"] for _, r in first_a] == [r["sample_id"] for _, r in first_b]
-    assert all(np.array_equal(x, y) for (x, _), (y, _) in zip(first_a, first_b))
-    a.set_epoch(1)
-    assert [r["sample_id"] for _, r in list(a)[:5]] != [r["sample_id"] for _, r in first_a]
-    (weak, strong), row = next(iter(FaceStream(shards, table, size=32, augment="two_view")))
-    assert weak.shape == strong.shape == (32, 32, 3) and not np.array_equal(weak, strong) and "label" in row
+    every = lambda src: src  # noqa: E731
+    for sample in wds.WebDataset([str(p) for p in shards], shardshuffle=False, nodesplitter=every, workersplitter=every):
+        yield sample["__key__"], sample["jpg"]
 
 
 def test_member_walk_matches_webdataset_and_tarfile(shards_dir, tmp_path):
     import tarfile
 
-    from ferdata.loader import iter_members, iter_shards
+    from ferdata.core.shards import ShardReader, member_table
 
     shards = sorted((shards_dir / "shards").glob("shard-*.tar"))
-    expect = list(iter_shards(shards))
-    assert [(k, read()) for k, read in iter_members(shards)] == expect
+    expect = list(webdataset_members(shards))
+    members = member_table(shards)
+    assert list(members["sample_id"]) == [k for k, _ in expect]
+    reader = ShardReader(shards, members["sample_id"], members=members)
+    assert [reader.read(i) for i in range(len(reader))] == [v for _, v in expect]
     # a shard with pax headers (long names) takes the tarfile path and gives the same faces
     pax = tmp_path / "pax.tar"
     with tarfile.open(pax, "w", format=tarfile.PAX_FORMAT) as out, tarfile.open(shards[0]) as src:
         for member in src:
             member.pax_headers = {"comment": "x" * 200}
             out.addfile(member, src.extractfile(member))
-    assert [(k, read()) for k, read in iter_members([pax])] == [e for e in expect if e[0] in dict(iter_shards([shards[0]]))]
+    first = dict(webdataset_members([shards[0]]))
+    members = member_table([pax])
+    reader = ShardReader([pax], members["sample_id"], members=members)
+    assert {k: reader.read(i) for i, k in enumerate(members["sample_id"])} == first
 
 
 def _faces(shards_dir, **kw):
@@ -91,10 +53,10 @@ def _plan(n, epochs=2, seed=0):
 
 
 def test_shard_faces_read_the_right_face(shards_dir):
-    from ferdata.loader import iter_shards, decode
+    from ferdata.core.shards import decode
 
     faces, index = _faces(shards_dir, size=32)
-    raw = dict(iter_shards(sorted((shards_dir / "shards").glob("shard-*.tar"))))
+    raw = dict(webdataset_members(sorted((shards_dir / "shards").glob("shard-*.tar"))))
     for i in (0, 19, 20, 47):  # first, last of a shard, first of the next, the short shard
         assert faces.read(i) == raw[index["sample_id"][i]]
         assert np.array_equal(faces[i], decode(raw[index["sample_id"][i]], 32))
@@ -145,7 +107,7 @@ def test_same_seed_same_batches_whatever_the_workers(shards_dir):
 def test_shard_faces_errors_name_the_fix(shards_dir, tmp_path):
     import shutil
 
-    from ferdata.errors import FerdataError
+    from ferdata.core.errors import FerdataError
     from ferdata.loader import ShardFaces
 
     shards = sorted((shards_dir / "shards").glob("shard-*.tar"))

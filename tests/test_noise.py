@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ferdata.classes import BASIC7, CANONICAL
+from ferdata.core.classes import BASIC7, CANONICAL, CONFUSABLE
 from ferdata.cli import app
-from ferdata.errors import UsageError
-from ferdata.noise import PAIRS, flip_labels, noise
+from ferdata.core.errors import UsageError
+from ferdata.noise import flip_labels, noise
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.3, 0.45, 0.999])
@@ -30,7 +30,7 @@ def test_pairs_follow_the_confusion_map():
     labels = np.arange(7).repeat(50)
     noisy, flipped = flip_labels(labels, list(BASIC7), ratio=0.5, mode="pairs", seed=0)
     for src, dst in zip(labels[flipped], noisy[flipped]):
-        assert CANONICAL[dst] == PAIRS[CANONICAL[src]][0]
+        assert CANONICAL[dst] == CONFUSABLE[CANONICAL[src]][0]
 
 
 def test_seeded():
@@ -60,7 +60,7 @@ def test_noise_stage_touches_train_only(data_dir):
 def test_cli_rejects_ratio_with_exit_2(data_dir):
     result = CliRunner().invoke(app, ["noise", "--data", str(data_dir), "--ratio", "1.5"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: noise ratio must be in [0, 1), got 1.5"
+    assert result.output.strip() == "error: noise.ratio must be in [0.0, 1.0), got 1.5"
     result = CliRunner().invoke(app, ["noise", "--data", str(data_dir), "--ratio", "0.2", "--mode", "bogus"])
-    assert result.exit_code == 2 and "unknown noise mode 'bogus'" in result.output
+    assert result.exit_code == 2 and "noise.mode 'bogus': use one of symmetric, pairs" in result.output
     assert not (data_dir / "labels.parquet").exists()

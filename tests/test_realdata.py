@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ferdata.classes import CANONICAL
+from ferdata.core.classes import CANONICAL
 from ferdata.download import download
-from ferdata.io import read_table
+from ferdata.core.io import read_table
 
 REALDATA = Path(os.environ.get("FERDATA_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
 
@@ -21,7 +21,7 @@ def archive(name):
 
 
 def ingest(tmp_path, dataset, name, **options):
-    df = download(dataset, tmp_path / dataset, source=archive(name), options=options)
+    df = download(dataset, tmp_path / dataset, source=archive(name), dataset=options)
     rejected, _ = read_table(tmp_path / dataset / "rejected.parquet", "rejected")
     return df, rejected
 
@@ -71,7 +71,7 @@ def test_muxspace_photos_through_mtcnn(tmp_path):
         pytest.skip("pip install --no-deps facenet-pytorch==2.6.0")
     ingest(tmp_path, "csv", "muxspace-sample.tar.gz")
     manifest, meta = read_table(tmp_path / "csv/manifest.parquet", "manifest")
-    from ferdata.io import write_table
+    from ferdata.core.io import write_table
 
     write_table(manifest.head(40), tmp_path / "csv/manifest.parquet", "manifest", meta)
     table = align(tmp_path / "csv", detector="mtcnn", size=112)

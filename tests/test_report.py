@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError
 from ferdata.report import auroc, confusion, kl_divergence, report
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ferdata.errors import FerdataError
-from ferdata.io import read_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import read_table
 from ferdata.noise import noise
 from ferdata.sample import epoch_plan, sample
 

@@ -3,8 +3,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from ferdata.errors import FerdataError
-from ferdata.io import read_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import read_table
 from ferdata.loader import load_images
 from ferdata.shard import shard
 
@@ -43,7 +43,7 @@ def test_load_images_by_key(shards_dir):
 def test_nothing_to_shard(data_dir):
     import pandas as pd
 
-    from ferdata.io import write_table
+    from ferdata.core.io import write_table
 
     aligned, meta = read_table(data_dir / "aligned.parquet", "aligned")
     aligned["status"] = "unreadable"

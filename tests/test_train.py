@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.settings import resolve
+from ferdata.core.tables import TABLES
 from ferdata.train.backbones import build_backbone
-from ferdata.train.loop import CHECKPOINT, TrainConfig, load_checkpoint, predict, train
+from ferdata.train.loop import load_checkpoint, to_input, train
 from ferdata.train.methods import MethodContext, build_method
+from ferdata.train.settings import LSOptions, TrainSettings
+
+CHECKPOINT = TABLES["model"].file
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
@@ -36,14 +41,16 @@ def test_methods():
     y = torch.tensor([0])
     ctx = MethodContext(3, 8, labels=y)
     ce = build_method("ce", ctx).loss(logits, y)
-    ls = build_method("ls", MethodContext(3, 8, labels=y, options={"smoothing": 0.3})).loss(logits, y)
+    ls = build_method("ls", MethodContext(3, 8, labels=y, options=LSOptions(smoothing=0.3))).loss(logits, y)
     assert ce.item() < 1e-6 < ls.item() and torch.isfinite(ls)
     with pytest.raises(FerdataError, match="unknown train.method"):
         build_method("magic", ctx)
     with pytest.raises(FerdataError, match="needs the VA table"):
         build_method("ldlva", ctx)
-    with pytest.raises(FerdataError, match="bad train.ls option"):
-        build_method("ls", MethodContext(3, 8, labels=y, options={"smooth": 0.3}))
+    with pytest.raises(UsageError, match="unknown setting 'train.ls.smooth'; did you mean train.ls.smoothing"):
+        resolve(TrainSettings, {"train": {"ls": {"smooth": 0.3}}})
+    with pytest.raises(UsageError, match=r"train.ls.smoothing must be in \[0.0, 1.0\)"):
+        resolve(TrainSettings, {"train": {"ls": {"smoothing": 1.0}}})
 
 
 def test_trained_checkpoint(trained_dir):
@@ -51,31 +58,40 @@ def test_trained_checkpoint(trained_dir):
     assert meta["method"] == "ce" and len(meta["classes"]) == 7
     raw = torch.load(trained_dir / "models" / CHECKPOINT, weights_only=True)
     assert set(raw) == {"state_dict", "method_state", "meta"}
-    probs = predict(model, np.zeros((3, 32, 32, 3), np.uint8), torch.device("cpu"))
+    with torch.no_grad():
+        probs = torch.softmax(model(to_input(np.zeros((3, 32, 32, 3), np.uint8), torch.device("cpu"))), 1).numpy()
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1)
     log = json.loads((trained_dir / "models" / "train_log.json").read_text())
     assert len(log["epochs"]) == 2 and all(np.isfinite(e["loss"]) for e in log["epochs"])
 
 
 def test_train_is_deterministic(trained_dir, tmp_path):
-    train(trained_dir, tmp_path, TrainConfig(epochs=2, batch_size=8, image_size=32, lr=0.01))
+    train(trained_dir, tmp_path, TrainSettings(epochs=2, batch_size=8, image_size=32, lr=0.01))
     assert (tmp_path / CHECKPOINT).read_bytes() == (trained_dir / "models" / CHECKPOINT).read_bytes()
     assert (tmp_path / "learned.parquet").read_bytes() == (trained_dir / "models" / "learned.parquet").read_bytes()
 
 
 def test_train_needs_enough_planned_epochs(trained_dir, tmp_path):
     with pytest.raises(FerdataError, match="re-run `ferdata sample`"):
-        train(trained_dir, tmp_path, TrainConfig(epochs=5, batch_size=8, image_size=32))
+        train(trained_dir, tmp_path, TrainSettings(epochs=5, batch_size=8, image_size=32))
 
 
 @pytest.mark.parametrize("method", ["ls", "arbex", "akt"])
 def test_every_method_trains_and_learns_distributions(trained_dir, tmp_path, method):
-    from ferdata.io import read_table
+    from ferdata.core.io import read_table
 
-    train(trained_dir, tmp_path, TrainConfig(method=method, epochs=2, batch_size=8, image_size=32, lr=0.01))
+    train(trained_dir, tmp_path, TrainSettings(method=method, epochs=2, batch_size=8, image_size=32, lr=0.01))
     learned, meta = read_table(tmp_path / "learned.parquet", "learned")
     labels, _ = read_table(trained_dir / "labels.parquet", "labels")
     assert meta["method"] == method and learned["sample_id"].tolist() == labels["sample_id"].tolist()
     dist = np.stack(learned["distribution"].to_numpy())
     assert np.isfinite(dist).all() and np.abs(dist.sum(1) - 1).max() < 1e-5
     assert learned["uncertainty"].between(0, 1).all()
+
+
+def test_a_non_finite_loss_stops_training_and_publishes_nothing(trained_dir, tmp_path):
+    with pytest.raises(FerdataError, match="the loss became (nan|inf).*nothing was written. Lower train.lr"):
+        train(trained_dir, tmp_path, TrainSettings(epochs=2, batch_size=8, image_size=32, lr=1e12))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UsageError, match="train.lr must be a finite number"):
+        TrainSettings(lr=float("nan"))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ferdata.errors import FerdataError
-from ferdata.io import read_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import read_table
 from ferdata.va import knn_graph, va
 
 
@@ -49,8 +49,8 @@ def test_circumplex_va_from_posteriors(data_dir, tmp_path):
     import numpy as np
     import pandas as pd
 
-    from ferdata.classes import VA_CENTROIDS
-    from ferdata.io import write_table
+    from ferdata.core.classes import VA_CENTROIDS
+    from ferdata.core.io import write_table
 
     manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
     classes = meta["classes"]
@@ -61,7 +61,7 @@ def test_circumplex_va_from_posteriors(data_dir, tmp_path):
     probs[::2] = 1.0 / len(classes)  # every other face: uniform
     post = pd.DataFrame({"sample_id": manifest["sample_id"], "split": manifest["split"],
                          "distribution": list(probs), "uncertainty": 0.0})
-    write_table(post, data_dir / "prior.parquet", "learned", {"classes": classes})
+    write_table(post, data_dir / "prior.parquet", "prior", {"classes": classes})
     table, graph = va(data_dir, source="circumplex", k=3)
     assert (table["source"] == "circumplex").all()
     row = table.set_index("sample_id").loc[manifest["sample_id"].iloc[1]]
@@ -69,9 +69,9 @@ def test_circumplex_va_from_posteriors(data_dir, tmp_path):
     uniform = np.mean([VA_CENTROIDS[c] for c in classes], axis=0)
     row = table.set_index("sample_id").loc[manifest["sample_id"].iloc[0]]
     assert np.allclose([row["valence"], row["arousal"]], uniform, atol=1e-6)
-    write_table(post.iloc[1:], tmp_path / "partial.parquet", "learned", {"classes": classes})
+    write_table(post.iloc[1:], data_dir / "prior.parquet", "prior", {"classes": classes})
     with pytest.raises(FerdataError, match="has no distribution for 1 faces"):
-        va(data_dir, source="circumplex", posteriors=tmp_path / "partial.parquet")
+        va(data_dir, source="circumplex")
 
 
 def test_ties_beyond_the_first_candidates_still_break_by_id():
@@ -86,16 +86,16 @@ def test_ties_beyond_the_first_candidates_still_break_by_id():
 def _uniform_prior(data_dir, manifest, classes):
     import pandas as pd
 
-    from ferdata.io import write_table
+    from ferdata.core.io import write_table
 
     probs = np.full((len(manifest), len(classes)), 1.0 / len(classes), np.float32)
     write_table(pd.DataFrame({"sample_id": manifest["sample_id"], "split": manifest["split"],
                               "distribution": list(probs), "uncertainty": 0.0}),
-                data_dir / "prior.parquet", "learned", {"classes": classes})
+                data_dir / "prior.parquet", "prior", {"classes": classes})
 
 
 def test_sources_in_priority_order_fill_gaps(data_dir):
-    from ferdata.io import write_table
+    from ferdata.core.io import write_table
 
     manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
     manifest.loc[:4, "valence"] = np.nan  # five faces without annotated VA
@@ -127,13 +127,15 @@ def test_csv_source_reads_the_ldlva_release_layout(data_dir, tmp_path):
         va(data_dir, source="csv")
 
 
-def test_regressor_source_predicts_out_of_fold(data_dir):
-    table, _ = va(data_dir, source="regressor", k=3,
-                  regressor={"epochs": 1, "folds": 2, "batch_size": 8, "image_size": 32})
+def test_regressor_source_reads_the_regress_stage(data_dir):
+    from ferdata.train.regress import regress
+
+    with pytest.raises(FerdataError, match="regressed_va.parquet not found: run `ferdata regress` first"):
+        va(data_dir, source="regressor")
+    regress(data_dir, epochs=1, folds=2, batch_size=8, image_size=32)
+    table, _ = va(data_dir, source="regressor", k=3)
     assert (table["source"] == "regressor").all() and len(table) == 48
     assert table[["valence", "arousal"]].abs().max().max() <= 1
-    with pytest.raises(FerdataError, match="bad va.regressor option"):
-        va(data_dir, source="regressor", regressor={"epochz": 1})
 
 
 def _tiny_va_onnx(path):

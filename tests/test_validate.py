@@ -5,9 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
-from ferdata.errors import FerdataError
-from ferdata.io import read_table, write_table
-from ferdata.validate import validate_file, validate_table
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import read_table, write_table
+from ferdata.core.validate import validate_file, validate_table
 
 
 @pytest.mark.parametrize("name", ["manifest", "va", "labels", "knn", "softlabels"])

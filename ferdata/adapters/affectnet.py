@@ -4,16 +4,26 @@ expression and valence/arousal; images under ``Manually_Annotated_Images/``."""
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ferdata.adapters.base import Ingest, carve_val, landmarks68_to5, require_root, safe_id
-from ferdata.classes import CANONICAL
+from ferdata.core.settings import Settings, option
+from ferdata.core.classes import CANONICAL
 
 MARKERS = ("Manually_Annotated_file_lists/training.csv",)
 WHERE = "AffectNet is licensed by its authors on request: http://mohammadmahoor.com/affectnet/"
 NOT_EXPRESSIONS = {8: "none", 9: "uncertain", 10: "no_face"}
 FILES = {"training.csv": "train", "validation.csv": "test"}  # papers report the validation set
+
+
+@dataclass(frozen=True)
+class Options(Settings):
+    """The ``affectnet`` section of its params.yaml."""
+
+    section = "affectnet"
+    contempt: bool = option(True, "keep contempt (8 classes) or drop it (7)")
+    val_fraction: float = option(0.05, "share of training images carved into val", min=0.0, below=1.0)
 
 
 def _va(value: str) -> float | None:
@@ -25,9 +35,9 @@ def _va(value: str) -> float | None:
     return v if -1.0 <= v <= 1.0 else None
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, _ = require_root(source, MARKERS, "affectnet", WHERE)
-    classes = 8 if options.get("contempt", True) else 7
+    classes = 8 if options.contempt else 7
     ing = Ingest("affectnet", classes=list(CANONICAL[:classes]))
     for name, split in FILES.items():
         table = root / "Manually_Annotated_file_lists" / name
@@ -55,5 +65,5 @@ def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ing
                     box, lmk = None, None
                 ing.add_checked(root, sid, split, path, label, raw_label=expression, bbox=box, landmarks=lmk,
                                 valence=_va(row.get("valence", "")), arousal=_va(row.get("arousal", "")))
-    carve_val(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.05)))
+    carve_val(ing, seed=seed, val=options.val_fraction)
     return ing, root

@@ -3,17 +3,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ferdata.adapters.base import Ingest, carve_val, require_root
-from ferdata.classes import CANONICAL
+from ferdata.core.settings import Settings, option
+from ferdata.core.classes import CANONICAL
 
 MARKERS = ("cropped_aligned",)
 WHERE = "Aff-Wild2 is shared with ABAW challenge participants on request: https://ibug.doc.ic.ac.uk/resources/aff-wild2/"
 # EXPR header: Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other
 EXPR = ("neutral", "anger", "disgust", "fear", "happy", "sad", "surprise")
 SETS = {"Train_Set": "train", "Validation_Set": "test"}  # ABAW reports the validation set
+
+
+@dataclass(frozen=True)
+class Options(Settings):
+    """The ``affwild2`` section of its params.yaml."""
+
+    section = "affwild2"
+    frame_step: int = option(1, "keep every n-th frame", min=1)
+    val_fraction: float = option(0.1, "share of training subjects carved into val", min=0.0, below=1.0)
 
 
 def read_va(root: Path, video: str) -> list[tuple[float | None, float | None]]:
@@ -32,9 +42,9 @@ def read_va(root: Path, video: str) -> list[tuple[float | None, float | None]]:
     return []
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, _ = require_root(source, MARKERS, "affwild2", WHERE)
-    step = max(1, int(options.get("frame_step", 1)))
+    step = options.frame_step
     ing = Ingest("affwild2", classes=list(CANONICAL[:7]))
     for set_name, split in SETS.items():
         for ann in sorted((root / "EXPR_Classification_Challenge" / set_name).glob("*.txt")):
@@ -61,5 +71,5 @@ def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ing
                 ing.add_checked(root, sid, split, path, label, raw_label=code, video_id=video,
                                 subject_id=video.replace("_left", "").replace("_right", ""), frame=frame,
                                 valence=v, arousal=a)
-    carve_val(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.1)), key="subject_id")
+    carve_val(ing, seed=seed, val=options.val_fraction, key="subject_id")
     return ing, root

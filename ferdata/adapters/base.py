@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ferdata.classes import CANONICAL
-from ferdata.errors import FerdataError
+from ferdata.core.classes import CANONICAL
+from ferdata.core.errors import FerdataError
+from ferdata.core.groups import split_groups
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 SPLITS = ("train", "val", "test")
@@ -67,20 +67,6 @@ def image_problem(path: Path) -> str | None:
     if head.startswith(magic) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return None
     return "unreadable"
-
-
-def _rank(groups: Iterable[str], seed: int) -> list[str]:
-    """Groups in a seeded hash order: deterministic and independent of the order rows were read in."""
-    return sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-
-
-def assign_splits(groups: Iterable[str], *, seed: int, val: float, test: float = 0.0) -> dict[str, str]:
-    """Whole groups (subjects, videos) to splits in the requested shares, at least one group to train."""
-    ranked = _rank(groups, seed)
-    n = len(ranked)
-    n_test = min(round(test * n), max(n - 1, 0))
-    n_val = min(round(val * n), max(n - 1 - n_test, 0))
-    return {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(ranked)}
 
 
 def landmarks68_to5(points: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -169,7 +155,7 @@ def _group(row: dict[str, Any], key: str) -> str:
 def finish_splits(ing: Ingest, *, seed: int, val: float, test: float = 0.0, key: str = "subject_id") -> None:
     """Give rows with split ``None`` a split by whole groups (``key``, else the sample id)."""
     open_rows = [r for r in ing.rows if r["split"] is None]
-    split_of = assign_splits((_group(r, key) for r in open_rows), seed=seed, val=val, test=test)
+    split_of = split_groups((_group(r, key) for r in open_rows), seed=seed, val=val, test=test)
     for row in open_rows:
         row["split"] = split_of[_group(row, key)]
 
@@ -179,6 +165,6 @@ def carve_val(ing: Ingest, *, seed: int, val: float, key: str = "subject_id") ->
     if val <= 0 or any(r["split"] == "val" for r in ing.rows):
         return
     train = [r for r in ing.rows if r["split"] == "train"]
-    split_of = assign_splits((_group(r, key) for r in train), seed=seed, val=val)
+    split_of = split_groups((_group(r, key) for r in train), seed=seed, val=val)
     for row in train:
         row["split"] = split_of[_group(row, key)]

@@ -4,19 +4,31 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ferdata.adapters.base import Ingest, canonical_label, finish_splits, images_under, landmarks68_to5, require_root
-from ferdata.classes import CANONICAL
+from ferdata.core.settings import Settings, option
+from ferdata.core.classes import CANONICAL
 
 MARKERS = ("cohn-kanade-images", "Emotion", "anger/")
 WHERE = "CK+ is distributed by its authors on request: https://www.jeffcohn.net/Resources/"
 # CK+ emotion codes 0..7: neutral, anger, contempt, disgust, fear, happy, sadness, surprise.
 CODES = ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sad", "surprise")
 NAME = re.compile(r"^(S\d+)_(\d+)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Options(Settings):
+    """The ``ckplus`` section of its params.yaml."""
+
+    section = "ckplus"
+    peak_frames: int = option(3, "last frames of each sequence labelled with its emotion", min=1)
+    neutral_frames: int = option(1, "first frames of each sequence labelled neutral", min=0)
+    val_fraction: float = option(0.15, "share of subjects in val", min=0.0, below=1.0)
+    test_fraction: float = option(0.2, "share of subjects in test", min=0.0, below=1.0)
 
 
 def read_landmarks(path: Path) -> np.ndarray | None:
@@ -27,8 +39,8 @@ def read_landmarks(path: Path) -> np.ndarray | None:
     return landmarks68_to5(points) if len(points) == 136 else None
 
 
-def ingest_sequences(root: Path, options: dict[str, Any]) -> Ingest:
-    peak, neutral = int(options.get("peak_frames", 3)), int(options.get("neutral_frames", 1))
+def ingest_sequences(root: Path, options: Options) -> Ingest:
+    peak, neutral = options.peak_frames, options.neutral_frames
     ing = Ingest("ckplus", classes=list(CANONICAL))
     for seq in sorted(p for p in (root / "cohn-kanade-images").glob("*/*") if p.is_dir()):
         subject, number = seq.parent.name, seq.name
@@ -70,9 +82,9 @@ def ingest_crops(root: Path) -> Ingest:
     return ing
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, marker = require_root(source, MARKERS, "ckplus", WHERE)
     ing = ingest_crops(root) if marker == "anger/" else ingest_sequences(root, options)
-    finish_splits(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.15)),
-                  test=float(options.get("test_fraction", 0.2)))
+    finish_splits(ing, seed=seed, val=options.val_fraction,
+                  test=options.test_fraction)
     return ing, root

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ferdata.adapters.base import Ingest, image_problem, require_root
-from ferdata.classes import BASIC7, CANONICAL
-from ferdata.errors import FerdataError
+from ferdata.core.classes import BASIC7, CANONICAL
+from ferdata.core.errors import FerdataError
+from ferdata.core.settings import Settings, option
 
 WHERE_FER2013 = "FER2013 is on Kaggle: challenges-in-representation-learning-facial-expression-recognition-challenge"
 WHERE_FERPLUS = ("FER+ labels are at github.com/microsoft/FERPlus (fer2013new.csv); the images come from "
@@ -25,6 +26,24 @@ USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 FERPLUS_VOTES = ("neutral", "happy", "surprise", "sad", "anger", "disgust", "fear", "contempt")
 FERPLUS_FOLDERS = {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test": "test"}
 _VOTE_ORDER = [FERPLUS_VOTES.index(c) for c in CANONICAL]  # votes reordered into canonical order
+
+
+@dataclass(frozen=True)
+class Fer2013Options(Settings):
+    """The ``fer2013`` section of its params.yaml."""
+
+    section = "fer2013"
+    dedupe: bool = option(True, "reject byte-identical copies of an earlier face")
+
+
+@dataclass(frozen=True)
+class FerplusOptions(Settings):
+    """The ``ferplus`` section of its params.yaml."""
+
+    section = "ferplus"
+    label_mode: str = option("plurality", "the label from the 10 votes: plurality (top vote) or majority (more "
+                             "than half, else rejected)", choices=("majority", "plurality"))
+    dedupe: bool = option(True, "reject byte-identical copies of an earlier face")
 
 
 def decode_pixels(pixels: str) -> np.ndarray:
@@ -162,10 +181,9 @@ def drop_duplicates(ing: Ingest, root: Path) -> None:
     ing.rows = kept
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any], ferplus: bool = True) -> tuple[Ingest, Path]:
-    mode = options.get("label_mode", "plurality")
-    if mode not in ("majority", "plurality"):
-        raise FerdataError(f"ferplus.label_mode {mode!r}: use majority or plurality")
+def ingest(source: Path, out_dir: Path, *, options: FerplusOptions | Fer2013Options, seed: int = 0) -> tuple[Ingest, Path]:
+    ferplus = isinstance(options, FerplusOptions)
+    mode = options.label_mode if ferplus else "plurality"
     if ferplus:
         root, marker = require_root(source, ("FER2013Train/label.csv", "FER2013Valid/label.csv", "fer2013new.csv"),
                                     "ferplus", WHERE_FERPLUS)
@@ -180,10 +198,6 @@ def ingest(source: Path, out_dir: Path, *, options: dict[str, Any], ferplus: boo
         root, _ = require_root(source, ("fer2013.csv",), "fer2013", WHERE_FER2013)
         ing = ingest_csv(root, out_dir, ferplus=False, mode=mode)
         root = out_dir
-    if options.get("dedupe", True):
+    if options.dedupe:
         drop_duplicates(ing, root)
     return ing, root
-
-
-def ingest_fer2013(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
-    return ingest(source, out_dir, options=options, ferplus=False)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ferdata.adapters.base import Ingest, canonical_label, finish_splits, images_under, require_root, safe_id
+from ferdata.core.settings import Settings, option
 
 CHARACTERS = ("aia", "bonnie", "jules", "malcolm", "mery", "ray")
 MARKERS = tuple(f"{c}/{c}_joy" for c in CHARACTERS)
 WHERE = "FERG-DB is distributed on request: https://grail.cs.washington.edu/projects/deepexpr/ferg-2d-db.html"
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+@dataclass(frozen=True)
+class Options(Settings):
+    """The ``ferg`` section of its params.yaml."""
+
+    section = "ferg"
+    val_fraction: float = option(0.1, "share of images in val", min=0.0, below=1.0)
+    test_fraction: float = option(0.2, "share of images in test", min=0.0, below=1.0)
+
+
+def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, _ = require_root(source, MARKERS, "ferg", WHERE)
     ing = Ingest("ferg")
     for character in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in CHARACTERS):
@@ -23,6 +33,6 @@ def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ing
                 ing.add_checked(root, "ferg-" + safe_id(img.stem), None, rel, canonical_label(emotion),
                                 raw_label=emotion, subject_id=character.name)
     # six characters only: split by image so every character appears in every split
-    finish_splits(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.1)),
-                  test=float(options.get("test_fraction", 0.2)), key="sample_id")
+    finish_splits(ing, seed=seed, val=options.val_fraction,
+                  test=options.test_fraction, key="sample_id")
     return ing, root

@@ -4,18 +4,49 @@ and a label column (class names in any case, common synonyms accepted)."""
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ferdata.adapters.base import SPLIT_ALIASES, Ingest, canonical_label, carve_val, finish_splits, images_under, safe_id
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError
+from ferdata.core.settings import Settings, option
 
 PATH_COLUMNS = ("path", "image", "file", "filename", "image_path", "subDirectory_filePath")
 LABEL_COLUMNS = ("label", "emotion", "expression", "class")
 
 
-def _splits(ing: Ingest, options: dict[str, Any], key: str = "subject_id") -> None:
-    seed, val, test = int(options.get("seed", 0)), float(options.get("val_fraction", 0.1)), float(options.get("test_fraction", 0.2))
+@dataclass(frozen=True)
+class FolderOptions(Settings):
+    """The ``folder`` section of its params.yaml."""
+
+    section = "folder"
+    name: str = option("folder", "dataset name: the prefix of every sample id")
+    val_fraction: float = option(0.1, "share of images (or subjects) in val when the folder has no val split",
+                                 min=0.0, below=1.0)
+    test_fraction: float = option(0.2, "share of images (or subjects) in test when the folder has no splits",
+                                  min=0.0, below=1.0)
+
+
+@dataclass(frozen=True)
+class CsvOptions(Settings):
+    """The ``csv`` section of its params.yaml."""
+
+    section = "csv"
+    csv: str = option("", "the table (default: --from, or the one CSV under it)")
+    images: str = option("", "the folder image paths are relative to (default: guessed beside the table)")
+    path_column: str = option("", "column of image paths (default: path, image, file, filename, ...)")
+    label_column: str = option("", "column of class names (default: label, emotion, expression, class)")
+    split_column: str = option("", "column of train/val/test (optional)")
+    subject_column: str = option("", "column of subject ids, so splits keep a person together (optional)")
+    name: str = option("csv", "dataset name: the prefix of every sample id")
+    val_fraction: float = option(0.1, "share of images (or subjects) in val when the table has no val split",
+                                 min=0.0, below=1.0)
+    test_fraction: float = option(0.2, "share of images (or subjects) in test when the table has no splits",
+                                  min=0.0, below=1.0)
+
+
+def _splits(ing: Ingest, options: FolderOptions | CsvOptions, seed: int, key: str = "subject_id") -> None:
+    val, test = options.val_fraction, options.test_fraction
     if all(r["split"] is None for r in ing.rows):
         finish_splits(ing, seed=seed, val=val, test=test, key=key)
     else:
@@ -23,10 +54,10 @@ def _splits(ing: Ingest, options: dict[str, Any], key: str = "subject_id") -> No
         carve_val(ing, seed=seed, val=val, key=key)
 
 
-def ingest_folder(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+def ingest_folder(source: Path, out_dir: Path, *, options: FolderOptions, seed: int = 0) -> tuple[Ingest, Path]:
     if not source.is_dir():
         raise FerdataError(f"folder dataset: {source} is not a folder; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg")
-    ing = Ingest(options.get("name", "folder"))
+    ing = Ingest(options.name)
     top = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     while len(top) == 1 and top[0].name.lower() not in SPLIT_ALIASES and canonical_label(top[0].name) is None:
         source = top[0]  # an archive's single top folder
@@ -41,7 +72,7 @@ def ingest_folder(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tu
                             canonical_label(cls.name), raw_label=cls.name)
     if not ing.rows and not ing.rejected:
         raise FerdataError(f"folder dataset: no images under {source}; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg")
-    _splits(ing, options)
+    _splits(ing, options, seed)
     return ing, source
 
 
@@ -67,8 +98,8 @@ def guess_image_root(table: Path, paths: list[str]) -> Path:
     return table.parent
 
 
-def ingest_csv(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
-    table = Path(options["csv"]) if options.get("csv") else source
+def ingest_csv(source: Path, out_dir: Path, *, options: CsvOptions, seed: int = 0) -> tuple[Ingest, Path]:
+    table = Path(options.csv) if options.csv else source
     if table.is_dir():
         found = sorted(table.rglob("*.csv"))
         if len(found) != 1:
@@ -76,17 +107,17 @@ def ingest_csv(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple
         table = found[0]
     if not table.is_file():
         raise FerdataError(f"csv dataset: {table} not found; give --from a CSV with a path and a label column")
-    root = Path(options["images"]) if options.get("images") else None
-    ing = Ingest(options.get("name", "csv"))
+    root = Path(options.images) if options.images else None
+    ing = Ingest(options.name)
     with open(table, newline="") as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
-        path_col = _column(header, options.get("path_column"), PATH_COLUMNS, "path", table)
-        label_col = _column(header, options.get("label_column"), LABEL_COLUMNS, "label", table)
+        path_col = _column(header, options.path_column, PATH_COLUMNS, "path", table)
+        label_col = _column(header, options.label_column, LABEL_COLUMNS, "label", table)
         rows = list(reader)
         root = root or guess_image_root(table, [(r.get(path_col) or "").strip() for r in rows[:50]])
-        split_col = options.get("split_column")
-        subject_col = options.get("subject_column")
+        split_col = options.split_column
+        subject_col = options.subject_column
         seen: set[str] = set()
         for n, row in enumerate(rows, 2):
             rel = (row.get(path_col) or "").strip()
@@ -102,5 +133,5 @@ def ingest_csv(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple
             raw = (row.get(label_col) or "").strip()
             ing.add_checked(root, sid, split, rel, canonical_label(raw), raw_label=raw,
                             subject_id=(row.get(subject_col) or None) if subject_col else None)
-    _splits(ing, options)
+    _splits(ing, options, seed)
     return ing, root

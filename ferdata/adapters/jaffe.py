@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ferdata.adapters.base import Ingest, canonical_label, finish_splits, images_under, require_root
-from ferdata.classes import BASIC7
+from ferdata.core.settings import Settings, option
+from ferdata.core.classes import BASIC7
 
 MARKERS = ("jaffedbase", "KA.AN1.39.tiff")
 WHERE = "JAFFE is at https://zenodo.org/record/3451524 (non-commercial research use)"
@@ -18,6 +19,15 @@ NAME = re.compile(r"^([A-Z]{2})\.([A-Z]{2})(\d)\.(\d+)$")
 RATED = ("happy", "sad", "surprise", "anger", "disgust", "fear")  # the table's HAP SAD SUR ANG DIS FEA order
 ROW = re.compile(r"^\s*\d+\s+((?:\d+(?:\.\d+)?\s+){6})([A-Z]{2})-([A-Z]{2}\d)\s*$")
 KEY_FIXES = {"YN": "YM"}  # the rating file spells YM-HA2 as YN-HA2
+
+
+@dataclass(frozen=True)
+class Options(Settings):
+    """The ``jaffe`` section of its params.yaml."""
+
+    section = "jaffe"
+    val_fraction: float = option(0.2, "share of subjects in val", min=0.0, below=1.0)
+    test_fraction: float = option(0.2, "share of subjects in test", min=0.0, below=1.0)
 
 
 def read_ratings(text: str) -> dict[str, np.ndarray]:
@@ -44,7 +54,7 @@ def rating_distribution(scores: np.ndarray) -> np.ndarray:
     return dist / dist.sum()
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, marker = require_root(source, MARKERS, "jaffe", WHERE)
     folder = root / "jaffedbase" if marker == "jaffedbase" else root
     ratings: dict[str, np.ndarray] = {}
@@ -74,6 +84,6 @@ def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ing
         for r in ing.rows:
             r["true_dist"] = None
         ing.notes.append(f"{missing} images lack ratings: true distributions dropped")
-    finish_splits(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.2)),
-                  test=float(options.get("test_fraction", 0.2)))
+    finish_splits(ing, seed=seed, val=options.val_fraction,
+                  test=options.test_fraction)
     return ing, root

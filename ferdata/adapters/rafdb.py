@@ -3,16 +3,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ferdata.adapters.base import Ingest, carve_val, require_root
-from ferdata.classes import CANONICAL
+from ferdata.core.settings import Settings, option
+from ferdata.core.classes import CANONICAL
 
 MARKERS = ("EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_label.txt")
 WHERE = "RAF-DB is shared on request by its authors: http://www.whdeng.cn/raf/model1.html (basic.zip)"
 # RAF-DB ids 1..7: surprise, fear, disgust, happiness, sadness, anger, neutral.
 LABELS = {1: "surprise", 2: "fear", 3: "disgust", 4: "happy", 5: "sad", 6: "anger", 7: "neutral"}
+
+
+@dataclass(frozen=True)
+class Options(Settings):
+    """The ``rafdb`` section of its params.yaml."""
+
+    section = "rafdb"
+    images: str = option("aligned", "aligned (the 100x100 crops) or original (with the 5 manual landmarks)", choices=("aligned", "original"))
+    val_fraction: float = option(0.1, "share of training images carved into val", min=0.0, below=1.0)
 
 
 def read_manual_landmarks(path: Path) -> list[float] | None:
@@ -25,9 +35,9 @@ def read_manual_landmarks(path: Path) -> list[float] | None:
     return points if len(points) == 10 else None
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, marker = require_root(source, MARKERS, "rafdb", WHERE)
-    images = options.get("images", "aligned")
+    images = options.images
     ing = Ingest("rafdb", classes=[c for c in CANONICAL if c in LABELS.values()])
     for n, line in enumerate((root / marker).read_text().splitlines(), 1):
         parts = line.split()
@@ -48,5 +58,5 @@ def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ing
             path = f"Image/original/{name}"
             lmk = read_manual_landmarks(root / "Annotation/manual" / f"{stem}_manu_attri.txt")
             ing.add_checked(root, sid, split, path, label, landmarks=lmk)
-    carve_val(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.1)))
+    carve_val(ing, seed=seed, val=options.val_fraction)
     return ing, root

@@ -3,17 +3,26 @@ public labels)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ferdata.adapters.base import Ingest, canonical_label, carve_val, images_under, require_root, safe_id
+from ferdata.core.settings import Settings, option
 
 MARKERS = ("Train", "train")
 WHERE = "SFEW 2.0 is distributed by the EmotiW organisers on request: https://users.cecs.anu.edu.au/~few_group/"
 FOLDERS = {"train": "train", "val": "test"}
 
 
-def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ingest, Path]:
+@dataclass(frozen=True)
+class Options(Settings):
+    """The ``sfew`` section of its params.yaml."""
+
+    section = "sfew"
+    val_fraction: float = option(0.1, "share of training videos carved into val", min=0.0, below=1.0)
+
+
+def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, _ = require_root(source, MARKERS, "sfew", WHERE)
     ing = Ingest("sfew")
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -27,5 +36,5 @@ def ingest(source: Path, out_dir: Path, *, options: dict[str, Any]) -> tuple[Ing
                     continue
                 ing.add_checked(root, sid, split, rel, canonical_label(cls.name), raw_label=cls.name,
                                 video_id=safe_id(img.stem.rsplit("_", 1)[0]))
-    carve_val(ing, seed=int(options.get("seed", 0)), val=float(options.get("val_fraction", 0.1)), key="video_id")
+    carve_val(ing, seed=seed, val=options.val_fraction, key="video_id")
     return ing, root

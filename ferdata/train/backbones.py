@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError, UsageError
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -81,14 +81,14 @@ class ResNet18(nn.Module):
         return self.head(self.drop(self.forward_features(x)))
 
 
-BACKBONES = {"small_cnn": SmallCNN, "resnet18": ResNet18}
+NETWORKS = {"small_cnn": SmallCNN, "resnet18": ResNet18}
 
 
 def build_backbone(name: str, num_classes: int, *, weights: str | Path | None = None) -> nn.Module:
     """Build backbone ``name``; optional initial weights from a local file (never from the network)."""
-    if name not in BACKBONES:
-        raise FerdataError(f"unknown train.backbone {name!r}: use one of {', '.join(BACKBONES)}")
-    model = BACKBONES[name](num_classes)
+    if name not in NETWORKS:
+        raise UsageError(f"unknown train.backbone {name!r}: use one of {', '.join(NETWORKS)}")
+    model = NETWORKS[name](num_classes)
     if weights:
         path = Path(weights)
         if not path.is_file():

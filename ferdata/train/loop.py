@@ -1,20 +1,23 @@
 """The training loop: follows the epoch plan, on CUDA when present, under torchrun (DDP) when launched so.
 
 Faces stream from the shards through DataLoader workers (``ferdata.loader.ShardFaces``), one batch of
-the plan per request, augmented in the worker; nothing holds the dataset in memory. It writes the
-backbone checkpoint and ``learned.parquet``: the distribution the method gives every labelled face
-(the learned soft label for training faces, the method's prediction for val/test).
+the plan per request, augmented in the worker; nothing holds the dataset in memory. The ``train`` stage
+writes the backbone checkpoint and the learned table: the distribution the method gives every
+labelled face (the learned soft label for training faces, the method's prediction for val/test).
+The out-of-fold prior (``prior.py``) and the VA regressor (``regress.py``) train through the same
+pieces: :func:`sgd`, :func:`run_epoch` and :func:`predict`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -23,35 +26,18 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ferdata.classes import class_index
-from ferdata.errors import FerdataError
-from ferdata.io import atomic_file, locate, read_table, write_json, write_table
-from ferdata.loader import PlanBatches, ShardFaces, batches, in_order, member_table, shard_paths
+from ferdata.core.classes import class_index, normalised_entropy
+from ferdata.core.errors import FerdataError
+from ferdata.core.io import atomic_file, write_json
+from ferdata.core.shards import member_table, shard_paths
+from ferdata.core.stage import Run
+from ferdata.loader import PlanBatches, ShardFaces, batches, in_order
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method
-from ferdata.train.methods.base import normalised_entropy
+from ferdata.train.settings import TRAIN as STAGE
+from ferdata.train.settings import TrainSettings
 
-CHECKPOINT = "model.pt"
-TRAIN_LOG = "train_log.json"
-LEARNED = "learned.parquet"
 MEAN, STD = 0.5, 0.25
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The ``train`` section of params.yaml."""
-
-    method: str = "ce"
-    backbone: str = "small_cnn"
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    image_size: int = 64
-    weights: str = ""
-    seed: int = 0
-    workers: int = 2  # DataLoader workers per rank that read, decode and augment faces
-    options: dict[str, Any] = field(default_factory=dict)  # per-method options, e.g. {"ldlva": {...}}
 
 
 def select_device() -> torch.device:
@@ -73,12 +59,73 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 N x H x W x 3 -> normalised float N x 3 x H x W on ``device``."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - MEAN) / STD
+
+
+@contextlib.contextmanager
+def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for ``modules`` inside the block, their previous modes after it."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+@torch.no_grad()
+def predict(loader: Iterable[dict[str, torch.Tensor]], forward: Callable[[torch.Tensor], Any],
+            device: torch.device) -> list[torch.Tensor] | None:
+    """``forward``'s outputs (a tensor or a tuple of them) on every batch's faces, concatenated in loader
+    order; None when the loader yields nothing."""
+    parts = []
+    for batch in loader:
+        out = forward(to_input(batch["image"], device))
+        parts.append(out if isinstance(out, tuple) else (out,))
+    return [torch.cat(column) for column in zip(*parts)] if parts else None
+
+
+def sgd(parameters: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float,
+        total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Nesterov SGD with a one-cycle schedule over ``total_steps``."""
+    opt = torch.optim.SGD(list(parameters), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
+
+
+def run_epoch(loader: Iterable[dict[str, torch.Tensor]], step_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+              optimizers: list[torch.optim.Optimizer], sched: torch.optim.lr_scheduler.LRScheduler, *,
+              desc: str = "", quiet: bool = False) -> float:
+    """One pass: for every batch the loss, its gradients and a step of every optimiser; the mean loss.
+    A non-finite loss stops training before the step that would spread it into the weights."""
+    total, seen = 0.0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
+        loss = step_loss(batch)
+        value = loss.item()
+        if not np.isfinite(value):
+            raise FerdataError(f"{desc or 'training'}: the loss became {value} after {seen} samples; nothing was "
+                               "written. Lower train.lr (or check the inputs) and run again")
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in optimizers:
+            o.step()
+        sched.step()
+        n = len(batch["position"])
+        total, seen = total + value * n, seen + n
+    return total / max(seen, 1)
 
 
 class Objective(torch.nn.Module):
@@ -93,23 +140,14 @@ class Objective(torch.nn.Module):
         return self.method.batch_loss(self.model, Batch(index=index, x=x, y=y, fetch=self.fetch, x_strong=x_strong))
 
 
-@torch.no_grad()
 def infer_all(model: torch.nn.Module, method: Method, loader: Iterable[dict[str, torch.Tensor]],
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's features and predicted distributions for every face ``loader`` yields, in eval mode."""
-    modes = model.training, method.training
-    model.eval()
-    method.eval()
-    feats, probs = [], []
-    for batch in loader:
-        f, p = method.infer(model, to_input(batch["image"], device))
-        feats.append(f)
-        probs.append(p)
-    model.train(modes[0])
-    method.train(modes[1])
-    if not feats:
+    with evaluating(model, method):
+        out = predict(loader, lambda x: method.infer(model, x), device)
+    if out is None:
         return torch.zeros(0, model.embed_dim, device=device), torch.zeros(0, model.head.out_features, device=device)
-    return torch.cat(feats), torch.cat(probs)
+    return out[0], out[1]
 
 
 def neighbour_positions(knn: pd.DataFrame, ids: list[str]) -> torch.Tensor:
@@ -126,66 +164,94 @@ def neighbour_positions(knn: pd.DataFrame, ids: list[str]) -> torch.Tensor:
     return torch.tensor([r[:width] for r in rows], dtype=torch.long)
 
 
-def method_context(data_dir: Path, cfg: TrainConfig, train_rows: pd.DataFrame, classes: list[str], embed_dim: int) -> MethodContext:
-    """Labels, VA and neighbours of the training table, as the method needs them."""
-    ids = train_rows["sample_id"].tolist()
-    labels = torch.from_numpy(class_index(train_rows["label"].to_numpy(), classes))
+@dataclass
+class TrainData:
+    """What one training run learns from: the labels table, the plan, the shards (and VA, KNN for LDLVA)."""
+
+    labels: pd.DataFrame  # sample_id, split, label (canonical ids); split "train" rows are trained on
+    classes: list[str]
+    plan: pd.DataFrame  # epoch, position, sample_id of training faces
+    shards: list[Path]
+    knn: pd.DataFrame | None = None
+    va: pd.DataFrame | None = None
+
+
+def read_inputs(run: Run, cfg: TrainSettings) -> TrainData:
+    """The training inputs of a run of ``train`` or ``prior``."""
+    labels, meta = run.read("labels")
+    plan, plan_meta = run.read("plan")
+    if plan_meta.get("epochs", 0) < cfg.epochs:
+        raise FerdataError(f"{run.input('plan')} has {plan_meta.get('epochs')} epochs, {cfg.epochs} are asked for; "
+                           "re-run `ferdata sample` (it plans train.epochs)")
     knn = va = None
     if cfg.method in NEEDS_KNN:
-        graph, _ = read_table(locate(data_dir, "knn.parquet"), "knn", hint="run `ferdata va` first")
-        table, _ = read_table(locate(data_dir, "va.parquet"), "va", hint="run `ferdata va` first")
-        knn = neighbour_positions(graph, ids)
-        va = torch.tensor(table.set_index("sample_id").loc[ids, ["valence", "arousal"]].to_numpy(np.float32))
-    options = dict(cfg.options.get(cfg.method) or {})
-    return MethodContext(len(classes), embed_dim, labels, knn, va, options, cfg.backbone)
+        knn, va = run.read("knn")[0], run.read("va")[0]
+    return TrainData(labels, meta["classes"], plan, shard_paths(run.input("shards")), knn, va)
 
 
-def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``cfg.method`` on the epoch plan; write the checkpoint, the learned distributions and a log."""
-    data_dir, models_dir = Path(data_dir), Path(models_dir)
-    labels, meta = read_table(locate(data_dir, "labels.parquet"), "labels", hint="run `ferdata noise` first")
-    plan, plan_meta = read_table(locate(data_dir, "plan.parquet"), "plan", hint="run `ferdata sample` first")
-    if plan_meta.get("epochs", 0) < cfg.epochs:
-        raise FerdataError(f"plan.parquet has {plan_meta.get('epochs')} epochs, train.epochs is {cfg.epochs}; re-run `ferdata sample`")
-    classes = meta["classes"]
+def method_context(data: TrainData, cfg: TrainSettings, train_rows: pd.DataFrame, embed_dim: int) -> MethodContext:
+    """Labels, VA and neighbours of the training table, as the method needs them."""
+    ids = train_rows["sample_id"].tolist()
+    labels = torch.from_numpy(class_index(train_rows["label"].to_numpy(), data.classes))
+    knn = va = None
+    if cfg.method in NEEDS_KNN:
+        knn = neighbour_positions(data.knn, ids)
+        va = torch.tensor(data.va.set_index("sample_id").loc[ids, ["valence", "arousal"]].to_numpy(np.float32))
+    return MethodContext(len(data.classes), embed_dim, labels, knn, va, cfg.method_options(), cfg.backbone)
+
+
+@dataclass
+class Fitted:
+    """A trained model, its method, the per-epoch log and (on rank 0) the learned table."""
+
+    model: torch.nn.Module
+    method: Method
+    log: list[dict[str, float]]
+    learned: pd.DataFrame | None
+
+
+def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, quiet: bool = False) -> Fitted:
+    """Train ``cfg.method`` on the first ``cfg.epochs`` epochs of the plan."""
+    classes, labels = data.classes, data.labels.reset_index(drop=True)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = select_device()
-    rank, world = init_distributed(device)
     model = build_backbone(cfg.backbone, len(classes), weights=cfg.weights or None)
-
     train_rows = labels[labels["split"] == "train"].reset_index(drop=True)
     ids = train_rows["sample_id"].tolist()
-    position = {sid: i for i, sid in enumerate(ids)}
-    ctx = method_context(data_dir, cfg, train_rows, classes, model.embed_dim)
+    ctx = method_context(data, cfg, train_rows, model.embed_dim)
     method = build_method(cfg.method, ctx)
     objective = Objective(model, method).to(device)
     net = torch.nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
-    shards = shard_paths(locate(data_dir, "shards"))
-    members = member_table(shards)
-    faces = ShardFaces(shards, labels["sample_id"], size=cfg.image_size, members=members)
-    train_faces = ShardFaces(shards, ids, size=cfg.image_size, members=members)
+    members = member_table(data.shards)
+    faces = ShardFaces(data.shards, labels["sample_id"], size=cfg.image_size, members=members)
+    train_faces = ShardFaces(data.shards, ids, size=cfg.image_size, members=members)
     val_pos = np.flatnonzero((labels["split"] == "val").to_numpy())
     val_targets = class_index(labels["label"].to_numpy()[val_pos], classes)
     objective.fetch = lambda pos: to_input(train_faces.images(pos.cpu().numpy()), device)
     targets = ctx.labels
 
-    planned = plan["sample_id"].map(position).to_numpy(np.int64)  # positions in the training table
-    epochs = [planned[(plan["epoch"] == e).to_numpy()] for e in range(cfg.epochs)]
+    position = pd.Series(np.arange(len(ids)), index=ids)
+    plan = data.plan[data.plan["sample_id"].isin(position.index)]
+    epochs = [position[plan.loc[plan["epoch"] == e, "sample_id"]].to_numpy(np.int64) for e in range(cfg.epochs)]
     sampler = PlanBatches(epochs, batch_size=cfg.batch_size, augment="two_view" if method.needs_strong_view else "weak",
                           seed=cfg.seed, rank=rank, world=world)
-    steps_per_epoch = [sampler.steps(e) for e in range(cfg.epochs)]
-    if min(steps_per_epoch) < 1:
+    steps = [sampler.steps(e) for e in range(cfg.epochs)]
+    if min(steps) < 1:
         raise FerdataError(f"the epoch plan has fewer samples than one batch of {cfg.batch_size} per rank")
     pin = device.type == "cuda"
     train_loader = batches(train_faces, sampler, workers=cfg.workers, pin_memory=pin)
     val_loader = batches(faces, in_order(val_pos, 256), workers=cfg.workers, pin_memory=pin)
     train_eval = batches(train_faces, in_order(np.arange(len(ids)), 256), workers=cfg.workers, pin_memory=pin) \
         if method.needs_epoch_outputs else None
-    opt = torch.optim.SGD(list(model.parameters()) + method.shared_parameters(), lr=cfg.lr, momentum=0.9,
-                          weight_decay=cfg.weight_decay, nesterov=True)
-    optimizers = [opt, *method.own_optimizers()]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=sum(steps_per_epoch), pct_start=0.15)
+    opt, sched = sgd([*model.parameters(), *method.shared_parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     total_steps=sum(steps))
+
+    def step_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        index, strong = batch["position"], batch.get("strong")
+        return net(index.to(device), to_input(batch["image"], device), targets[index].to(device),
+                   None if strong is None else to_input(strong, device))
+
     log = []
     for epoch in range(cfg.epochs):
         method.set_epoch(epoch, cfg.epochs)
@@ -193,37 +259,20 @@ def train(data_dir: str | Path, models_dir: str | Path, cfg: TrainConfig) -> dic
             method.start_epoch(*infer_all(model, method, train_eval, device))
         net.train()
         sampler.set_epoch(epoch)
-        start, total, seen = time.time(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if rank == 0 else True)
-        for batch in bar:
-            index = batch["position"]
-            strong = batch.get("strong")
-            loss = net(index.to(device), to_input(batch["image"], device), targets[index].to(device),
-                       None if strong is None else to_input(strong, device))
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in optimizers:
-                o.step()
-            sched.step()
-            total += loss.item() * len(index)
-            seen += len(index)
+        start = time.time()
+        loss = run_epoch(train_loader, step_loss, [opt, *method.own_optimizers()], sched,
+                         desc=f"epoch {epoch + 1}/{cfg.epochs}", quiet=quiet or rank != 0)
         _, val_probs = infer_all(model, method, val_loader, device)
         val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if len(val_pos) else float("nan")
-        log.append({"epoch": epoch + 1, "loss": total / seen, "val_acc": val_acc})  # no timings: the log is a DVC output
-        if rank == 0:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / seen:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)")
+        log.append({"epoch": epoch + 1, "loss": loss, "val_acc": val_acc})  # no timings: the log is a DVC output
+        if rank == 0 and not quiet:
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)")
     del train_loader, val_loader, train_eval  # persistent workers exit here
+    learned = None
     if rank == 0:
         every = batches(faces, in_order(np.arange(len(faces)), 256), workers=cfg.workers, pin_memory=pin)
         learned = learned_distributions(model, method, every, labels, targets, device)
-        save_checkpoint(model, method, models_dir / CHECKPOINT, {**asdict(cfg), "classes": classes})
-        write_table(learned, models_dir / LEARNED, "learned", {"classes": classes, "method": cfg.method})
-        write_json({"config": asdict(cfg), "epochs": log}, models_dir / TRAIN_LOG)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"epochs": log}
+    return Fitted(model, method, log, learned)
 
 
 def learned_distributions(model: torch.nn.Module, method: Method, loader: Iterable[dict[str, torch.Tensor]],
@@ -239,6 +288,22 @@ def learned_distributions(model: torch.nn.Module, method: Method, loader: Iterab
     return pd.DataFrame({"sample_id": labels["sample_id"].to_numpy(), "split": labels["split"].to_numpy(),
                          "distribution": list(dist_ / dist_.sum(1, keepdims=True)),
                          "uncertainty": uncertainty.double().cpu().numpy()})
+
+
+def train(data_dir: str | Path, models_dir: str | Path, settings: TrainSettings | None = None,
+          **options: Any) -> dict[str, Any]:
+    """Train on the plan of ``data_dir``; write the learned table, the log and the checkpoint to ``models_dir``."""
+    run = STAGE.start(settings, options, data=data_dir, models=models_dir)
+    cfg: TrainSettings = run.settings
+    data = read_inputs(run, cfg)
+    rank, world = init_distributed(select_device())
+    fitted = fit(data, cfg, rank=rank, world=world)
+    if rank == 0:
+        run.write(fitted.learned, "learned", {"classes": data.classes, "method": cfg.method})
+        write_json({"config": asdict(cfg), "epochs": fitted.log}, run.output("train_log"))
+        save_checkpoint(fitted.model, fitted.method, run.output("model"), {**asdict(cfg), "classes": data.classes})
+    leave_distributed()
+    return {"epochs": fitted.log}
 
 
 def save_checkpoint(model: torch.nn.Module, method: Method, path: Path, meta: dict[str, Any]) -> None:
@@ -261,12 +326,3 @@ def load_checkpoint(path: str | Path, device: torch.device | None = None) -> tup
     model = build_backbone(meta["backbone"], len(meta["classes"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device or select_device()).eval(), meta
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """The backbone's softmax (float64) for every image, in order."""
-    model.eval()
-    out = [torch.softmax(model(to_input(images[i:i + batch_size], device)).double(), 1).cpu().numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, model.head.out_features))

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import torch
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.settings import Settings
 from ferdata.train.methods.akt import AKT
 from ferdata.train.methods.arbex import ARBEx
 from ferdata.train.methods.base import Batch, Method
 from ferdata.train.methods.ce import CrossEntropy
 from ferdata.train.methods.ldlva import LDLVA
-
-METHODS = ("ce", "ls", "ldlva", "arbex", "akt")
-NEEDS_KNN = ("ldlva",)
+from ferdata.train.settings import METHODS, NEEDS_KNN
 
 __all__ = ["Batch", "Method", "MethodContext", "build_method", "METHODS", "NEEDS_KNN"]
 
@@ -29,26 +27,23 @@ class MethodContext:
     labels: torch.Tensor  # (N,) given labels as class positions
     knn: torch.Tensor | None = None  # (N, K) neighbour positions
     va: torch.Tensor | None = None  # (N, 2) valence, arousal
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Settings | None = None  # the method's section of the train settings (train.ldlva, ...)
     backbone: str = "small_cnn"
 
 
 def build_method(name: str, ctx: MethodContext) -> Method:
     """The method object for ``name`` with its options (the ``train.<name>`` section of params)."""
     if name not in METHODS:
-        raise FerdataError(f"unknown train.method {name!r}: available: {', '.join(METHODS)}")
-    opts = dict(ctx.options)
-    try:
-        if name == "ce":
-            return CrossEntropy(**opts)
-        if name == "ls":
-            return CrossEntropy(**{"smoothing": 0.1, **opts})
-        if name == "arbex":
-            return ARBEx(ctx.num_classes, ctx.embed_dim, **opts)
-        if name == "akt":
-            return AKT(ctx.num_classes, ctx.backbone, **opts)
-        if ctx.knn is None or ctx.va is None:
-            raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
-        return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, **opts)
-    except (TypeError, ValueError) as exc:
-        raise FerdataError(f"bad train.{name} option: {exc}") from exc
+        raise UsageError(f"unknown train.method {name!r}: available: {', '.join(METHODS)}")
+    opts = asdict(ctx.options) if ctx.options is not None else {}
+    if name == "ce":
+        return CrossEntropy()
+    if name == "ls":
+        return CrossEntropy(**opts)
+    if name == "arbex":
+        return ARBEx(ctx.num_classes, ctx.embed_dim, **opts)
+    if name == "akt":
+        return AKT(ctx.num_classes, ctx.backbone, **opts)
+    if ctx.knn is None or ctx.va is None:
+        raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
+    return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, **opts)

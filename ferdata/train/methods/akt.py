@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferdata.core.errors import FerdataError
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods.base import Batch, Method
 
@@ -48,7 +49,7 @@ class AKT(Method):
 
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         if batch.x_strong is None:
-            raise ValueError("akt needs a strong view in every batch")
+            raise FerdataError("ferdata bug: akt got a batch without its strong view")
         fmap_a, logits_a = self._run(model, batch.x, True)
         fmap_b, logits_b = self._run(self.branch, batch.x_strong, True)
         ce = F.cross_entropy(logits_a, batch.y) + F.cross_entropy(logits_b, batch.y)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferdata.core.errors import UsageError
 from ferdata.train.methods.base import Batch, Method, confidence
 
 
@@ -31,7 +32,8 @@ class ARBEx(Method):
                  anchor_margin: float = 1.0, warmup_epochs: int = 3):
         super().__init__()
         if embed_dim % tokens or (embed_dim // tokens) % heads:
-            raise ValueError(f"embed_dim {embed_dim} must split into {tokens} tokens divisible by {heads} heads")
+            raise UsageError(f"train.arbex: the backbone's {embed_dim}-dim embedding must split into {tokens} tokens "
+                             f"whose size divides by {heads} heads")
         self.num_classes, self.k, self.delta, self.tokens = num_classes, anchors_per_class, delta, tokens
         self.anchor_weight, self.center_weight, self.anchor_margin = anchor_weight, center_weight, anchor_margin
         self.warmup_epochs = warmup_epochs

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ferdata.core.classes import normalised_entropy
 
 
 @dataclass
@@ -63,12 +64,6 @@ class Method(nn.Module):
         Default: the predicted distribution and its normalised entropy.
         """
         return probs, normalised_entropy(probs)
-
-
-def normalised_entropy(p: torch.Tensor) -> torch.Tensor:
-    """H(p) / log C per row, in [0, 1]; 0 log 0 is taken as 0."""
-    h = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
-    return (h / math.log(p.shape[1])).clamp(0.0, 1.0)
 
 
 def confidence(p: torch.Tensor) -> torch.Tensor:

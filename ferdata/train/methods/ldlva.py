@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError
 from ferdata.train.methods.base import Batch, Method, soft_cross_entropy
-
-NEIGHBOUR_MODES = ("bank", "forward")
 
 
 def local_similarity(va_i: torch.Tensor, va_j: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -50,8 +48,6 @@ class LDLVA(Method):
                  temperature: float = 0.5, calib_floor: float = -1.3, init_logit: float = 0.5, lambda_lr: float = 20.0,
                  disc_weight: float = 0.01, neighbour_mode: str = "bank"):
         super().__init__()
-        if neighbour_mode not in NEIGHBOUR_MODES:
-            raise FerdataError(f"unknown ldlva neighbour_mode {neighbour_mode!r}: use {' or '.join(NEIGHBOUR_MODES)}")
         n = len(labels)
         self.num_classes, self.temperature, self.calib_floor = num_classes, temperature, calib_floor
         self.disc_weight, self.neighbour_mode = disc_weight, neighbour_mode

@@ -1,10 +1,12 @@
-"""The canonical expression classes (AffectNet order) shared by every dataset."""
+"""The canonical expression classes (AffectNet order) shared by every dataset, and what is known
+about them: circumplex centroids, which classes look alike, how peaked a distribution over them is."""
 
+import math
 from typing import Any
 
 import numpy as np
 
-from ferdata.errors import FerdataError
+from ferdata.core.errors import FerdataError
 
 CANONICAL: tuple[str, ...] = (
     "neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt",
@@ -21,6 +23,20 @@ VA_CENTROIDS: dict[str, tuple[float, float]] = {
     "disgust": (-0.65, 0.30),
     "anger": (-0.55, 0.60),
     "contempt": (-0.45, 0.20),
+}
+
+# Classes that look alike and sit close in VA, most confusable first. The synth generator blends a
+# face's class with these (neutral excluded); ``noise --mode pairs`` sends a label to the first one
+# the dataset has.
+CONFUSABLE: dict[str, tuple[str, ...]] = {
+    "neutral": ("sad", "contempt"),
+    "happy": ("surprise", "neutral", "contempt"),
+    "sad": ("neutral", "fear", "disgust"),
+    "surprise": ("fear", "happy"),
+    "fear": ("surprise", "sad"),
+    "disgust": ("anger", "sad", "contempt"),
+    "anger": ("disgust", "fear"),
+    "contempt": ("disgust", "neutral", "happy"),
 }
 
 
@@ -49,3 +65,11 @@ def class_index(labels: np.ndarray, classes: list[str]) -> np.ndarray:
     if (out < 0).any():
         raise FerdataError(f"labels outside the dataset's classes {classes}")
     return out
+
+
+def normalised_entropy(p: Any) -> Any:
+    """H(p) / log C per row, in [0, 1], 0 log 0 taken as 0; for numpy arrays and torch tensors alike
+    (the trainer's uncertainty and the export's confidence are the same number)."""
+    clipped = p.clip(1e-12, None)
+    logp = clipped.log() if hasattr(clipped, "log") else np.log(clipped)
+    return (-(p * logp).sum(1) / math.log(p.shape[1])).clip(0.0, 1.0)

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ferdata.errors import FerdataError
-from ferdata.schema import SCHEMA_VERSION, SCHEMAS
+from ferdata.core.errors import FerdataError
+from ferdata.core.tables import SCHEMA_VERSION, SCHEMAS, TABLES
 
 
 def _conform(df: pd.DataFrame, kind: str) -> pa.Table:
@@ -42,7 +42,7 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str, meta: dict[str, A
 
     table = _conform(df, kind)
     if validate:
-        from ferdata.validate import check_table
+        from ferdata.core.validate import check_table
 
         check_table(df, kind, meta, Path(path))
     info = {"ferdata.table": kind, "ferdata.schema_version": SCHEMA_VERSION, "ferdata.version": __version__}
@@ -147,7 +147,7 @@ def locate(data_dir: str | Path, name: str) -> Path:
 def fork(data_dir: str | Path, to: str | Path) -> Path:
     """Make ``to`` a dataset folder that reads what it lacks (images, manifest, VA) from ``data_dir``."""
     data_dir, to = Path(data_dir), Path(to)
-    if not (data_dir / "manifest.parquet").is_file() and not (data_dir / BASE).is_file():
+    if not (data_dir / TABLES["manifest"].file).is_file() and not (data_dir / BASE).is_file():
         raise FerdataError(f"{data_dir} is not a dataset folder (no manifest.parquet); run `ferdata download` first")
     to.mkdir(parents=True, exist_ok=True)
     return write_json({"base": os.path.relpath(data_dir.resolve(), to.resolve())}, to / BASE)

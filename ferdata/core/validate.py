@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferdata.classes import CANONICAL
-from ferdata.errors import FerdataError
+from ferdata.core.classes import CANONICAL
+from ferdata.core.errors import FerdataError
 
 SUITES = ("manifest", "va", "labels", "knn", "softlabels")
 SHOW = 5  # offending ids shown per failed expectation
@@ -160,7 +160,7 @@ def check_table(df: pd.DataFrame, kind: str, meta: dict[str, Any] | None, path: 
 
 def validate_file(path: str | Path) -> tuple[str, int, list[dict[str, Any]]]:
     """Validate any ferdata parquet by the kind in its metadata: (kind, rows, failures)."""
-    from ferdata.io import read_meta, read_table
+    from ferdata.core.io import read_meta, read_table
 
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,113 @@
+"""The contract of a stage, declared once in its module: its settings, and the tables it reads and
+writes by kind. The CLI builds the stage's command from it, tests/test_stages.py checks dvc.yaml
+against it, and a :class:`Run` enforces it: reading or writing an undeclared kind is a ferdata bug.
+
+Every table a run writes carries, in its metadata, the run's resolved settings and a settings hash
+over them and the settings hashes of every table it read: two outputs made differently (an override
+on the command line included) never carry the same hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ferdata.core.io import locate, read_table, stable_hash, write_table
+from ferdata.core.settings import Settings, as_dict, configure
+from ferdata.core.tables import TABLES, Table
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: the ferdata command that runs it, its settings class, its inputs and outputs."""
+
+    name: str
+    help: str
+    module: str  # the module that runs it: its imports inside ferdata are the stage's code dependencies
+    settings: type[Settings] | None = None
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    may_read: tuple[str, ...] = ()  # inputs only some settings read (va.source circumplex reads the prior)
+
+    def __post_init__(self) -> None:
+        for kind in (*self.reads, *self.writes, *self.may_read):
+            if kind not in TABLES:
+                raise KeyError(f"stage {self.name} declares unknown table kind {kind!r}")
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """The dataset folders (data, models, reports) its tables live in."""
+        used = {TABLES[k].folder for k in (*self.reads, *self.may_read, *self.writes)} - {"repo"}
+        return tuple(f for f in ("data", "models", "reports") if f in used)
+
+    def start(self, settings: Settings | None = None, overrides: Mapping[str, Any] | None = None, *,
+              extra: Settings | None = None, **folders: str | Path | None) -> Run:
+        """A run of this stage on the named folders with ``settings`` (the defaults when None) changed by
+        ``overrides`` (field -> value); ``extra`` are settings of another section the run depends on too
+        (the dataset's own options, for download)."""
+        return Run(self, configure(self.settings, settings, overrides),
+                   {k: Path(v) for k, v in folders.items() if v is not None}, extra)
+
+
+class Run:
+    """One run of a stage: declared inputs read by kind (following dataset forks), declared outputs
+    written with the run's settings and lineage in their metadata."""
+
+    def __init__(self, stage: Stage, settings: Settings | None, folders: dict[str, Path], extra: Settings | None = None):
+        self.stage, self.settings, self.folders, self.extra = stage, settings, folders, extra
+        self.inputs: dict[str, Any] = {}
+
+    def _table(self, kind: str, declared: tuple[str, ...]) -> Table:
+        if kind not in declared:
+            raise RuntimeError(f"ferdata bug: stage {self.stage.name} uses {kind!r}, which its Stage does not declare")
+        return TABLES[kind]
+
+    def _folder(self, table: Table) -> Path:
+        if table.folder == "repo":
+            return Path(".")
+        if table.folder not in self.folders:
+            raise RuntimeError(f"ferdata bug: stage {self.stage.name} was started without its {table.folder} folder")
+        return self.folders[table.folder]
+
+    def input(self, kind: str, *, folder: Path | None = None) -> Path:
+        """Where a declared input lies (in a forked dataset folder, possibly in the folder it forks);
+        ``folder`` reads it from another dataset's folder instead."""
+        table = self._table(kind, self.stage.reads + self.stage.may_read)
+        return locate(folder if folder is not None else self._folder(table), table.file)
+
+    def output(self, kind: str) -> Path:
+        """Where a declared output goes."""
+        table = self._table(kind, self.stage.writes)
+        return self._folder(table) / table.file
+
+    def read(self, kind: str, *, folder: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """A declared input table and its metadata; a missing file is a one-line error naming its stage."""
+        path = self.input(kind, folder=folder)
+        df, meta = read_table(path, kind, hint=TABLES[kind].hint)
+        self.inputs[kind if folder is None else f"{kind}@other"] = meta.get("settings_hash")
+        return df, meta
+
+    def resolved(self) -> dict[str, Any]:
+        """The run's resolved settings (and options) as plain values."""
+        out = as_dict(self.settings)
+        if self.extra is not None:
+            out[self.extra.section] = as_dict(self.extra)
+        return out
+
+    @property
+    def settings_hash(self) -> str:
+        return stable_hash({"stage": self.stage.name, "settings": self.resolved(), "inputs": self.inputs})
+
+    def stamp(self) -> dict[str, Any]:
+        """The provenance every output carries: stage, resolved settings, settings hash with lineage."""
+        return {"stage": self.stage.name, "settings": self.resolved(), "settings_hash": self.settings_hash}
+
+    def write(self, df: pd.DataFrame, kind: str, meta: dict[str, Any] | None = None, *, path: Path | None = None,
+              validate: bool = True) -> Path:
+        """Publish a declared output table (at ``path`` instead of its place for work files)."""
+        self._table(kind, self.stage.writes)
+        return write_table(df, path or self.output(kind), kind, {**(meta or {}), **self.stamp()}, validate=validate)
