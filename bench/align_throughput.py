@@ -74,9 +74,12 @@ def landmark_error(data: Path, limit: int) -> dict[str, float]:
         truth = np.asarray(r.landmarks, np.float64).reshape(5, 2)
         best = min(faces, key=lambda f: np.abs(f.landmarks - truth).mean())
         errors.append(np.linalg.norm(best.landmarks - truth, axis=1).mean() / np.linalg.norm(truth[0] - truth[1]))
-    return {"synth_faces": len(rows), "mtcnn_detected": found / len(rows),
-            "mtcnn_nme_mean": float(np.mean(errors)) if errors else float("nan"),
-            "mtcnn_nme_median": float(np.median(errors)) if errors else float("nan")}
+    return {
+        "synth_faces": len(rows),
+        "mtcnn_detected": found / len(rows),
+        "mtcnn_nme_mean": float(np.mean(errors)) if errors else float("nan"),
+        "mtcnn_nme_median": float(np.median(errors)) if errors else float("nan"),
+    }
 
 
 def sample_images() -> dict[str, int]:
@@ -117,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         results["mtcnn_multi_face"] = sum(r.get("flags") == "multi_face" for r in rows) / len(rows)
         try:
             results["insightface_per_s"], _ = backend_rate("insightface", jobs, out)
-        except Exception as exc:  # noqa: BLE001 (no local model files here: say so in the table)
+        except Exception as exc:
             results["insightface_per_s"] = f"skipped: {str(exc).splitlines()[0][:80]}"
         if (args.synth / "manifest.parquet").is_file():
             manifest, meta = read_table(args.synth / "manifest.parquet", "manifest")
             root = image_root(args.synth, meta)
-            synth_jobs = [(r.sample_id, str(root / r.path), r.landmarks, r.bbox)
-                          for r in manifest.head(args.limit).itertuples(index=False)]
+            synth_jobs = [
+                (r.sample_id, str(root / r.path), r.landmarks, r.bbox)
+                for r in manifest.head(args.limit).itertuples(index=False)
+            ]
             results["landmarks_synth_per_s"], _ = backend_rate("landmarks", synth_jobs, out)
             results.update(landmark_error(args.synth, min(args.limit, 200)))
         results.update({f"faces_in_{k}": v for k, v in sample_images().items()})

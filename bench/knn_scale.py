@@ -54,8 +54,15 @@ def one_size(n: int, k: int, sample: int) -> dict:
         truth = np.sort(np.round(d, 9))[:k]
         got = np.asarray(graph["distances"].iloc[i], np.float64)
         hits += int(np.isclose(np.sort(got), truth, atol=1e-6).sum())
-    return {"n": n, "k": k, "seconds": round(seconds, 2), "peak_rss_mb_added": round((rss1 - rss0) / 1024, 1),
-            "peak_rss_mb": round(rss1 / 1024, 1), "recall_vs_brute_force": hits / (len(rows) * k), "checked_rows": len(rows)}
+    return {
+        "n": n,
+        "k": k,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb_added": round((rss1 - rss0) / 1024, 1),
+        "peak_rss_mb": round(rss1 / 1024, 1),
+        "recall_vs_brute_force": hits / (len(rows) * k),
+        "checked_rows": len(rows),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
-        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--k", str(args.k), "--sample", str(args.sample)],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--k", str(args.k), "--sample", str(args.sample)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

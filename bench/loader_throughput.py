@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from _common import save_and_print
 import webdataset as wds
+from _common import save_and_print
 
 from ferdata.loader import FaceStream, PlanBatches, ShardFaces, batches, decode
 
@@ -93,15 +93,22 @@ def timed_pass(loader) -> tuple[float, float]:
 
 
 def folder_loader(folder: Path, labels: pd.DataFrame, *, size: int | None, workers: int, batch: int):
-    return torch.utils.data.DataLoader(FolderFaces(folder, labels, size), batch_size=batch, shuffle=True,
-                                       num_workers=workers, generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(
+        FolderFaces(folder, labels, size),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def stream_loader(shards: list[Path], labels: pd.DataFrame, *, workers: int, batch: int):
     def collate(items):
         return np.stack([x for x, _ in items]), [y for _, y in items]
-    return torch.utils.data.DataLoader(FaceStream(shards, labels, shuffle=256), batch_size=batch,
-                                       num_workers=workers, collate_fn=collate)
+
+    return torch.utils.data.DataLoader(
+        FaceStream(shards, labels, shuffle=256), batch_size=batch, num_workers=workers, collate_fn=collate
+    )
 
 
 def decode_rates(folder: Path, count: int = 2000) -> dict[str, float]:
@@ -148,11 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         results["shard_index_s"] = time.perf_counter() - start
         runs = {"folder_pil": lambda: folder_loader(folder, labels, size=None, workers=w, batch=b)}
         for mode in ("none", "weak", "strong", "two_view"):
-            runs[f"shards_{mode}"] = lambda mode=mode: batches(faces, PlanBatches([order], batch_size=b, augment=mode), workers=w)
+            runs[f"shards_{mode}"] = lambda mode=mode: batches(
+                faces, PlanBatches([order], batch_size=b, augment=mode), workers=w
+            )
         runs["stream_none"] = lambda: stream_loader(shards, labels, workers=w, batch=b)
         sized = ShardFaces(shards, labels["sample_id"], size=args.train_size)
-        runs[f"folder_pil_at_{args.train_size}px"] = lambda: folder_loader(folder, labels, size=args.train_size, workers=w, batch=b)
-        runs[f"shards_none_at_{args.train_size}px"] = lambda: batches(sized, PlanBatches([order], batch_size=b, augment="none"), workers=w)
+        runs[f"folder_pil_at_{args.train_size}px"] = lambda: folder_loader(
+            folder, labels, size=args.train_size, workers=w, batch=b
+        )
+        runs[f"shards_none_at_{args.train_size}px"] = lambda: batches(
+            sized, PlanBatches([order], batch_size=b, augment="none"), workers=w
+        )
         for name, make in runs.items():
             rate, first = timed_pass(make())
             results[f"{name}_per_s"], results[f"{name}_first_batch_s"] = rate, first
@@ -161,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("shards_none", "shards_weak", "shards_strong", "shards_two_view", "stream_none"):
             results[f"speedup_{name.removeprefix('shards_')}_vs_folder"] = results[f"{name}_per_s"] / base
         results[f"speedup_none_at_{args.train_size}px_vs_folder"] = (
-            results[f"shards_none_at_{args.train_size}px_per_s"] / results[f"folder_pil_at_{args.train_size}px_per_s"])
+            results[f"shards_none_at_{args.train_size}px_per_s"] / results[f"folder_pil_at_{args.train_size}px_per_s"]
+        )
     save_and_print(results, args.out, width=26, digits=1)
     return 0
 

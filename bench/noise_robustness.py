@@ -43,6 +43,7 @@ from ferdata.train.loop import LEARNED, TrainConfig, train
 from ferdata.train.oof import out_of_fold
 from ferdata.va import va
 
+
 def prepare(src: Path, work: Path, *, ratio: float, seed: int, epochs: int, per_video: int, per_class: int) -> Path:
     """A fork of ``src`` (sharing its images and tables) with its own noisy labels and epoch plan."""
     fork(src, work)
@@ -67,7 +68,8 @@ def evaluate(learned: pd.DataFrame, data: Path) -> dict[str, float]:
     manifest, _ = read_table(locate(data, "manifest.parquet"), "manifest")
     classes = meta["classes"]
     df = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id").merge(
-        manifest[["sample_id", "true_dist"]], on="sample_id")
+        manifest[["sample_id", "true_dist"]], on="sample_id"
+    )
     dist = np.stack(df["distribution"].to_numpy()).astype(np.float64)
     given, clean = class_index(df["label"].to_numpy(), classes), class_index(df["clean_label"].to_numpy(), classes)
     split = "test" if (df["split"] == "test").any() else "val"
@@ -105,9 +107,13 @@ def cleanlab_scores(data: Path, oof: pd.DataFrame) -> dict[str, float]:
     quality = get_label_quality_scores(given, probs)
     issues = find_label_issues(given, probs)
     hit = (issues & flipped).sum()
-    return {"auroc_quality": auroc(1 - quality, flipped), "issues": int(issues.sum()),
-            "issues_precision": float(hit / max(issues.sum(), 1)), "issues_recall": float(hit / max(flipped.sum(), 1)),
-            "oof_acc_given": float((probs.argmax(1) == given).mean())}
+    return {
+        "auroc_quality": auroc(1 - quality, flipped),
+        "issues": int(issues.sum()),
+        "issues_precision": float(hit / max(issues.sum(), 1)),
+        "issues_recall": float(hit / max(flipped.sum(), 1)),
+        "oof_acc_given": float((probs.argmax(1) == given).mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratios", default="0,0.1,0.2,0.3")
     ap.add_argument("--methods", default="ce,ls,ldlva,arbex,akt")
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--folds", type=int, default=4, help="out-of-fold CE folds for cleanlab and circumplex VA (0 skips)")
-    ap.add_argument("--va", choices=("dataset", "circumplex"), default="dataset",
-                    help="dataset: the folder's own va/knn tables; circumplex: pseudo VA from out-of-fold CE posteriors, per ratio")
+    ap.add_argument(
+        "--folds", type=int, default=4, help="out-of-fold CE folds for cleanlab and circumplex VA (0 skips)"
+    )
+    ap.add_argument(
+        "--va",
+        choices=("dataset", "circumplex"),
+        default="dataset",
+        help="dataset: the folder's own va/knn tables; circumplex: pseudo VA from out-of-fold CE posteriors, per ratio",
+    )
     ap.add_argument("--per-video", type=int, default=6)
     ap.add_argument("--per-class", type=int, default=0, help="samples per class per epoch (0: the largest class)")
     ap.add_argument("--seed", type=int, default=0)
@@ -128,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {}
     if args.params.is_file():
         import yaml
+
         params = (yaml.safe_load(args.params.read_text()) or {}).get("train", {})
     from ferdata.train.methods import METHODS
 
@@ -143,27 +156,49 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ferdata-bench-") as tmp:
         for ratio in [float(r) for r in args.ratios.split(",")]:
             work = Path(tmp) / f"r{ratio}"
-            data = prepare(args.data, work / "data", ratio=ratio, seed=args.seed, epochs=args.epochs, per_video=args.per_video,
-                           per_class=args.per_class)
+            data = prepare(
+                args.data,
+                work / "data",
+                ratio=ratio,
+                seed=args.seed,
+                epochs=args.epochs,
+                per_video=args.per_video,
+                per_class=args.per_class,
+            )
             probs = None
             if args.folds > 1 and (ratio > 0 or args.va == "circumplex"):
                 cfg = TrainConfig(method="ce", epochs=args.epochs, seed=args.seed, options=options, **base)
                 start = time.time()
-                oof = out_of_fold(data, cfg, folds=args.folds, per_video=args.per_video, per_class=args.per_class, seed=args.seed)
+                oof = out_of_fold(
+                    data, cfg, folds=args.folds, per_video=args.per_video, per_class=args.per_class, seed=args.seed
+                )
                 seconds = round(time.time() - start, 1)
                 probs = oof
                 if ratio > 0:
-                    record({"ratio": ratio, "method": "cleanlab(oof ce)", **cleanlab_scores(data, oof), "seconds": seconds})
+                    record(
+                        {"ratio": ratio, "method": "cleanlab(oof ce)", **cleanlab_scores(data, oof), "seconds": seconds}
+                    )
             if args.va == "circumplex":
                 if probs is None:
                     raise SystemExit("--va circumplex needs --folds >= 2")
-                write_table(probs, data / "prior.parquet", "learned", {"classes": read_table(locate(data, "labels.parquet"), "labels")[1]["classes"]})
+                write_table(
+                    probs,
+                    data / "prior.parquet",
+                    "learned",
+                    {"classes": read_table(locate(data, "labels.parquet"), "labels")[1]["classes"]},
+                )
                 va(data, source="circumplex", k=int((params.get("ldlva") or {}).get("k", 8)))
             for method in args.methods.split(","):
                 cfg = TrainConfig(method=method, epochs=args.epochs, seed=args.seed, options=options, **base)
                 start = time.time()
-                record({"ratio": ratio, "method": method, **evaluate(train_method(data, work / method, cfg), data),
-                        "seconds": round(time.time() - start, 1)})
+                record(
+                    {
+                        "ratio": ratio,
+                        "method": method,
+                        **evaluate(train_method(data, work / method, cfg), data),
+                        "seconds": round(time.time() - start, 1),
+                    }
+                )
     print_table(results)
     return 0
 
@@ -176,8 +211,20 @@ def save(results: list[dict], path: Path) -> None:
 
 def print_table(results: list[dict]) -> None:
     """One table: a row per ratio and method."""
-    cols = ("test_acc", "auroc_given", "auroc_uncertainty", "auroc_quality", "issues_precision", "issues_recall",
-            "kl_true", "kl_true_onehot", "kl_true_eval", "kl_true_eval_onehot", "flips_recovered", "seconds")
+    cols = (
+        "test_acc",
+        "auroc_given",
+        "auroc_uncertainty",
+        "auroc_quality",
+        "issues_precision",
+        "issues_recall",
+        "kl_true",
+        "kl_true_onehot",
+        "kl_true_eval",
+        "kl_true_eval_onehot",
+        "flips_recovered",
+        "seconds",
+    )
     print(f"{'ratio':>5} {'method':<16}" + "".join(f"{c:>18}" for c in cols))
     for r in results:
         cells = "".join(f"{r[c]:>18.3f}" if isinstance(r.get(c), float) else f"{'-':>18}" for c in cols)

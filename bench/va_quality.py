@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from noise_robustness import evaluate, prepare, train_method  # noqa: E402
+from noise_robustness import evaluate, prepare, train_method
 
-from ferdata.core.io import fork, locate, read_table, write_table  # noqa: E402
-from ferdata.train.loop import TrainConfig  # noqa: E402
-from ferdata.train.oof import out_of_fold  # noqa: E402
-from ferdata.va import va  # noqa: E402
+from ferdata.core.io import fork, locate, read_table, write_table
+from ferdata.train.loop import TrainConfig
+from ferdata.train.oof import out_of_fold
+from ferdata.va import va
 
 
 def ccc(x: np.ndarray, y: np.ndarray) -> float:
@@ -61,41 +61,74 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import yaml
 
-    params = (yaml.safe_load(Path("params.yaml").read_text()) or {}).get("train", {}) if Path("params.yaml").is_file() else {}
+    params = (
+        (yaml.safe_load(Path("params.yaml").read_text()) or {}).get("train", {})
+        if Path("params.yaml").is_file()
+        else {}
+    )
     from ferdata.train.methods import METHODS
 
     options = {m: params.get(m) or {} for m in METHODS}
     base = {k: params[k] for k in ("backbone", "batch_size", "lr", "weight_decay", "image_size") if k in params}
     results = []
     with tempfile.TemporaryDirectory(prefix="ferdata-va-bench-") as tmp:
-        data = prepare(args.data, Path(tmp) / "noisy", ratio=args.ratio, seed=args.seed, epochs=args.epochs, per_video=6,
-                       per_class=0)
+        data = prepare(
+            args.data,
+            Path(tmp) / "noisy",
+            ratio=args.ratio,
+            seed=args.seed,
+            epochs=args.epochs,
+            per_video=6,
+            per_class=0,
+        )
         manifest, _ = read_table(locate(data, "manifest.parquet"), "manifest")
         _, meta = read_table(locate(data, "labels.parquet"), "labels")
         start = time.time()
-        prior = out_of_fold(data, TrainConfig(method="ce", epochs=args.epochs, seed=args.seed, options=options, **base),
-                            folds=args.folds, seed=args.seed)
+        prior = out_of_fold(
+            data,
+            TrainConfig(method="ce", epochs=args.epochs, seed=args.seed, options=options, **base),
+            folds=args.folds,
+            seed=args.seed,
+        )
         prior_seconds = time.time() - start
         write_table(prior, data / "prior.parquet", "learned", {"classes": meta["classes"]})
         for source in ("provided", "regressor", "circumplex"):
             work = Path(tmp) / source
             fork(data, work)
             start = time.time()
-            table, _ = va(work, source=source, posteriors=data / "prior.parquet",
-                          regressor={"folds": args.folds, "seed": args.seed})
-            row = {"va": source, "va_seconds": round(time.time() - start + (prior_seconds if source == "circumplex" else 0), 1),
-                   **agreement(table, manifest)}
+            table, _ = va(
+                work,
+                source=source,
+                posteriors=data / "prior.parquet",
+                regressor={"folds": args.folds, "seed": args.seed},
+            )
+            row = {
+                "va": source,
+                "va_seconds": round(time.time() - start + (prior_seconds if source == "circumplex" else 0), 1),
+                **agreement(table, manifest),
+            }
             cfg = TrainConfig(method="ldlva", epochs=args.epochs, seed=args.seed, options=options, **base)
             row.update({f"ldlva_{k}": v for k, v in evaluate(train_method(work, work / "ldlva", cfg), work).items()})
             results.append(row)
             print(json.dumps(row), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
-    cols = ("valence_mae", "valence_ccc", "arousal_mae", "arousal_ccc", "ldlva_test_acc", "ldlva_auroc_given",
-            "ldlva_auroc_uncertainty", "ldlva_kl_true", "va_seconds")
+    cols = (
+        "valence_mae",
+        "valence_ccc",
+        "arousal_mae",
+        "arousal_ccc",
+        "ldlva_test_acc",
+        "ldlva_auroc_given",
+        "ldlva_auroc_uncertainty",
+        "ldlva_kl_true",
+        "va_seconds",
+    )
     print(f"{'va':<12}" + "".join(f"{c:>24}" for c in cols))
     for r in results:
-        print(f"{r['va']:<12}" + "".join(f"{r[c]:>24.3f}" if isinstance(r.get(c), float) else f"{'-':>24}" for c in cols))
+        print(
+            f"{r['va']:<12}" + "".join(f"{r[c]:>24.3f}" if isinstance(r.get(c), float) else f"{'-':>24}" for c in cols)
+        )
     return 0
 
 

@@ -34,15 +34,20 @@ class AlignSettings(Settings):
     """The ``align`` section of params.yaml."""
 
     section = "align"
-    detector: str = option("landmarks", "landmarks (the dataset's own 5 points), mtcnn or insightface (detect them), "
-                           "none (already aligned: resize only)", choices=DETECTORS)
+    detector: str = option(
+        "landmarks",
+        "landmarks (the dataset's own 5 points), mtcnn or insightface (detect them), "
+        "none (already aligned: resize only)",
+        choices=DETECTORS,
+    )
     size: int = option(112, "output size in pixels (a multiple of 112 or 128 unless detector is none)", min=16)
     jpeg_quality: int = option(95, "JPEG quality of the aligned faces", min=1, max=100)
     workers: int = option(2, "worker processes", min=1)
     mtcnn_weights: str = option("", "folder of facenet-pytorch's MTCNN weight files (default: the installed package)")
     insightface_models: str = option("", "folder of an insightface model pack (det_*.onnx)")
-    no_face: str = option("flag", "when the detector finds no face: flag it, or keep a center crop",
-                          choices=("flag", "center_crop"))
+    no_face: str = option(
+        "flag", "when the detector finds no face: flag it, or keep a center crop", choices=("flag", "center_crop")
+    )
     min_face: int = option(20, "smallest face the detector looks for, in pixels", min=1)
 
     def __post_init__(self) -> None:
@@ -56,8 +61,15 @@ class AlignSettings(Settings):
         return self.mtcnn_weights if self.detector == "mtcnn" else self.insightface_models
 
 
-STAGE = Stage("align", "Align every face to the canonical 5-point template (resumable; --part i/n splits the work).", __name__,
-              AlignSettings, reads=("manifest",), may_read=("raw",), writes=("aligned_faces", "aligned"))
+STAGE = Stage(
+    "align",
+    "Align every face to the canonical 5-point template (resumable; --part i/n splits the work).",
+    __name__,
+    AlignSettings,
+    reads=("manifest",),
+    may_read=("raw",),
+    writes=("aligned_faces", "aligned"),
+)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -100,7 +112,7 @@ def resize_face(img: np.ndarray, size: int) -> np.ndarray:
     if h != w:  # centre square crop, so faces are never squashed
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        img = img[top:top + side, left:left + side]
+        img = img[top : top + side, left : left + side]
     interp = cv2.INTER_AREA if img.shape[0] >= size else cv2.INTER_CUBIC
     return cv2.resize(img, (size, size), interpolation=interp)
 
@@ -113,8 +125,11 @@ def _detector(settings: AlignSettings):
     if settings.detector not in _DETECTOR:
         from ferdata.detect import MTCNN, InsightFace
 
-        _DETECTOR[settings.detector] = (MTCNN(settings.weights or None, min_face=settings.min_face)
-                                        if settings.detector == "mtcnn" else InsightFace(settings.weights or None))
+        _DETECTOR[settings.detector] = (
+            MTCNN(settings.weights or None, min_face=settings.min_face)
+            if settings.detector == "mtcnn"
+            else InsightFace(settings.weights or None)
+        )
     return _DETECTOR[settings.detector]
 
 
@@ -148,14 +163,24 @@ def _locate_face(img: np.ndarray, landmarks: object, bbox: object, settings: Ali
             return {"status": "ok", "face": resize_face(img, settings.size), "flags": "no_face,center_crop"}
         return {"status": "no_face", "reason": "the detector found no face"}
     best = faces[choose_face(faces, bbox, img.shape)]
-    return {"status": "ok", "face": warp_to_template(img, best.landmarks, settings.size), "score": best.score,
-            "flags": "multi_face" if len(faces) > 1 else None}
+    return {
+        "status": "ok",
+        "face": warp_to_template(img, best.landmarks, settings.size),
+        "score": best.score,
+        "flags": "multi_face" if len(faces) > 1 else None,
+    }
 
 
 def _align_one(job: tuple[str, str, object, object, str], settings: AlignSettings) -> dict:
     sample_id, src, landmarks, bbox, out = job
-    row = {"sample_id": sample_id, "detector": settings.detector, "score": None, "path": None, "reason": None,
-           "flags": None}
+    row = {
+        "sample_id": sample_id,
+        "detector": settings.detector,
+        "score": None,
+        "path": None,
+        "reason": None,
+        "flags": None,
+    }
     try:
         img = read_image(Path(src))
     except ValueError as exc:
@@ -165,7 +190,9 @@ def _align_one(job: tuple[str, str, object, object, str], settings: AlignSetting
     row.update(found)
     if face is None:
         return row
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(face, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(face, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+    )
     if not ok:
         return {**row, "status": "unreadable", "reason": "JPEG encoding failed"}
     Path(out).write_bytes(buf.tobytes())
@@ -182,7 +209,9 @@ WORK = ".align-work"
 CHUNK = 512
 
 
-def _chunk_rows(settings: AlignSettings, chunk: list[tuple], workers: int, pool: ProcessPoolExecutor | None) -> list[dict]:
+def _chunk_rows(
+    settings: AlignSettings, chunk: list[tuple], workers: int, pool: ProcessPoolExecutor | None
+) -> list[dict]:
     run = functools.partial(_align_one, settings=settings)
     if pool is None:
         return [run(job) for job in chunk]
@@ -194,15 +223,19 @@ def _work_dir(data_dir: Path, settings: AlignSettings, manifest: pd.DataFrame) -
     work = data_dir / WORK
     same = {k: v for k, v in asdict(settings).items() if k != "workers"}  # the worker count changes no face
     stamp = {"settings": same, "manifest": stable_hash(manifest["sample_id"].tolist()), "chunk": CHUNK}
-    if work.is_dir() and (not (work / "settings.json").is_file() or json.loads((work / "settings.json").read_text()) != json.loads(json.dumps(stamp, sort_keys=True))):
+    if work.is_dir() and (
+        not (work / "settings.json").is_file()
+        or json.loads((work / "settings.json").read_text()) != json.loads(json.dumps(stamp, sort_keys=True))
+    ):
         shutil.rmtree(work)
     (work / ALIGNED_DIR).mkdir(parents=True, exist_ok=True)
     write_json(stamp, work / "settings.json")
     return work
 
 
-def align(data_dir: str | Path, settings: AlignSettings | None = None, *, part: tuple[int, int] = (1, 1),
-          **options: Any) -> pd.DataFrame:
+def align(
+    data_dir: str | Path, settings: AlignSettings | None = None, *, part: tuple[int, int] = (1, 1), **options: Any
+) -> pd.DataFrame:
     """Align the manifest's faces in chunks under ``data_dir/.align-work`` (an interrupted run resumes
     from the chunks already done); ``part=(i, n)`` does only every n-th chunk, so n machines can share
     the work. Once every chunk is done, publish the aligned faces and their table; before that,
@@ -220,9 +253,11 @@ def align(data_dir: str | Path, settings: AlignSettings | None = None, *, part: 
     manifest, meta = run.read("manifest")
     root = image_root(run.input("manifest").parent, meta)
     work = _work_dir(data_dir, s, manifest)
-    jobs = [(r.sample_id, str(root / r.path), r.landmarks, r.bbox, str(work / ALIGNED_DIR / f"{r.sample_id}.jpg"))
-            for r in manifest.itertuples(index=False)]
-    chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+    jobs = [
+        (r.sample_id, str(root / r.path), r.landmarks, r.bbox, str(work / ALIGNED_DIR / f"{r.sample_id}.jpg"))
+        for r in manifest.itertuples(index=False)
+    ]
+    chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
     todo = [c for c in range(len(chunks)) if c % parts == index - 1 and not (work / f"chunk-{c:06d}.parquet").is_file()]
     _align_chunks(run, s, work, [(c, chunks[c]) for c in todo])
     done = sorted(work.glob("chunk-*.parquet"))
@@ -256,9 +291,15 @@ def _align_chunks(run: Run, settings: AlignSettings, work: Path, todo: list[tupl
 def summarize(table: pd.DataFrame) -> str:
     """One line: how many faces per status and per flag (and how far a partial run is)."""
     if "total" in table.attrs:
-        return (f"aligned {len(table)}/{table.attrs['total']} faces so far; run `ferdata align` again (or the other "
-                "parts) to finish")
+        return (
+            f"aligned {len(table)}/{table.attrs['total']} faces so far; run `ferdata align` again (or the other "
+            "parts) to finish"
+        )
     counts = table["status"].value_counts().sort_index()
-    line = f"aligned {int((table['status'] == 'ok').sum())}/{len(table)} faces (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    line = (
+        f"aligned {int((table['status'] == 'ok').sum())}/{len(table)} faces ("
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + ")"
+    )
     flags = table["flags"].dropna().str.split(",").explode().value_counts().sort_index()
     return line + ("; flagged " + ", ".join(f"{k} {v}" for k, v in flags.items()) if len(flags) else "")

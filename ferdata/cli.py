@@ -16,7 +16,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -24,11 +24,18 @@ from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.settings import Params, cli_fields, field_type, load_params, resolve
 from ferdata.core.stage import Stage
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="ferdata: FER datasets made ambiguity-aware. Each command is one pipeline stage.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ferdata: FER datasets made ambiguity-aware. Each command is one pipeline stage.",
+)
 PARAMS_HELP = "params.yaml to read settings from (default: ./params.yaml if present)"
-FOLDER_HELP = {"data": "dataset folder (default: data/<dataset>)", "models": "model folder (default: models/<dataset>)",
-               "reports": "report folder (default: reports/<dataset>)"}
+FOLDER_HELP = {
+    "data": "dataset folder (default: data/<dataset>)",
+    "models": "model folder (default: models/<dataset>)",
+    "reports": "report folder (default: reports/<dataset>)",
+}
 KW = inspect.Parameter.KEYWORD_ONLY
 
 
@@ -42,6 +49,7 @@ def fail_cleanly(fn: Callable[..., None]) -> Callable[..., None]:
         except FerdataError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+
     return run
 
 
@@ -70,8 +78,12 @@ def _setting_parameter(f: dataclasses.Field, cls: type) -> inspect.Parameter | N
     help_ = f.metadata.get("help") or ""
     default = f.default if f.default is not dataclasses.MISSING else None
     help_ += f" (default: {default!r})" if default not in (None, "") else ""
-    return inspect.Parameter(f"setting_{f.name}", KW, default=typer.Option(None, decl, help=help_, show_default=False),
-                             annotation=Optional[base])
+    return inspect.Parameter(
+        f"setting_{f.name}",
+        KW,
+        default=typer.Option(None, decl, help=help_, show_default=False),
+        annotation=base | None,
+    )
 
 
 def stage_command(stage: Stage, *, name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -82,11 +94,19 @@ def stage_command(stage: Stage, *, name: str | None = None) -> Callable[[Callabl
         taken = {p.name for p in own}
         folders = [f for f in stage.folders if f not in taken]
         fields = [f for f in cli_fields(stage.settings) if _setting_parameter(f, stage.settings) is not None]
-        signature = [*own, *(inspect.Parameter(f, KW, default=typer.Option(None, f"--{f}", help=FOLDER_HELP[f]),
-                                               annotation=Optional[Path]) for f in folders),
-                     *(_setting_parameter(f, stage.settings) for f in fields),
-                     inspect.Parameter("params_file", KW, default=typer.Option(None, "--params", help=PARAMS_HELP),
-                                       annotation=Optional[Path])]
+        signature = [
+            *own,
+            *(
+                inspect.Parameter(
+                    f, KW, default=typer.Option(None, f"--{f}", help=FOLDER_HELP[f]), annotation=Path | None
+                )
+                for f in folders
+            ),
+            *(_setting_parameter(f, stage.settings) for f in fields),
+            inspect.Parameter(
+                "params_file", KW, default=typer.Option(None, "--params", help=PARAMS_HELP), annotation=Path | None
+            ),
+        ]
 
         @fail_cleanly
         def command(**kwargs: Any) -> None:
@@ -115,9 +135,15 @@ STAGES = _stages()
 
 
 @stage_command(STAGES["download"])
-def download(settings, folders, params, name: Optional[str] = typer.Argument(None, help="dataset name (default: params dataset)"),
-             data: Optional[Path] = typer.Option(None, "--data", help="dataset folder (default: data/<name>)")) -> None:
-    from ferdata.download import dataset_options, download as run, summarize
+def download(
+    settings,
+    folders,
+    params,
+    name: str | None = typer.Argument(None, help="dataset name (default: params dataset)"),
+    data: Path | None = typer.Option(None, "--data", help="dataset folder (default: data/<name>)"),
+) -> None:
+    from ferdata.download import dataset_options, summarize
+    from ferdata.download import download as run
 
     name = name or dataset_of(params)
     options = resolve(dataset_options(name), params, section=name)
@@ -126,9 +152,14 @@ def download(settings, folders, params, name: Optional[str] = typer.Argument(Non
 
 
 @stage_command(STAGES["align"])
-def align(settings, folders, params,
-          part: str = typer.Option("1/1", help="do part i of n (i/n) of the chunks, for several machines")) -> None:
-    from ferdata.align import align as run, summarize
+def align(
+    settings,
+    folders,
+    params,
+    part: str = typer.Option("1/1", help="do part i of n (i/n) of the chunks, for several machines"),
+) -> None:
+    from ferdata.align import align as run
+    from ferdata.align import summarize
 
     try:
         index, parts = (int(v) for v in part.split("/"))
@@ -139,42 +170,48 @@ def align(settings, folders, params,
 
 @stage_command(STAGES["shard"])
 def shard(settings, folders, params) -> None:
-    from ferdata.shard import shard as run, summarize
+    from ferdata.shard import shard as run
+    from ferdata.shard import summarize
 
     typer.echo(summarize(run(folders["data"], settings)))
 
 
 @stage_command(STAGES["regress"])
 def regress(settings, folders, params) -> None:
-    from ferdata.train.regress import regress as run, summarize
+    from ferdata.train.regress import regress as run
+    from ferdata.train.regress import summarize
 
     typer.echo(summarize(run(folders["data"], settings)))
 
 
 @stage_command(STAGES["prior"])
 def prior(settings, folders, params) -> None:
-    from ferdata.train.prior import prior as run, summarize
+    from ferdata.train.prior import prior as run
+    from ferdata.train.prior import summarize
 
     typer.echo(summarize(run(folders["data"], settings)))
 
 
 @stage_command(STAGES["va"])
 def va(settings, folders, params) -> None:
-    from ferdata.va import summarize, va as run
+    from ferdata.va import summarize
+    from ferdata.va import va as run
 
     typer.echo(summarize(*run(folders["data"], settings)))
 
 
 @stage_command(STAGES["noise"])
 def noise(settings, folders, params) -> None:
-    from ferdata.noise import noise as run, summarize
+    from ferdata.noise import noise as run
+    from ferdata.noise import summarize
 
     typer.echo(summarize(run(folders["data"], settings)))
 
 
 @stage_command(STAGES["sample"])
 def sample(settings, folders, params) -> None:
-    from ferdata.sample import sample as run, summarize
+    from ferdata.sample import sample as run
+    from ferdata.sample import summarize
 
     typer.echo(summarize(run(folders["data"], settings)))
 
@@ -184,28 +221,35 @@ def train(settings, folders, params) -> None:
     from ferdata.train.loop import train as run
 
     log = run(folders["data"], folders["models"], settings)["epochs"]
-    typer.echo(f"trained {settings.method}/{settings.backbone} for {len(log)} epochs: final val acc "
-               f"{log[-1]['val_acc']:.3f}")
+    typer.echo(
+        f"trained {settings.method}/{settings.backbone} for {len(log)} epochs: final val acc {log[-1]['val_acc']:.3f}"
+    )
 
 
 @stage_command(STAGES["export"])
 def export(settings, folders, params) -> None:
-    from ferdata.export import export as run, summarize
+    from ferdata.export import export as run
+    from ferdata.export import summarize
 
     typer.echo(summarize(run(folders["data"], folders["models"], settings)))
 
 
 @stage_command(STAGES["report"])
 def report(settings, folders, params) -> None:
-    from ferdata.report import report as run, summarize
+    from ferdata.report import report as run
+    from ferdata.report import summarize
 
     typer.echo(summarize(run(folders["data"], folders["reports"], settings)))
 
 
 @stage_command(STAGES["sweep"])
-def sweep(settings, folders, params,
-          reports: Path = typer.Option(..., help="a noise sweep's report folder (reports/sweep/<dataset>)"),
-          out: Optional[Path] = typer.Option(None, help="where sweep.csv and noise_recovery.png go (default: --reports)")) -> None:
+def sweep(
+    settings,
+    folders,
+    params,
+    reports: Path = typer.Option(..., help="a noise sweep's report folder (reports/sweep/<dataset>)"),
+    out: Path | None = typer.Option(None, help="where sweep.csv and noise_recovery.png go (default: --reports)"),
+) -> None:
     from ferdata.report import collect_sweep
 
     table = collect_sweep(reports, out, settings)
@@ -213,8 +257,9 @@ def sweep(settings, folders, params,
 
 
 @stage_command(STAGES["vega-template"])
-def vega_template(settings, folders, params,
-                  out: Path = typer.Argument(Path("reports/vega.html"), help="where the template goes")) -> None:
+def vega_template(
+    settings, folders, params, out: Path = typer.Argument(Path("reports/vega.html"), help="where the template goes")
+) -> None:
     from ferdata.figures import write_vega_template
 
     write_vega_template(out)
@@ -223,9 +268,11 @@ def vega_template(settings, folders, params,
 
 @app.command(name="fork")
 @fail_cleanly
-def fork_cmd(data: Optional[Path] = typer.Option(None, "--data", help=FOLDER_HELP["data"]),
-             to: Path = typer.Option(..., "--to", help="new dataset folder"),
-             params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP)) -> None:
+def fork_cmd(
+    data: Path | None = typer.Option(None, "--data", help=FOLDER_HELP["data"]),
+    to: Path = typer.Option(..., "--to", help="new dataset folder"),
+    params_file: Path | None = typer.Option(None, "--params", help=PARAMS_HELP),
+) -> None:
     """Start a variant of a dataset (e.g. one noise ratio) that reuses its images, manifest and VA."""
     from ferdata.core.io import fork
 
@@ -236,7 +283,9 @@ def fork_cmd(data: Optional[Path] = typer.Option(None, "--data", help=FOLDER_HEL
 
 @app.command()
 @fail_cleanly
-def validate(path: Path = typer.Argument(..., help="a ferdata parquet table (manifest, va, labels, knn, softlabels, ...)")) -> None:
+def validate(
+    path: Path = typer.Argument(..., help="a ferdata parquet table (manifest, va, labels, knn, softlabels, ...)"),
+) -> None:
     """Run a table's expectation suite; print the failures with a few offending ids."""
     from ferdata.core.validate import SUITES, describe, validate_file
 

@@ -21,8 +21,10 @@ from torch import nn
 from ferdata.core.errors import FerdataError
 
 WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
-INSTALL_HINT = ("pip install --no-deps facenet-pytorch==2.6.0 (only its weight files are used), or set "
-                "align.mtcnn_weights to a folder holding pnet.pt, rnet.pt and onet.pt")
+INSTALL_HINT = (
+    "pip install --no-deps facenet-pytorch==2.6.0 (only its weight files are used), or set "
+    "align.mtcnn_weights to a folder holding pnet.pt, rnet.pt and onet.pt"
+)
 
 
 @dataclass
@@ -153,7 +155,7 @@ def _crops(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w - 1), min(y2, h - 1)
         if sx2 < sx1 or sy2 < sy1:
             continue
-        patch[sy1 - y1:sy2 - y1 + 1, sx1 - x1:sx2 - x1 + 1] = img[sy1:sy2 + 1, sx1:sx2 + 1]
+        patch[sy1 - y1 : sy2 - y1 + 1, sx1 - x1 : sx2 - x1 + 1] = img[sy1 : sy2 + 1, sx1 : sx2 + 1]
         out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     return out
 
@@ -161,8 +163,15 @@ def _crops(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
 class MTCNN:
     """Detect faces and 5 landmarks in RGB uint8 images."""
 
-    def __init__(self, weights: str | Path | None = None, *, min_face: int = 20, factor: float = 0.709,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), device: str | torch.device | None = None):
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        *,
+        min_face: int = 20,
+        factor: float = 0.709,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        device: str | torch.device | None = None,
+    ):
         folder = find_weights(weights)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.nets = []
@@ -174,7 +183,9 @@ class MTCNN:
 
     def _tensor(self, batch: np.ndarray) -> torch.Tensor:
         """NHWC uint8/float pixels to the normalised NCHW input the nets were trained on."""
-        return (torch.from_numpy(np.ascontiguousarray(batch, np.float32)).permute(0, 3, 1, 2).to(self.device) - 127.5) / 128.0
+        return (
+            torch.from_numpy(np.ascontiguousarray(batch, np.float32)).permute(0, 3, 1, 2).to(self.device) - 127.5
+        ) / 128.0
 
     def _proposals(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
@@ -188,8 +199,9 @@ class MTCNN:
             prob, reg = prob[0].cpu().numpy(), reg[0].cpu().numpy()
             ys, xs = np.nonzero(prob >= self.thresholds[0])
             if len(ys):
-                boxes = np.stack([(2 * xs + 1) / scale, (2 * ys + 1) / scale,
-                                  (2 * xs + 12) / scale, (2 * ys + 12) / scale], 1).astype(np.float64)
+                boxes = np.stack(
+                    [(2 * xs + 1) / scale, (2 * ys + 1) / scale, (2 * xs + 12) / scale, (2 * ys + 12) / scale], 1
+                ).astype(np.float64)
                 boxes, scores, regs = np.floor(boxes), prob[ys, xs], reg[:, ys, xs].T
                 keep = nms(boxes, scores, 0.5)
                 found.append(np.concatenate([boxes[keep], scores[keep, None], regs[keep]], 1))
@@ -236,9 +248,11 @@ def find_insightface_model(folder: str | Path | None = None) -> Path:
     path = Path(folder or INSIGHTFACE_DEFAULT).expanduser()
     found = [p for pattern in ("det_*.onnx", "scrfd*.onnx", "*retinaface*.onnx") for p in sorted(path.glob(pattern))]
     if not found:
-        raise FerdataError(f"align.detector insightface needs a SCRFD or RetinaFace ONNX file (e.g. det_10g.onnx from "
-                           f"insightface's buffalo_l pack) in {path}; set align.insightface_models to its folder. "
-                           "ferdata never downloads it")
+        raise FerdataError(
+            f"align.detector insightface needs a SCRFD or RetinaFace ONNX file (e.g. det_10g.onnx from "
+            f"insightface's buffalo_l pack) in {path}; set align.insightface_models to its folder. "
+            "ferdata never downloads it"
+        )
     return found[0]
 
 
@@ -249,14 +263,18 @@ class InsightFace:
         import onnxruntime
         from insightface.model_zoo import get_model
 
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
+        providers = [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
+        ]
         self.model = get_model(str(find_insightface_model(models)), providers=providers)
         self.model.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, input_size=(det_size, det_size))
         self.det_size = det_size
 
     def detect(self, img: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 image, best score first."""
-        boxes, points = self.model.detect(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), input_size=(self.det_size, self.det_size))
+        boxes, points = self.model.detect(
+            cv2.cvtColor(img, cv2.COLOR_RGB2BGR), input_size=(self.det_size, self.det_size)
+        )
         if points is None:
             return []
         order = np.argsort(-boxes[:, 4], kind="stable")

@@ -41,8 +41,13 @@ class DownloadSettings(Settings):
     seed: int = option(0, "seed of the synth generator and of every split the adapter carves")
 
 
-STAGE = Stage("download", "Generate synth, or ingest a real dataset through its adapter; write its manifest and "
-              "rejected rows.", __name__, DownloadSettings, writes=("manifest", "rejected", "raw"))
+STAGE = Stage(
+    "download",
+    "Generate synth, or ingest a real dataset through its adapter; write its manifest and rejected rows.",
+    __name__,
+    DownloadSettings,
+    writes=("manifest", "rejected", "raw"),
+)
 
 
 def dataset_options(name: str) -> type[Settings]:
@@ -59,16 +64,29 @@ def download_synth(run: Run, cfg: SynthSettings) -> pd.DataFrame:
     total = cfg.n_subjects * cfg.videos_per_subject * cfg.frames_per_video
     rows = []
     with atomic_dir(run.output("raw")) as raw:
-        for face in tqdm(generate(cfg, run.settings.seed), total=total, desc="synth", unit="face", leave=False,
-                         disable=None):
+        for face in tqdm(
+            generate(cfg, run.settings.seed), total=total, desc="synth", unit="face", leave=False, disable=None
+        ):
             rel = f"{RAW}/{face.sample_id}.png"
             cv2.imwrite(str(raw / f"{face.sample_id}.png"), cv2.cvtColor(face.image, cv2.COLOR_RGB2BGR))
-            rows.append({
-                "sample_id": face.sample_id, "dataset": "synth", "split": face.split, "path": rel,
-                "label": face.label, "video_id": face.video_id, "subject_id": face.subject_id,
-                "frame": face.frame, "bbox": face.bbox, "landmarks": face.landmarks.reshape(-1),
-                "valence": face.valence, "arousal": face.arousal, "votes": None, "true_dist": face.true_dist,
-            })
+            rows.append(
+                {
+                    "sample_id": face.sample_id,
+                    "dataset": "synth",
+                    "split": face.split,
+                    "path": rel,
+                    "label": face.label,
+                    "video_id": face.video_id,
+                    "subject_id": face.subject_id,
+                    "frame": face.frame,
+                    "bbox": face.bbox,
+                    "landmarks": face.landmarks.reshape(-1),
+                    "valence": face.valence,
+                    "arousal": face.arousal,
+                    "votes": None,
+                    "true_dist": face.true_dist,
+                }
+            )
     df = pd.DataFrame(rows)
     df.attrs["classes"] = list(cfg.classes)
     return df
@@ -81,8 +99,9 @@ def download_real(name: str, out_dir: Path, settings: DownloadSettings, options:
     adapter = ADAPTERS[name]
     source = settings.source
     if not source:
-        raise UsageError(f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); "
-                         f"{adapter.where}")
+        raise UsageError(
+            f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); {adapter.where}"
+        )
     root = resolve_source(source, out_dir, sha256=settings.sha256 or None)
     ing, image_root = adapter.ingest(root, out_dir, options=options, seed=settings.seed)
     df, rejected = finalize(ing)
@@ -142,8 +161,10 @@ def finalize(ing: Ingest) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append(row)
     if not rows:
         reasons = pd.Series([r["reason"] for r in ing.rejected]).value_counts().to_dict() if ing.rejected else {}
-        raise FerdataError(f"{ing.dataset}: no usable samples (rejected: {reasons or 'none found'}); "
-                           "check that --from points at the dataset")
+        raise FerdataError(
+            f"{ing.dataset}: no usable samples (rejected: {reasons or 'none found'}); "
+            "check that --from points at the dataset"
+        )
     df = pd.DataFrame(rows)
     classes = ing.classes or classes_of(df["label"])
     for col in ("landmarks", "true_dist", "bbox"):
@@ -159,8 +180,13 @@ def known_datasets() -> list[str]:
     return sorted(["synth", *ADAPTERS])
 
 
-def download(name: str, out_dir: str | Path, settings: DownloadSettings | None = None,
-             dataset: Settings | Mapping[str, Any] | None = None, **options: Any) -> pd.DataFrame:
+def download(
+    name: str,
+    out_dir: str | Path,
+    settings: DownloadSettings | None = None,
+    dataset: Settings | Mapping[str, Any] | None = None,
+    **options: Any,
+) -> pd.DataFrame:
     """Fetch dataset ``name`` into ``out_dir``; write its manifest and rejected rows there. ``dataset`` holds
     the dataset's own options (``SynthSettings`` for synth, the adapter's ``Options``, or a mapping of
     them); ``options`` change fields of ``settings`` (``seed=3``)."""
@@ -198,8 +224,13 @@ def summarize(df: pd.DataFrame) -> str:
 
     splits = df["split"].value_counts().sort_index()
     classes = df["label"].value_counts().sort_index()
-    line = (f"kept {len(df)} (" + ", ".join(f"{k} {v}" for k, v in splits.items()) + "; "
-            + ", ".join(f"{CANONICAL[int(k)]} {v}" for k, v in classes.items()) + ")")
+    line = (
+        f"kept {len(df)} ("
+        + ", ".join(f"{k} {v}" for k, v in splits.items())
+        + "; "
+        + ", ".join(f"{CANONICAL[int(k)]} {v}" for k, v in classes.items())
+        + ")"
+    )
     rejected = df.attrs.get("rejected")
     if rejected is not None and len(rejected):
         reasons = rejected["reason"].value_counts()

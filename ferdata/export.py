@@ -27,12 +27,19 @@ class ExportSettings(Settings):
     """The ``export`` section of params.yaml."""
 
     section = "export"
-    margin: float = option(0.2, "suspected noisy: the top class beats the given label by more than this", min=0.0,
-                           max=1.0)
+    margin: float = option(
+        0.2, "suspected noisy: the top class beats the given label by more than this", min=0.0, max=1.0
+    )
 
 
-STAGE = Stage("export", "Write the soft labels as versioned parquet.", __name__, ExportSettings,
-              reads=("labels", "va", "learned", "model"), writes=("softlabels",))
+STAGE = Stage(
+    "export",
+    "Write the soft labels as versioned parquet.",
+    __name__,
+    ExportSettings,
+    reads=("labels", "va", "learned", "model"),
+    writes=("softlabels",),
+)
 
 
 def suspect_noisy(dist: np.ndarray, given: np.ndarray, margin: float) -> np.ndarray:
@@ -42,27 +49,43 @@ def suspect_noisy(dist: np.ndarray, given: np.ndarray, margin: float) -> np.ndar
     return (top != given) & (gap > margin)
 
 
-def soft_label_table(ids: np.ndarray, splits: np.ndarray, given: np.ndarray, dist: np.ndarray, classes: list[str],
-                     *, uncertainty: np.ndarray, va: pd.DataFrame, method: str, margin: float) -> pd.DataFrame:
+def soft_label_table(
+    ids: np.ndarray,
+    splits: np.ndarray,
+    given: np.ndarray,
+    dist: np.ndarray,
+    classes: list[str],
+    *,
+    uncertainty: np.ndarray,
+    va: pd.DataFrame,
+    method: str,
+    margin: float,
+) -> pd.DataFrame:
     """Assemble the softlabels table from per-sample arrays (given labels as canonical ids)."""
     dist = dist / dist.sum(1, keepdims=True)
     given_idx = class_index(given, classes)
     top = dist.argmax(1)
     va = va.set_index("sample_id").reindex(ids)
-    return pd.DataFrame({
-        "sample_id": ids, "split": splits, "label": given,
-        "distribution": list(dist.astype(np.float32)),
-        "predicted": np.array([CANONICAL.index(classes[i]) for i in top], np.int64),
-        "confidence": (1.0 - normalised_entropy(dist)).astype(np.float32),
-        "uncertainty": np.asarray(uncertainty, np.float32),
-        "suspected_noisy": suspect_noisy(dist, given_idx, margin),
-        "valence": va["valence"].to_numpy(np.float32), "arousal": va["arousal"].to_numpy(np.float32),
-        "method": method,
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": ids,
+            "split": splits,
+            "label": given,
+            "distribution": list(dist.astype(np.float32)),
+            "predicted": np.array([CANONICAL.index(classes[i]) for i in top], np.int64),
+            "confidence": (1.0 - normalised_entropy(dist)).astype(np.float32),
+            "uncertainty": np.asarray(uncertainty, np.float32),
+            "suspected_noisy": suspect_noisy(dist, given_idx, margin),
+            "valence": va["valence"].to_numpy(np.float32),
+            "arousal": va["arousal"].to_numpy(np.float32),
+            "method": method,
+        }
+    )
 
 
-def export(data_dir: str | Path, models_dir: str | Path, settings: ExportSettings | None = None,
-           **options: Any) -> pd.DataFrame:
+def export(
+    data_dir: str | Path, models_dir: str | Path, settings: ExportSettings | None = None, **options: Any
+) -> pd.DataFrame:
     """Write the soft labels of ``data_dir`` from what the trained method learned for every labelled face."""
     run = STAGE.start(settings, options, data=data_dir, models=models_dir)
     labels, meta = run.read("labels")
@@ -74,21 +97,37 @@ def export(data_dir: str | Path, models_dir: str | Path, settings: ExportSetting
     rows = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id", how="left")
     if rows["distribution"].isna().any():
         missing = rows.loc[rows["distribution"].isna(), "sample_id"].iloc[0]
-        raise FerdataError(f"{run.input('learned')} lacks faces of labels.parquet (e.g. {missing!r}); "
-                           "re-run `ferdata train`")
+        raise FerdataError(
+            f"{run.input('learned')} lacks faces of labels.parquet (e.g. {missing!r}); re-run `ferdata train`"
+        )
     classes = learned_meta["classes"]
     table = soft_label_table(
-        rows["sample_id"].to_numpy(), rows["split"].to_numpy(), rows["label"].to_numpy(),
-        np.stack(rows["distribution"].to_numpy()).astype(np.float64), classes,
-        uncertainty=rows["uncertainty"].to_numpy(), va=va, method=learned_meta["method"], margin=run.settings.margin)
-    run.write(table, "softlabels", {
-        "classes": classes, "method": learned_meta["method"], "model_hash": file_sha256(checkpoint),
-        "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
-    })
+        rows["sample_id"].to_numpy(),
+        rows["split"].to_numpy(),
+        rows["label"].to_numpy(),
+        np.stack(rows["distribution"].to_numpy()).astype(np.float64),
+        classes,
+        uncertainty=rows["uncertainty"].to_numpy(),
+        va=va,
+        method=learned_meta["method"],
+        margin=run.settings.margin,
+    )
+    run.write(
+        table,
+        "softlabels",
+        {
+            "classes": classes,
+            "method": learned_meta["method"],
+            "model_hash": file_sha256(checkpoint),
+            "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
+        },
+    )
     return table
 
 
 def summarize(table: pd.DataFrame) -> str:
     """One line: rows, mean confidence, suspected-noisy count."""
-    return (f"exported {len(table)} soft labels (mean confidence {table['confidence'].mean():.3f}, "
-            f"{int(table['suspected_noisy'].sum())} suspected noisy)")
+    return (
+        f"exported {len(table)} soft labels (mean confidence {table['confidence'].mean():.3f}, "
+        f"{int(table['suspected_noisy'].sum())} suspected noisy)"
+    )

@@ -37,8 +37,10 @@ def verify(path: Path, *, sha256: str | None = None, size: int | None = None) ->
     if sha256:
         got = file_sha256(path)
         if got != sha256.lower():
-            raise FerdataError(f"{path} has sha256 {got}, expected {sha256.lower()}: the file is corrupt or not the "
-                               "one you meant; delete it and download again")
+            raise FerdataError(
+                f"{path} has sha256 {got}, expected {sha256.lower()}: the file is corrupt or not the "
+                "one you meant; delete it and download again"
+            )
 
 
 def _remote_size(response) -> int | None:
@@ -50,8 +52,9 @@ def _remote_size(response) -> int | None:
     return int(length) if length is not None else None
 
 
-def download_url(url: str, dest: Path, *, sha256: str | None = None, size: int | None = None,
-                 timeout: float = 60.0) -> Path:
+def download_url(
+    url: str, dest: Path, *, sha256: str | None = None, size: int | None = None, timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``dest``, resuming a ``dest.part`` left by a cut transfer; verify, then rename."""
     if dest.is_file():
         verify(dest, sha256=sha256, size=size)
@@ -61,32 +64,42 @@ def download_url(url: str, dest: Path, *, sha256: str | None = None, size: int |
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https checked by is_url)
+        response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the part file is already whole
             response = None
         else:
             raise FerdataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise FerdataError(f"download of {url} failed: {getattr(exc, 'reason', exc)}; check the URL and your network") from exc
+        raise FerdataError(
+            f"download of {url} failed: {getattr(exc, 'reason', exc)}; check the URL and your network"
+        ) from exc
     if response is not None:
         with response:
             resumed = response.status == 206
             if not resumed:
                 have = 0  # the server ignored the range: start over
             total = _remote_size(response)
-            with open(part, "ab" if resumed else "wb") as fh, tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False, disable=None) as bar:
+            with (
+                open(part, "ab" if resumed else "wb") as fh,
+                tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False, disable=None
+                ) as bar,
+            ):
                 try:
                     for block in iter(lambda: response.read(CHUNK), b""):
                         fh.write(block)
                         bar.update(len(block))
                 except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
-                    raise FerdataError(f"download of {url} was cut after {part.stat().st_size} bytes ({exc}); "
-                                       "run the same command again to resume") from exc
+                    raise FerdataError(
+                        f"download of {url} was cut after {part.stat().st_size} bytes ({exc}); "
+                        "run the same command again to resume"
+                    ) from exc
             if total is not None and part.stat().st_size < total:
-                raise FerdataError(f"download of {url} stopped at {part.stat().st_size} of {total} bytes; "
-                                   "run the same command again to resume")
+                raise FerdataError(
+                    f"download of {url} stopped at {part.stat().st_size} of {total} bytes; "
+                    "run the same command again to resume"
+                )
     try:
         verify(part, sha256=sha256, size=size)
     except FerdataError:
@@ -100,8 +113,9 @@ def _member_path(name: str, archive: Path) -> PurePosixPath:
     """The relative path a member may take; absolute paths and ``..`` are refused."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or (path.parts and path.parts[0].endswith(":")) or ".." in path.parts:
-        raise FerdataError(f"{archive} is unsafe: member {name!r} would land outside the target folder; "
-                           "refusing to extract it")
+        raise FerdataError(
+            f"{archive} is unsafe: member {name!r} would land outside the target folder; refusing to extract it"
+        )
     return path
 
 
@@ -142,7 +156,9 @@ def _extract_zip(archive: Path, target: Path) -> int:
             for info in zf.infolist():
                 rel = _member_path(info.filename, archive)
                 if stat.S_ISLNK(info.external_attr >> 16):
-                    raise FerdataError(f"{archive} is unsafe: member {info.filename!r} is a link; refusing to extract it")
+                    raise FerdataError(
+                        f"{archive} is unsafe: member {info.filename!r} is a link; refusing to extract it"
+                    )
                 _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i))
                 count += not info.is_dir()
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:

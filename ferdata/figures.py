@@ -23,6 +23,7 @@ COLOURS = ("#7f7f7f", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#d
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -41,8 +42,13 @@ def plot_class_balance(labels: pd.DataFrame, classes: list[str], path: Path) -> 
     """Grouped bars: given-label counts per split, and the clean training labels beside them."""
     plt = pyplot()
 
-    groups = [(f"{s} (given)", class_index(labels.loc[labels["split"] == s, "label"].to_numpy(), classes)) for s in ("train", "val", "test")]
-    groups.insert(1, ("train (clean)", class_index(labels.loc[labels["split"] == "train", "clean_label"].to_numpy(), classes)))
+    groups = [
+        (f"{s} (given)", class_index(labels.loc[labels["split"] == s, "label"].to_numpy(), classes))
+        for s in ("train", "val", "test")
+    ]
+    groups.insert(
+        1, ("train (clean)", class_index(labels.loc[labels["split"] == "train", "clean_label"].to_numpy(), classes))
+    )
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(groups)
     for g, (name, values) in enumerate(groups):
@@ -65,7 +71,15 @@ def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pat
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                color="white" if rates[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     ax.set_xticks(np.arange(len(classes)), classes, rotation=30)
     ax.set_yticks(np.arange(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -102,9 +116,16 @@ def plot_va(va: pd.DataFrame, labels: pd.DataFrame, classes: list[str], path: Pa
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for i, name in enumerate(classes):
         m = idx == i
-        ax.scatter(df.loc[m, "valence"], df.loc[m, "arousal"], s=6, alpha=0.5, color=COLOURS[i % len(COLOURS)], label=name)
-    ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel="valence", ylabel="arousal",
-           title=f"Valence/arousal by clean label (source: {', '.join(sorted(set(va['source'])))})")
+        ax.scatter(
+            df.loc[m, "valence"], df.loc[m, "arousal"], s=6, alpha=0.5, color=COLOURS[i % len(COLOURS)], label=name
+        )
+    ax.set(
+        xlim=(-1.05, 1.05),
+        ylim=(-1.05, 1.05),
+        xlabel="valence",
+        ylabel="arousal",
+        title=f"Valence/arousal by clean label (source: {', '.join(sorted(set(va['source'])))})",
+    )
     ax.axhline(0, color="0.8", lw=0.8)
     ax.axvline(0, color="0.8", lw=0.8)
     ax.legend(markerscale=3, fontsize=8, loc="lower left")
@@ -118,10 +139,24 @@ def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Pa
     df = soft[soft["split"] == "train"].merge(labels[["sample_id", "flipped"]], on="sample_id")
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(0, 1, 31)
-    ax.hist(df.loc[~df["flipped"], "uncertainty"], bins=bins, alpha=0.6, label=f"clean ({(~df['flipped']).sum()})", density=True)
+    ax.hist(
+        df.loc[~df["flipped"], "uncertainty"],
+        bins=bins,
+        alpha=0.6,
+        label=f"clean ({(~df['flipped']).sum()})",
+        density=True,
+    )
     if df["flipped"].any():
-        ax.hist(df.loc[df["flipped"], "uncertainty"], bins=bins, alpha=0.6, label=f"flipped ({df['flipped'].sum()})", density=True)
-    ax.set(xlabel="uncertainty of the exported soft label", ylabel="density", title="Uncertainty: flipped vs clean labels")
+        ax.hist(
+            df.loc[df["flipped"], "uncertainty"],
+            bins=bins,
+            alpha=0.6,
+            label=f"flipped ({df['flipped'].sum()})",
+            density=True,
+        )
+    ax.set(
+        xlabel="uncertainty of the exported soft label", ylabel="density", title="Uncertainty: flipped vs clean labels"
+    )
     ax.legend()
     fig.tight_layout()
     return save_png(fig, path)
@@ -161,17 +196,26 @@ def _img(path: Path) -> str:
 
 def write_html(path: Path, *, title: str, metrics: dict[str, Any], figures: list[tuple[str, Path]]) -> Path:
     """One self-contained page (figures inlined as data URIs, no script, nothing fetched)."""
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in metrics.items() if not isinstance(v, (dict, list)))
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in metrics.items()
+        if not isinstance(v, (dict, list))
+    )
     extra = {k: v for k, v in metrics.items() if isinstance(v, (dict, list))}
-    body = "".join(f"<figure><figcaption>{html.escape(caption)}</figcaption><img src=\"{_img(fig)}\" alt=\"{html.escape(caption)}\"></figure>"
-                   for caption, fig in figures if fig.is_file())
+    body = "".join(
+        f"<figure><figcaption>{html.escape(caption)}</figcaption>"
+        f'<img src="{_img(fig)}" alt="{html.escape(caption)}"></figure>'
+        for caption, fig in figures
+        if fig.is_file()
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5rem; }} th, td {{ padding: .2rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }}
-figure {{ margin: 1.5rem 0; }} figcaption {{ font-weight: 600; margin-bottom: .4rem; }} img {{ max-width: 100%; border: 1px solid #eee; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
+th, td {{ padding: .2rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }}
+figure {{ margin: 1.5rem 0; }} figcaption {{ font-weight: 600; margin-bottom: .4rem; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
 pre {{ background: #f6f6f6; padding: .6rem; overflow-x: auto; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
@@ -190,8 +234,12 @@ def _fmt(value: Any) -> str:
 
 
 VEGA_LITE = "5.21"  # DVC's plot templates are Vega-Lite 5 specs
-VEGA = Stage("vega-template", "Write the offline page template for `dvc plots show` (Vega inlined, no CDN).",
-             __name__, writes=("vega_template",))
+VEGA = Stage(
+    "vega-template",
+    "Write the offline page template for `dvc plots show` (Vega inlined, no CDN).",
+    __name__,
+    writes=("vega_template",),
+)
 
 
 def write_vega_template(path: Path) -> Path:

@@ -15,8 +15,17 @@ import torch.utils.data as tud
 from ferdata.core.errors import FerdataError
 from ferdata.core.shards import ShardReader, load_images, member_table, shard_paths
 
-__all__ = ["PlanBatches", "Request", "ShardFaces", "batches", "in_order", "load_images", "member_table",
-           "request_seed", "shard_paths"]
+__all__ = [
+    "PlanBatches",
+    "Request",
+    "ShardFaces",
+    "batches",
+    "in_order",
+    "load_images",
+    "member_table",
+    "request_seed",
+    "shard_paths",
+]
 
 
 def make_views(img: np.ndarray, augment: str, weak, strong) -> dict[str, np.ndarray]:
@@ -122,8 +131,16 @@ class PlanBatches(tud.Sampler):
     so no rank waits at the last step under DDP (the few leftover entries are dropped that epoch).
     ``set_epoch`` picks the epoch; seeds come from (seed, epoch, rank, step)."""
 
-    def __init__(self, epochs: list[np.ndarray], *, batch_size: int, augment: str = "weak", seed: int = 0,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        epochs: list[np.ndarray],
+        *,
+        batch_size: int,
+        augment: str = "weak",
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         check_augment(augment)
         self.epochs, self.batch_size, self.augment, self.seed = epochs, batch_size, augment, seed
         self.rank, self.world, self.epoch = rank, world, 0
@@ -138,16 +155,19 @@ class PlanBatches(tud.Sampler):
         return self.steps(self.epoch)
 
     def __iter__(self) -> Iterator[Request]:
-        mine = np.asarray(self.epochs[self.epoch], np.int64)[self.rank::self.world]
+        mine = np.asarray(self.epochs[self.epoch], np.int64)[self.rank :: self.world]
         for step in range(self.steps(self.epoch)):
-            yield Request(mine[step * self.batch_size:(step + 1) * self.batch_size], self.augment,
-                          request_seed(self.seed, self.epoch, self.rank, step))
+            yield Request(
+                mine[step * self.batch_size : (step + 1) * self.batch_size],
+                self.augment,
+                request_seed(self.seed, self.epoch, self.rank, step),
+            )
 
 
 def in_order(positions: np.ndarray, batch_size: int) -> list[Request]:
     """Unaugmented batch requests over ``positions`` in order (inference)."""
     positions = np.asarray(positions, np.int64)
-    return [Request(positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
+    return [Request(positions[i : i + batch_size]) for i in range(0, len(positions), batch_size)]
 
 
 def batches(faces: ShardFaces, requests, *, workers: int = 0, pin_memory: bool = False) -> tud.DataLoader:
@@ -155,5 +175,11 @@ def batches(faces: ShardFaces, requests, *, workers: int = 0, pin_memory: bool =
 
     Workers are forked and keep OpenCV's thread settings: calling ``cv2.setNumThreads`` inside a
     forked worker deadlocks once the parent has used OpenCV's pool."""
-    return tud.DataLoader(faces, batch_sampler=requests, collate_fn=as_batch, num_workers=workers,
-                          pin_memory=pin_memory, persistent_workers=workers > 0)
+    return tud.DataLoader(
+        faces,
+        batch_sampler=requests,
+        collate_fn=as_batch,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )

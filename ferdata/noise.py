@@ -33,12 +33,19 @@ class NoiseSettings(Settings):
     seed: int = option(0, "seed of the flips")
 
 
-STAGE = Stage("noise", "Inject synthetic label noise into the training split.", __name__, NoiseSettings,
-              reads=("manifest", "shard_index"), writes=("labels",))
+STAGE = Stage(
+    "noise",
+    "Inject synthetic label noise into the training split.",
+    __name__,
+    NoiseSettings,
+    reads=("manifest", "shard_index"),
+    writes=("labels",),
+)
 
 
-def flip_labels(labels: np.ndarray, classes: list[str], settings: NoiseSettings | None = None,
-                **options: Any) -> tuple[np.ndarray, np.ndarray]:
+def flip_labels(
+    labels: np.ndarray, classes: list[str], settings: NoiseSettings | None = None, **options: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (noisy labels, flipped mask): exactly round(ratio * n) labels moved to another class."""
     settings = configure(NoiseSettings, settings, options)
     ids = [CANONICAL.index(c) for c in classes]
@@ -55,7 +62,7 @@ def flip_labels(labels: np.ndarray, classes: list[str], settings: NoiseSettings 
             noisy[i] = others[int(rng.integers(len(others)))]
         else:
             targets = [CANONICAL.index(t) for t in CONFUSABLE[CANONICAL[noisy[i]]] if t in classes]
-            noisy[i] = targets[0] if targets else [c for c in ids if c != noisy[i]][0]
+            noisy[i] = targets[0] if targets else next(c for c in ids if c != noisy[i])
     flipped = np.zeros(n, bool)
     flipped[chosen] = True
     return noisy, flipped
@@ -84,5 +91,7 @@ def noise(data_dir: str | Path, settings: NoiseSettings | None = None, **options
 def summarize(df: pd.DataFrame) -> str:
     """One line: how many training labels were flipped."""
     train = df[df["split"] == "train"]
-    return (f"flipped {int(train['flipped'].sum())}/{len(train)} training labels ({df['noise_mode'].iloc[0]}, "
-            f"ratio {df['noise_ratio'].iloc[0]:g})")
+    return (
+        f"flipped {int(train['flipped'].sum())}/{len(train)} training labels ({df['noise_mode'].iloc[0]}, "
+        f"ratio {df['noise_ratio'].iloc[0]:g})"
+    )

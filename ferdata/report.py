@@ -29,9 +29,14 @@ class ReportSettings(Settings):
     gallery: int = option(12, "how many of the most ambiguous training faces the gallery shows", min=0)
 
 
-STAGE = Stage("report", "Write metrics.json, figures and the report page.", __name__, ReportSettings,
-              reads=("softlabels", "labels", "manifest", "va", "shards"),
-              writes=("metrics", "predictions", "report_page", *FIGURES))
+STAGE = Stage(
+    "report",
+    "Write metrics.json, figures and the report page.",
+    __name__,
+    ReportSettings,
+    reads=("softlabels", "labels", "manifest", "va", "shards"),
+    writes=("metrics", "predictions", "report_page", *FIGURES),
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,13 @@ class SweepSettings(Settings):
     methods: tuple[str, ...] = option(("ce", "ldlva"), "methods trained at every ratio")
 
 
-SWEEP = Stage("sweep", "Collect a noise sweep's metrics into sweep.csv and the noise-recovery curve.", __name__, SweepSettings,
-              writes=("sweep_table", "sweep_curve"))
+SWEEP = Stage(
+    "sweep",
+    "Collect a noise sweep's metrics into sweep.csv and the noise-recovery curve.",
+    __name__,
+    SweepSettings,
+    writes=("sweep_table", "sweep_curve"),
+)
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -75,10 +85,13 @@ def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def compute_metrics(soft: pd.DataFrame, labels: pd.DataFrame, manifest: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+def compute_metrics(
+    soft: pd.DataFrame, labels: pd.DataFrame, manifest: pd.DataFrame, classes: list[str]
+) -> dict[str, Any]:
     """Accuracy per split, noisy-label detection and recovery, and fidelity to the true distributions."""
     df = soft.merge(labels[["sample_id", "clean_label", "flipped"]], on="sample_id").merge(
-        manifest[["sample_id", "true_dist"]], on="sample_id")
+        manifest[["sample_id", "true_dist"]], on="sample_id"
+    )
     dist = np.stack(df["distribution"].to_numpy()).astype(np.float64)
     pred = dist.argmax(1)
     clean = class_index(df["clean_label"].to_numpy(), classes)
@@ -105,7 +118,11 @@ def compute_metrics(soft: pd.DataFrame, labels: pd.DataFrame, manifest: pd.DataF
         p_given = dist[np.arange(len(df)), given]
         out["noise_auroc_given_prob"] = auroc(1.0 - p_given[train], flipped[train])
         out["noise_auroc_uncertainty"] = auroc(df["uncertainty"].to_numpy()[train], flipped[train])
-        out["noise_suspected_precision"] = float(flipped[df["suspected_noisy"].to_numpy() & train].mean()) if (df["suspected_noisy"] & train).any() else 0.0
+        out["noise_suspected_precision"] = (
+            float(flipped[df["suspected_noisy"].to_numpy() & train].mean())
+            if (df["suspected_noisy"] & train).any()
+            else 0.0
+        )
         out["flips_recovered"] = float((pred[flipped] == clean[flipped]).mean())
     out["classes"] = classes
     return out
@@ -119,8 +136,9 @@ def write_predictions(ids: pd.Series, truth: np.ndarray, pred: np.ndarray, class
         table.to_csv(tmp, index=False, lineterminator="\n")
 
 
-def report(data_dir: str | Path, reports_dir: str | Path, settings: ReportSettings | None = None,
-           **options: Any) -> dict[str, Any]:
+def report(
+    data_dir: str | Path, reports_dir: str | Path, settings: ReportSettings | None = None, **options: Any
+) -> dict[str, Any]:
     """Write ``metrics.json``, the figures (class balance, confusion, VA scatter, uncertainty by
     flipped/clean, the most ambiguous faces) and one self-contained ``index.html`` under ``reports_dir``."""
     from ferdata import figures
@@ -148,17 +166,29 @@ def report(data_dir: str | Path, reports_dir: str | Path, settings: ReportSettin
     pictures = [("Class balance per split", run.output("fig_class_balance")), (title, run.output("fig_confusion"))]
     va, _ = run.read("va")
     pictures.append(("Valence/arousal by clean label", figures.plot_va(va, labels, classes, run.output("fig_va"))))
-    pictures.append(("Uncertainty of training soft labels, flipped vs clean",
-                     figures.plot_uncertainty(soft, labels, run.output("fig_uncertainty"))))
+    pictures.append(
+        (
+            "Uncertainty of training soft labels, flipped vs clean",
+            figures.plot_uncertainty(soft, labels, run.output("fig_uncertainty")),
+        )
+    )
     ambiguous = figures.most_ambiguous(soft, run.settings.gallery)
     if len(ambiguous):
         from ferdata.core.shards import load_images
 
         images = load_images(run.input("shards"), ambiguous["sample_id"].tolist(), size=96)
-        pictures.append((f"The {len(ambiguous)} most ambiguous training faces and their soft labels",
-                         figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous"))))
-    figures.write_html(run.output("report_page"), title=f"ferdata report: {man_meta.get('dataset', Path(data_dir).name)} "
-                       f"({metrics['method']})", metrics=metrics, figures=pictures)
+        pictures.append(
+            (
+                f"The {len(ambiguous)} most ambiguous training faces and their soft labels",
+                figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous")),
+            )
+        )
+    figures.write_html(
+        run.output("report_page"),
+        title=f"ferdata report: {man_meta.get('dataset', Path(data_dir).name)} ({metrics['method']})",
+        metrics=metrics,
+        figures=pictures,
+    )
     return metrics
 
 
@@ -168,12 +198,19 @@ def summarize(metrics: dict[str, Any]) -> str:
     return "report: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
 
 
-SWEEP_COLUMNS = ("test_acc_true_argmax", "test_acc_clean_label", "noise_auroc_given_prob", "noise_auroc_uncertainty",
-                 "flips_recovered", "train_kl_true")
+SWEEP_COLUMNS = (
+    "test_acc_true_argmax",
+    "test_acc_clean_label",
+    "noise_auroc_given_prob",
+    "noise_auroc_uncertainty",
+    "flips_recovered",
+    "train_kl_true",
+)
 
 
-def collect_sweep(reports_dir: str | Path, out_dir: str | Path | None = None,
-                  settings: SweepSettings | None = None) -> pd.DataFrame:
+def collect_sweep(
+    reports_dir: str | Path, out_dir: str | Path | None = None, settings: SweepSettings | None = None
+) -> pd.DataFrame:
     """One table of every ``metrics.json`` under a noise sweep's report folder (a row per method and
     ratio), written as ``sweep.csv`` beside ``noise_recovery.png`` in ``out_dir``."""
     reports_dir = Path(reports_dir)
@@ -183,8 +220,13 @@ def collect_sweep(reports_dir: str | Path, out_dir: str | Path | None = None,
     for path in sorted(reports_dir.glob("*/*/" + metrics_file)):
         metrics = json.loads(path.read_text())
         noise = metrics.get("noise") or {}
-        rows.append({"method": metrics.get("method") or path.parent.name, "ratio": float(noise.get("ratio", 0.0)),
-                     **{c: metrics.get(c) for c in SWEEP_COLUMNS}})
+        rows.append(
+            {
+                "method": metrics.get("method") or path.parent.name,
+                "ratio": float(noise.get("ratio", 0.0)),
+                **{c: metrics.get(c) for c in SWEEP_COLUMNS},
+            }
+        )
     if not rows:
         raise FerdataError(f"no */*/{metrics_file} under {reports_dir}; run the sweep's report stages first")
     table = pd.DataFrame(rows).sort_values(["method", "ratio"], kind="stable").reset_index(drop=True)
@@ -194,5 +236,3 @@ def collect_sweep(reports_dir: str | Path, out_dir: str | Path | None = None,
 
     plot_sweep(table, run.output("sweep_curve"))
     return table
-
-

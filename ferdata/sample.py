@@ -31,7 +31,9 @@ class SampleSettings(Settings):
     seed: int = option(0, "seed of the plan")
 
 
-STAGE = Stage("sample", "Write the balanced epoch plan.", __name__, SampleSettings, reads=("labels", "manifest"), writes=("plan",))
+STAGE = Stage(
+    "sample", "Write the balanced epoch plan.", __name__, SampleSettings, reads=("labels", "manifest"), writes=("plan",)
+)
 
 
 def cap_per_video(videos: np.ndarray, per_video: int, rng: np.random.Generator) -> np.ndarray:
@@ -64,8 +66,9 @@ def balance_classes(labels: np.ndarray, candidates: np.ndarray, per_class: int, 
     return np.concatenate(picked)
 
 
-def epoch_plan(videos: np.ndarray, labels: np.ndarray, *, epoch: int, seed: int, per_video: int,
-               per_class: int) -> np.ndarray:
+def epoch_plan(
+    videos: np.ndarray, labels: np.ndarray, *, epoch: int, seed: int, per_video: int, per_class: int
+) -> np.ndarray:
     """Shuffled sample indices for one epoch."""
     rng = np.random.default_rng([seed, 2, epoch])
     kept = cap_per_video(videos, per_video, rng)
@@ -89,12 +92,22 @@ def sample(data_dir: str | Path, settings: SampleSettings | None = None, **optio
     ids = train["sample_id"].to_numpy()
     frames = []
     for e in range(s.epochs):
-        order = epoch_plan(videos, train["label"].to_numpy(), epoch=e, seed=s.seed, per_video=s.per_video,
-                           per_class=s.per_class)
+        order = epoch_plan(
+            videos, train["label"].to_numpy(), epoch=e, seed=s.seed, per_video=s.per_video, per_class=s.per_class
+        )
         frames.append(pd.DataFrame({"epoch": e, "position": np.arange(len(order)), "sample_id": ids[order]}))
     plan = pd.concat(frames, ignore_index=True)
-    run.write(plan, "plan", {"classes": meta["classes"], "epochs": s.epochs, "per_video": s.per_video,
-                             "per_class": s.per_class, "seed": s.seed})
+    run.write(
+        plan,
+        "plan",
+        {
+            "classes": meta["classes"],
+            "epochs": s.epochs,
+            "per_video": s.per_video,
+            "per_class": s.per_class,
+            "seed": s.seed,
+        },
+    )
     return plan
 
 

@@ -28,8 +28,14 @@ class ShardSettings(Settings):
     max_count: int = option(1000, "faces per shard", min=1)
 
 
-STAGE = Stage("shard", "Pack aligned faces into WebDataset shards.", __name__, ShardSettings,
-              reads=("aligned", "aligned_faces"), writes=("shards", "shard_index"))
+STAGE = Stage(
+    "shard",
+    "Pack aligned faces into WebDataset shards.",
+    __name__,
+    ShardSettings,
+    reads=("aligned", "aligned_faces"),
+    writes=("shards", "shard_index"),
+)
 
 
 def shard(data_dir: str | Path, settings: ShardSettings | None = None, **options: Any) -> pd.DataFrame:

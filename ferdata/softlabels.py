@@ -19,7 +19,9 @@ def load_soft_labels(path: str | Path) -> pd.DataFrame:
     """
     df, meta = read_table(path, "softlabels", hint="run `ferdata export` to write it")
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise FerdataError(f"{path} has soft-label schema {meta.get('schema_version')}, this ferdata reads {SCHEMA_VERSION}")
+        raise FerdataError(
+            f"{path} has soft-label schema {meta.get('schema_version')}, this ferdata reads {SCHEMA_VERSION}"
+        )
     classes = meta.get("classes")
     if not classes:
         raise FerdataError(f"{path} lacks the class names in its metadata (ferdata.classes)")

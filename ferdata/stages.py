@@ -24,8 +24,9 @@ from ferdata.shard import STAGE as SHARD
 from ferdata.train.settings import PRIOR, REGRESS, TRAIN
 from ferdata.va import STAGE as VA
 
-STAGES: dict[str, Stage] = {s.name: s for s in (DOWNLOAD, ALIGN, SHARD, REGRESS, PRIOR, VA, NOISE, SAMPLE, TRAIN,
-                                                EXPORT, REPORT, SWEEP, VEGA)}
+STAGES: dict[str, Stage] = {
+    s.name: s for s in (DOWNLOAD, ALIGN, SHARD, REGRESS, PRIOR, VA, NOISE, SAMPLE, TRAIN, EXPORT, REPORT, SWEEP, VEGA)
+}
 
 
 def sections() -> dict[str, type[Settings]]:

@@ -81,14 +81,25 @@ def make_identity(rng: np.random.Generator, index: int) -> Identity:
     """Draw one random identity."""
     tone = rng.uniform(0.25, 1.0)
     skin = tuple(int(c) for c in np.array([200, 170, 150]) * tone + np.array([45, 40, 30]) + rng.integers(-10, 10, 3))
-    hair = tuple(int(c) for c in rng.choice([[30, 30, 35], [20, 40, 80], [40, 90, 150], [30, 60, 110], [200, 200, 210], [20, 20, 20]]))
+    hair = tuple(
+        int(c)
+        for c in rng.choice([[30, 30, 35], [20, 40, 80], [40, 90, 150], [30, 60, 110], [200, 200, 210], [20, 20, 20]])
+    )
     iris = tuple(int(c) for c in rng.choice([[60, 40, 20], [120, 90, 40], [40, 80, 60], [30, 30, 30]]))
     rest = np.zeros(len(PARAMS))
     rest[[0, 1, 3]] = rng.normal(0.0, 0.15, 3)
     return Identity(
-        subject_id=subject_id(index), face_w=rng.uniform(35, 43), face_h=rng.uniform(45, 53),
-        eye_dx=rng.uniform(-2.0, 2.0), eye_dy=rng.uniform(-2.0, 2.0), mouth_dy=rng.uniform(-2.5, 2.5),
-        skin=skin, hair=hair, iris=iris, hair_style=int(rng.integers(0, 3)), rest=rest,
+        subject_id=subject_id(index),
+        face_w=rng.uniform(35, 43),
+        face_h=rng.uniform(45, 53),
+        eye_dx=rng.uniform(-2.0, 2.0),
+        eye_dy=rng.uniform(-2.0, 2.0),
+        mouth_dy=rng.uniform(-2.5, 2.5),
+        skin=skin,
+        hair=hair,
+        iris=iris,
+        hair_style=int(rng.integers(0, 3)),
+        rest=rest,
     )
 
 
@@ -108,7 +119,7 @@ def video_distributions(rng: np.random.Generator, cfg: SynthSettings, n_frames: 
     if primary == "neutral":
         peak_mix[0] = 1.0
         if rng.random() < cfg.blend_prob:
-            other = [c for c in CONFUSABLE["neutral"] if c in classes][0]
+            other = next(c for c in CONFUSABLE["neutral"] if c in classes)
             peak_mix[classes.index(other)] = rng.uniform(0.15, 0.45)
             peak_mix[0] = 1.0 - peak_mix[classes.index(other)]
         intensities = np.zeros(n_frames)
@@ -169,10 +180,43 @@ def draw_face(ident: Identity, expr: np.ndarray) -> tuple[np.ndarray, np.ndarray
     cx, cy = 56.0, 64.0
     # hair behind, head, hair on top
     if ident.hair_style == 1:
-        cv2.ellipse(img, tuple(_pts(np.array([cx, cy + 6]))), tuple(_pts(np.array([ident.face_w + 7, ident.face_h + 10]))), 0, 0, 360, hair, -1, aa, sh)
-    cv2.ellipse(img, tuple(_pts(np.array([cx, cy]))), tuple(_pts(np.array([ident.face_w, ident.face_h]))), 0, 0, 360, skin, -1, aa, sh)
+        cv2.ellipse(
+            img,
+            tuple(_pts(np.array([cx, cy + 6]))),
+            tuple(_pts(np.array([ident.face_w + 7, ident.face_h + 10]))),
+            0,
+            0,
+            360,
+            hair,
+            -1,
+            aa,
+            sh,
+        )
+    cv2.ellipse(
+        img,
+        tuple(_pts(np.array([cx, cy]))),
+        tuple(_pts(np.array([ident.face_w, ident.face_h]))),
+        0,
+        0,
+        360,
+        skin,
+        -1,
+        aa,
+        sh,
+    )
     if ident.hair_style != 2:
-        cv2.ellipse(img, tuple(_pts(np.array([cx, cy - ident.face_h * 0.55]))), tuple(_pts(np.array([ident.face_w * 1.02, ident.face_h * 0.5]))), 0, 180, 360, hair, -1, aa, sh)
+        cv2.ellipse(
+            img,
+            tuple(_pts(np.array([cx, cy - ident.face_h * 0.55]))),
+            tuple(_pts(np.array([ident.face_w * 1.02, ident.face_h * 0.5]))),
+            0,
+            180,
+            360,
+            hair,
+            -1,
+            aa,
+            sh,
+        )
     # eyes
     eyes = TEMPLATE[:2].copy()
     eyes[0, 0] += ident.eye_dx
@@ -180,11 +224,55 @@ def draw_face(ident: Identity, expr: np.ndarray) -> tuple[np.ndarray, np.ndarray
     eyes[:, 1] += ident.eye_dy
     half_h = max(0.4, 3.2 * (1.0 + 0.65 * eye_open))
     for (ex, ey), side in zip(eyes, (-1, 1)):
-        cv2.ellipse(img, tuple(_pts(np.array([ex, ey]))), tuple(_pts(np.array([6.5, half_h]))), 0, 0, 360, (245, 245, 240, 255), -1, aa, sh)
+        cv2.ellipse(
+            img,
+            tuple(_pts(np.array([ex, ey]))),
+            tuple(_pts(np.array([6.5, half_h]))),
+            0,
+            0,
+            360,
+            (245, 245, 240, 255),
+            -1,
+            aa,
+            sh,
+        )
         iris_h = min(2.6, half_h)
-        cv2.ellipse(img, tuple(_pts(np.array([ex, ey]))), tuple(_pts(np.array([2.6, iris_h]))), 0, 0, 360, (*ident.iris, 255), -1, aa, sh)
-        cv2.ellipse(img, tuple(_pts(np.array([ex, ey]))), tuple(_pts(np.array([1.1, min(1.1, half_h)]))), 0, 0, 360, (10, 10, 10, 255), -1, aa, sh)
-        cv2.ellipse(img, tuple(_pts(np.array([ex, ey]))), tuple(_pts(np.array([6.5, half_h]))), 0, 0, 360, (40, 30, 30, 255), 1, aa, sh)
+        cv2.ellipse(
+            img,
+            tuple(_pts(np.array([ex, ey]))),
+            tuple(_pts(np.array([2.6, iris_h]))),
+            0,
+            0,
+            360,
+            (*ident.iris, 255),
+            -1,
+            aa,
+            sh,
+        )
+        cv2.ellipse(
+            img,
+            tuple(_pts(np.array([ex, ey]))),
+            tuple(_pts(np.array([1.1, min(1.1, half_h)]))),
+            0,
+            0,
+            360,
+            (10, 10, 10, 255),
+            -1,
+            aa,
+            sh,
+        )
+        cv2.ellipse(
+            img,
+            tuple(_pts(np.array([ex, ey]))),
+            tuple(_pts(np.array([6.5, half_h]))),
+            0,
+            0,
+            360,
+            (40, 30, 30, 255),
+            1,
+            aa,
+            sh,
+        )
         # brow: outer and inner ends; inner end lowered by brow_inner
         base = ey - 8.5 - 5.0 * brow_raise
         outer = np.array([ex + side * 8.0, base + 1.0])
@@ -195,12 +283,34 @@ def draw_face(ident: Identity, expr: np.ndarray) -> tuple[np.ndarray, np.ndarray
         cv2.polylines(img, [_pts(brow)], False, (*dark, 255), 2 * SUPER, aa, sh)
     # nose
     nose = TEMPLATE[2]
-    cv2.polylines(img, [_pts(np.array([[nose[0] - 1, nose[1] - 14], [nose[0] - 2.5, nose[1]], [nose[0] + 2, nose[1] + 1]]))], False, (*[int(c * 0.75) for c in ident.skin], 255), SUPER, aa, sh)
+    cv2.polylines(
+        img,
+        [_pts(np.array([[nose[0] - 1, nose[1] - 14], [nose[0] - 2.5, nose[1]], [nose[0] + 2, nose[1] + 1]]))],
+        False,
+        (*[int(c * 0.75) for c in ident.skin], 255),
+        SUPER,
+        aa,
+        sh,
+    )
     if wrinkle > 0.05:
         shade = tuple(int(c * (1.0 - 0.35 * min(1.0, wrinkle))) for c in ident.skin)
         for k in range(3):
             y = nose[1] - 13 + 2.2 * k
-            cv2.polylines(img, [_pts(_bezier(np.array([nose[0] - 4, y + 1]), np.array([nose[0], y]), np.array([nose[0] + 4, y + 1]), 6))], False, (*shade, 255), SUPER, aa, sh)
+            cv2.polylines(
+                img,
+                [
+                    _pts(
+                        _bezier(
+                            np.array([nose[0] - 4, y + 1]), np.array([nose[0], y]), np.array([nose[0] + 4, y + 1]), 6
+                        )
+                    )
+                ],
+                False,
+                (*shade, 255),
+                SUPER,
+                aa,
+                sh,
+            )
     # mouth: corners move with width/curve/asym, lips part with openness
     corners = TEMPLATE[3:].copy()
     corners[:, 1] += ident.mouth_dy
@@ -238,7 +348,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return bg
 
 
-def place_face(rng: np.random.Generator, face: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def place_face(
+    rng: np.random.Generator, face: np.ndarray, landmarks: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Composite the canonical face into a photo with random pose; return image, landmarks, bbox."""
     angle = float(np.clip(rng.normal(0.0, 12.0), -30, 30))
     face_px = rng.uniform(0.45, 0.75) * size  # width of the canonical 112 frame in the photo
@@ -303,8 +415,16 @@ def generate(cfg: SynthSettings, seed: int = 0):
                 label_index = int(rng.choice(len(classes), p=dist / dist.sum()))
                 va = true_va(dist, classes, rng)
                 yield SynthFace(
-                    sample_id=f"synth_{video_id}f{f:02d}", subject_id=ident.subject_id, video_id=video_id,
-                    frame=f, split=split, image=image, landmarks=pts, bbox=bbox,
-                    true_dist=dist.astype(np.float32), label=CANONICAL.index(classes[label_index]),
-                    valence=float(va[0]), arousal=float(va[1]),
+                    sample_id=f"synth_{video_id}f{f:02d}",
+                    subject_id=ident.subject_id,
+                    video_id=video_id,
+                    frame=f,
+                    split=split,
+                    image=image,
+                    landmarks=pts,
+                    bbox=bbox,
+                    true_dist=dist.astype(np.float32),
+                    label=CANONICAL.index(classes[label_index]),
+                    valence=float(va[0]),
+                    arousal=float(va[1]),
                 )

@@ -45,8 +45,9 @@ class VASettings(Settings):
     """The ``va`` section of params.yaml."""
 
     section = "va"
-    source: str = option("provided", "provided, regressor, onnx, circumplex, csv, or several in priority order "
-                         "(provided,circumplex)")
+    source: str = option(
+        "provided", "provided, regressor, onnx, circumplex, csv, or several in priority order (provided,circumplex)"
+    )
     k: int = option(8, "neighbours per training face", min=1)
     csv: str = option("", "csv source: a table of sample_id or image path, valence, arousal (+ knn)")
     csv_knn: bool = option(False, "take the neighbour lists from the csv's knn column")
@@ -63,8 +64,15 @@ class VASettings(Settings):
         return [x.strip() for x in self.source.split(",") if x.strip()]
 
 
-STAGE = Stage("va", "Valence/arousal per face and the KNN graph in VA space.", __name__, VASettings,
-              reads=("manifest", "shard_index"), may_read=("prior", "regressed_va", "shards"), writes=("va", "knn"))
+STAGE = Stage(
+    "va",
+    "Valence/arousal per face and the KNN graph in VA space.",
+    __name__,
+    VASettings,
+    reads=("manifest", "shard_index"),
+    may_read=("prior", "regressed_va", "shards"),
+    writes=("va", "knn"),
+)
 
 
 def provided_va(manifest: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
@@ -80,7 +88,9 @@ def _csv_ids(table: pd.DataFrame, manifest: pd.DataFrame, path: Path) -> pd.Seri
         return table["sample_id"].astype(str)
     column = next((c for c in ("subDirectory_filePath", "path", "image") if c in table.columns), None)
     if column is None:
-        raise FerdataError(f"{path} needs a sample_id column or an image path column (subDirectory_filePath, path, image)")
+        raise FerdataError(
+            f"{path} needs a sample_id column or an image path column (subDirectory_filePath, path, image)"
+        )
     by_path = {Path(p).as_posix(): sid for p, sid in zip(manifest["path"], manifest["sample_id"])}
     by_tail: dict[str, str] = {}
     for p, sid in by_path.items():  # AffectNet's lists omit the Manually_Annotated_Images/ prefix
@@ -103,8 +113,10 @@ def read_va_csv(path: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
     table["sample_id"] = _csv_ids(table, manifest, path)
     if "knn" in table.columns:
         row_ids = table["sample_id"].to_numpy()
-        table["knn_ids"] = [None if not isinstance(v, str) or not v.strip() else
-                            [row_ids[int(j)] for j in v.split(";") if j.strip()] for v in table["knn"]]
+        table["knn_ids"] = [
+            None if not isinstance(v, str) or not v.strip() else [row_ids[int(j)] for j in v.split(";") if j.strip()]
+            for v in table["knn"]
+        ]
     return table
 
 
@@ -123,8 +135,10 @@ def onnx_va(shards: Path, ids: pd.Series, options: OnnxSettings) -> pd.DataFrame
 
     path = Path(options.model).expanduser()
     if not options.model or not path.is_file():
-        raise FerdataError(f"va.onnx.model {options.model or '(unset)'} not found: export a VA model "
-                           "to ONNX and give its path, input_size, mean, std and layout under va.onnx")
+        raise FerdataError(
+            f"va.onnx.model {options.model or '(unset)'} not found: export a VA model "
+            "to ONNX and give its path, input_size, mean, std and layout under va.onnx"
+        )
     import onnxruntime
 
     mean, std = np.asarray(options.mean, np.float32), np.asarray(options.std, np.float32)
@@ -133,7 +147,7 @@ def onnx_va(shards: Path, ids: pd.Series, options: OnnxSettings) -> pd.DataFrame
     images = load_images(shards, ids.tolist(), size=options.input_size)
     out = []
     for i in range(0, len(images), 128):
-        x = (images[i:i + 128].astype(np.float32) / 255.0 - mean) / std
+        x = (images[i : i + 128].astype(np.float32) / 255.0 - mean) / std
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2) if options.layout == "nchw" else x)
         raw = np.asarray(session.run(None, {name: x})[options.output], np.float64)
         out.append(raw.reshape(len(x), -1)[:, list(options.columns)])
@@ -165,8 +179,9 @@ def circumplex_va(ids: pd.Series, classes: list[str], posteriors: pd.DataFrame, 
     table = posteriors.set_index("sample_id")
     missing = ids[~ids.isin(table.index)]
     if len(missing):
-        raise FerdataError(f"{where} has no distribution for {len(missing)} faces, e.g. {missing.iloc[0]!r}; "
-                           "re-run `ferdata prior`")
+        raise FerdataError(
+            f"{where} has no distribution for {len(missing)} faces, e.g. {missing.iloc[0]!r}; re-run `ferdata prior`"
+        )
     probs = np.stack(table.loc[ids, "distribution"].to_numpy()).astype(np.float64)
     if probs.shape[1] != len(classes):
         raise FerdataError(f"{where} has {probs.shape[1]} classes per distribution, the dataset has {len(classes)}")
@@ -222,7 +237,9 @@ def knn_graph(ids: np.ndarray, points: np.ndarray, k: int) -> pd.DataFrame:
     return pd.DataFrame({"sample_id": ids, "neighbours": ids[idx].tolist(), "distances": list(dist.astype(np.float32))})
 
 
-def source_frames(run: Run, ids: pd.Series, manifest: pd.DataFrame, classes: list[str]) -> tuple[list, pd.DataFrame | None]:
+def source_frames(
+    run: Run, ids: pd.Series, manifest: pd.DataFrame, classes: list[str]
+) -> tuple[list, pd.DataFrame | None]:
     """Each source's VA for ``ids`` in priority order, and the csv source's table (for its neighbours)."""
     s: VASettings = run.settings
     frames, imported = [], None
@@ -257,8 +274,10 @@ def va(data_dir: str | Path, settings: VASettings | None = None, **options: Any)
     table, rejected = combine(ids, frames)
     if len(rejected):
         first = rejected.iloc[0]
-        raise FerdataError(f"{len(rejected)} faces have no valid VA from {s.source}, e.g. {first['sample_id']!r} "
-                           f"({first['reason']}); add a fallback source, e.g. va.source: {s.source},circumplex")
+        raise FerdataError(
+            f"{len(rejected)} faces have no valid VA from {s.source}, e.g. {first['sample_id']!r} "
+            f"({first['reason']}); add a fallback source, e.g. va.source: {s.source},circumplex"
+        )
     split = manifest.set_index("sample_id").loc[table["sample_id"], "split"].to_numpy()
     train = table[split == "train"]
     if s.csv_knn:
@@ -284,8 +303,12 @@ def imported_graph(train: pd.DataFrame, imported: pd.DataFrame | None, k: int) -
     for sid in train["sample_id"]:
         nbrs = [j for j in (lists.get(sid) or []) if j in va_of.index and j != sid][:k]
         if not nbrs:
-            raise FerdataError(f"va.csv lists no training neighbour for {sid!r}; use the computed graph (va.csv_knn: false)")
+            raise FerdataError(
+                f"va.csv lists no training neighbour for {sid!r}; use the computed graph (va.csv_knn: false)"
+            )
         d = np.linalg.norm(va_of.loc[nbrs].to_numpy(np.float64) - va_of.loc[sid].to_numpy(np.float64), axis=1)
         order = np.argsort(d, kind="stable")  # nearest first, like the computed graph
-        rows.append({"sample_id": sid, "neighbours": [nbrs[i] for i in order], "distances": d[order].astype(np.float32)})
+        rows.append(
+            {"sample_id": sid, "neighbours": [nbrs[i] for i in order], "distances": d[order].astype(np.float32)}
+        )
     return pd.DataFrame(rows)

@@ -11,8 +11,14 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-TINY = {"n_subjects": 6, "videos_per_subject": 2, "frames_per_video": 4, "image_size": 96,
-        "val_fraction": 0.2, "test_fraction": 0.2}
+TINY = {
+    "n_subjects": 6,
+    "videos_per_subject": 2,
+    "frames_per_video": 4,
+    "image_size": 96,
+    "val_fraction": 0.2,
+    "test_fraction": 0.2,
+}
 SEED = 3
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ferdata.core.classes import CANONICAL
-from ferdata.download import download
 from ferdata.core.errors import FerdataError
 from ferdata.core.io import read_table
+from ferdata.download import download
 
 C = CANONICAL.index
 
@@ -33,7 +33,8 @@ def test_rafdb(tmp_path):
     root = tmp_path / "src" / "basic"
     (root / "EmoLabel").mkdir(parents=True)
     (root / "EmoLabel/list_patition_label.txt").write_text(
-        "train_00001.jpg 5\ntrain_00002.jpg 4\ntest_0001.jpg 1\ntest_0002.jpg 9\ntrain_00003.jpg 7\n\n")
+        "train_00001.jpg 5\ntrain_00002.jpg 4\ntest_0001.jpg 1\ntest_0002.jpg 9\ntrain_00003.jpg 7\n\n"
+    )
     for stem in ("train_00001", "train_00002", "test_0001", "test_0002"):
         img(root / f"Image/aligned/{stem}_aligned.jpg", (100, 100), colour=True)
     (root / "Image/aligned/train_00002_aligned.jpg").write_bytes(b"")  # a broken file
@@ -56,10 +57,13 @@ def test_rafdb_original_images_carry_manual_landmarks(tmp_path):
     img(root / "Image/original/train_00001.jpg", (200, 160), colour=True)
     (root / "Annotation/manual").mkdir(parents=True)
     (root / "Annotation/manual/train_00001_manu_attri.txt").write_text(
-        "60.1 80.2\n100.3 81.0\n80.0 100.5\n65.2 120.0\n98.7 121.3\n0\n1\n2\n")
+        "60.1 80.2\n100.3 81.0\n80.0 100.5\n65.2 120.0\n98.7 121.3\n0\n1\n2\n"
+    )
     download("rafdb", tmp_path / "out", source=str(root), dataset={"images": "original", "val_fraction": 0})
     m, _, _ = tables(tmp_path / "out")
-    assert np.allclose(m.loc["rafdb-train_00001", "landmarks"], [60.1, 80.2, 100.3, 81.0, 80.0, 100.5, 65.2, 120.0, 98.7, 121.3])
+    assert np.allclose(
+        m.loc["rafdb-train_00001", "landmarks"], [60.1, 80.2, 100.3, 81.0, 80.0, 100.5, 65.2, 120.0, 98.7, 121.3]
+    )
 
 
 def ferplus_row(name, votes):
@@ -69,11 +73,13 @@ def ferplus_row(name, votes):
 def test_ferplus_folders(tmp_path):
     root = tmp_path / "ferplus"
     rows = {
-        "FER2013Train": [ferplus_row("fer0000000.png", [4, 0, 0, 1, 3, 2, 0, 0, 0, 0]),
-                         ferplus_row("fer0000009.png", [0, 0, 6, 0, 0, 0, 4, 0, 0, 0]),
-                         ferplus_row("fer0000010.png", [0, 0, 0, 0, 0, 0, 0, 0, 2, 8]),
-                         ferplus_row("fer0000011.png", [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]),
-                         ferplus_row("fer0000012.png", [0, 10, 0, 0, 0, 0, 0, 0, 0, 0])],
+        "FER2013Train": [
+            ferplus_row("fer0000000.png", [4, 0, 0, 1, 3, 2, 0, 0, 0, 0]),
+            ferplus_row("fer0000009.png", [0, 0, 6, 0, 0, 0, 4, 0, 0, 0]),
+            ferplus_row("fer0000010.png", [0, 0, 0, 0, 0, 0, 0, 0, 2, 8]),
+            ferplus_row("fer0000011.png", [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]),
+            ferplus_row("fer0000012.png", [0, 10, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ],
         "FER2013Valid": [ferplus_row("fer0028638.png", [0, 0, 0, 0, 0, 0, 0, 3, 7, 0])],
     }
     for folder, lines in rows.items():
@@ -123,8 +129,16 @@ def pixels(value):
 
 
 def test_fer2013_csv_decodes_pixels(tmp_path):
-    write_fer2013(tmp_path, [[0, pixels(10), "Training"], [3, pixels(20), "PublicTest"], [6, pixels(30), "PrivateTest"],
-                             [2, "1 2 3", "Training"], [9, pixels(40), "Training"]])
+    write_fer2013(
+        tmp_path,
+        [
+            [0, pixels(10), "Training"],
+            [3, pixels(20), "PublicTest"],
+            [6, pixels(30), "PrivateTest"],
+            [2, "1 2 3", "Training"],
+            [9, pixels(40), "Training"],
+        ],
+    )
     download("fer2013", tmp_path / "out", source=str(tmp_path / "fer2013.csv"))
     m, meta, rej = tables(tmp_path / "out")
     assert meta["classes"] == list(CANONICAL[:7]) and meta["root"] == "."
@@ -139,8 +153,22 @@ def test_ferplus_csv_joins_row_by_row(tmp_path):
     write_fer2013(tmp_path, [[0, pixels(10), "Training"], [3, pixels(20), "Training"], [6, pixels(30), "PublicTest"]])
     with open(tmp_path / "fer2013new.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-                    "contempt", "unknown", "NF"])
+        w.writerow(
+            [
+                "Usage",
+                "Image name",
+                "neutral",
+                "happiness",
+                "surprise",
+                "sadness",
+                "anger",
+                "disgust",
+                "fear",
+                "contempt",
+                "unknown",
+                "NF",
+            ]
+        )
         w.writerow(["Training", "fer0000000.png", 0, 0, 0, 0, 9, 1, 0, 0, 0, 0])
         w.writerow(["Training", "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 10])  # removed by FER+
         w.writerow(["PublicTest", "fer0028638.png", 8, 2, 0, 0, 0, 0, 0, 0, 0, 0])
@@ -156,12 +184,23 @@ def test_affectnet(tmp_path):
     lists = root / "Manually_Annotated_file_lists"
     lists.mkdir(parents=True)
     lmk = ";".join(f"{10 + i % 17}.0;{20 + i // 17}.0" for i in range(68))
-    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-              "expression", "valence", "arousal"]
-    rows = [["689/737db2483489148d783ef278f43f486c0a97e140fc4b6b61b84363ca.jpg", 134, 134, 899, 899, lmk, 1, 0.78, 0.11],
-            ["392/c4db2f9b7e4b422d14b6e038f0cdc3ecee239b55326e9181ee4520f9.jpg", 20, 20, 200, 200, lmk, 8, -2, -2],
-            ["392/aaaa.jpg", 20, 20, 200, 200, lmk, 10, -2, -2],
-            ["100/bbbb.png", 20, 20, 200, 200, lmk, 6, -2, -2]]
+    header = [
+        "subDirectory_filePath",
+        "face_x",
+        "face_y",
+        "face_width",
+        "face_height",
+        "facial_landmarks",
+        "expression",
+        "valence",
+        "arousal",
+    ]
+    rows = [
+        ["689/737db2483489148d783ef278f43f486c0a97e140fc4b6b61b84363ca.jpg", 134, 134, 899, 899, lmk, 1, 0.78, 0.11],
+        ["392/c4db2f9b7e4b422d14b6e038f0cdc3ecee239b55326e9181ee4520f9.jpg", 20, 20, 200, 200, lmk, 8, -2, -2],
+        ["392/aaaa.jpg", 20, 20, 200, 200, lmk, 10, -2, -2],
+        ["100/bbbb.png", 20, 20, 200, 200, lmk, 6, -2, -2],
+    ]
     with open(lists / "training.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
     with open(lists / "validation.csv", "w", newline="") as fh:
@@ -197,23 +236,32 @@ def test_ckplus_sequences(tmp_path):
             img(root / "cohn-kanade-images" / seq / f"{subject}_{number}_{f:08d}.png", (64, 64))
             (root / "Landmarks" / seq).mkdir(parents=True, exist_ok=True)
             (root / "Landmarks" / seq / f"{subject}_{number}_{f:08d}_landmarks.txt").write_text(
-                "\n".join(f"   {100 + i}.0   {50 + i}.0" for i in range(68)))
+                "\n".join(f"   {100 + i}.0   {50 + i}.0" for i in range(68))
+            )
         if label is not None:
             (root / "Emotion" / seq).mkdir(parents=True)
             (root / "Emotion" / seq / f"{subject}_{number}_{n:08d}_emotion.txt").write_text(f"   {label:.7e}\n")
     download("ckplus", tmp_path / "out", source=str(root), dataset={"val_fraction": 0, "test_fraction": 0})
-    m, meta, rej = tables(tmp_path / "out")
+    m, _meta, rej = tables(tmp_path / "out")
     assert len(m) == 8  # 3 peak frames + the first (neutral) frame per labelled sequence
     assert m.loc["ckplus-S005_001_00000005", "label"] == C("disgust")
     assert m.loc["ckplus-S005_001_00000001", "label"] == C("neutral")
     assert m.loc["ckplus-S010_002_00000004", "label"] == C("happy")
-    assert m.loc["ckplus-S005_001_00000003", "video_id"] == "S005_001" and m.loc["ckplus-S005_001_00000003", "frame"] == 3
+    assert (
+        m.loc["ckplus-S005_001_00000003", "video_id"] == "S005_001" and m.loc["ckplus-S005_001_00000003", "frame"] == 3
+    )
     assert len(m.loc["ckplus-S005_001_00000003", "landmarks"]) == 10
     assert rej.loc["ckplus-S011_001", "reason"] == "unlabelled_sequence"
 
 
 def test_ckplus48_keeps_subjects_within_one_split(tmp_path):
-    for cls, subject in (("anger", "S010"), ("happy", "S011"), ("surprise", "S010"), ("contempt", "S012"), ("fear", "S013")):
+    for cls, subject in (
+        ("anger", "S010"),
+        ("happy", "S011"),
+        ("surprise", "S010"),
+        ("contempt", "S012"),
+        ("fear", "S013"),
+    ):
         for f in (11, 12, 13):
             img(tmp_path / "CK+48" / cls / f"{subject}_00{len(cls)}_{f:08d}.png")
     download("ckplus", tmp_path / "out", source=str(tmp_path))
@@ -230,7 +278,8 @@ def test_jaffe_ratings_become_distributions(tmp_path):
         "Mean semantic ratings by 60 Japanese female students.\n\n# HAP SAD SUR ANG DIS FEA PIC\n-----\n"
         "1 1.10 1.60 1.30 4.70 3.00 1.40 KA-AN1\n2 2.87 2.52 2.10 1.97 1.97 2.06 KA-NE1\n"
         "3 4.90 1.13 1.26 1.10 1.03 1.10 YN-HA2\n4 1.20 1.10 4.90 1.10 1.10 2.90 KM-SU1\n"
-        "----- Semantic Ratings Data (Fear Excluded) -----\n1 5.00 1.00 1.00 1.00 1.00 KA-AN1\n")
+        "----- Semantic Ratings Data (Fear Excluded) -----\n1 5.00 1.00 1.00 1.00 1.00 KA-AN1\n"
+    )
     download("jaffe", tmp_path / "out", source=str(tmp_path))
     m, meta, _ = tables(tmp_path / "out")
     assert meta["classes"] == list(CANONICAL[:7])
@@ -258,19 +307,23 @@ def test_affwild2(tmp_path):
     root = tmp_path / "affwild2"
     (root / "EXPR_Classification_Challenge/Train_Set").mkdir(parents=True)
     (root / "EXPR_Classification_Challenge/Train_Set/1-30-1280x720.txt").write_text(
-        "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n0\n4\n-1\n7\n5\n")
+        "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n0\n4\n-1\n7\n5\n"
+    )
     (root / "VA_Estimation_Challenge/Train_Set").mkdir(parents=True)
     (root / "VA_Estimation_Challenge/Train_Set/1-30-1280x720.txt").write_text(
-        "valence,arousal\n0.1,0.2\n0.5,0.4\n-5,-5\n0.0,0.0\n-5,-5\n")
+        "valence,arousal\n0.1,0.2\n0.5,0.4\n-5,-5\n0.0,0.0\n-5,-5\n"
+    )
     for f in (1, 2, 3, 4):  # frame 5 was never detected: no image
         img(root / "cropped_aligned/1-30-1280x720" / f"{f:05d}.jpg", (112, 112), colour=True)
     download("affwild2", tmp_path / "out", source=str(tmp_path), dataset={"val_fraction": 0})
     m, _, rej = tables(tmp_path / "out")
     assert list(m.index) == ["affwild2-1-30-1280x720-00001", "affwild2-1-30-1280x720-00002"]
     assert m.iloc[1]["label"] == C("happy") and np.isclose(m.iloc[1]["valence"], 0.5) and m.iloc[1]["frame"] == 2
-    assert rej["reason"].to_dict() == {"affwild2-1-30-1280x720-00003": "unlabelled_frame",
-                                       "affwild2-1-30-1280x720-00004": "other",
-                                       "affwild2-1-30-1280x720-00005": "missing_image"}
+    assert rej["reason"].to_dict() == {
+        "affwild2-1-30-1280x720-00003": "unlabelled_frame",
+        "affwild2-1-30-1280x720-00004": "other",
+        "affwild2-1-30-1280x720-00005": "missing_image",
+    }
 
 
 def test_ferg(tmp_path):
@@ -305,16 +358,27 @@ def test_folder_with_and_without_splits(tmp_path):
 def test_csv_with_images_elsewhere(tmp_path):
     (tmp_path / "data").mkdir()
     with open(tmp_path / "data/legend.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["user.id", "image", "emotion"], ["302", "a_0001.jpg", "HAPPINESS"],
-                                  ["dwdii", "b_0001.jpg", "happiness"], ["x", "c_0001.jpg", "neutral"],
-                                  ["x", "a_0001.jpg", "neutral"], ["x", "d_0001.jpg", "bored"]])
+        csv.writer(fh).writerows(
+            [
+                ["user.id", "image", "emotion"],
+                ["302", "a_0001.jpg", "HAPPINESS"],
+                ["dwdii", "b_0001.jpg", "happiness"],
+                ["x", "c_0001.jpg", "neutral"],
+                ["x", "a_0001.jpg", "neutral"],
+                ["x", "d_0001.jpg", "bored"],
+            ]
+        )
     for name in ("a_0001.jpg", "b_0001.jpg", "d_0001.jpg"):
         img(tmp_path / "images" / name, colour=True)
     download("csv", tmp_path / "out", source=str(tmp_path / "data/legend.csv"))
     m, meta, rej = tables(tmp_path / "out")
     assert meta["root"] == str((tmp_path / "images").resolve())
     assert sorted(m["label"]) == [C("happy"), C("happy")]
-    assert rej["reason"].to_dict() == {"csv-a_0001": "duplicate_id", "csv-c_0001": "missing_image", "csv-d_0001": "unknown_label"}
+    assert rej["reason"].to_dict() == {
+        "csv-a_0001": "duplicate_id",
+        "csv-c_0001": "missing_image",
+        "csv-d_0001": "unknown_label",
+    }
 
 
 def test_archive_source_and_missing_source(tmp_path):

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from ferdata.core.errors import FerdataError
-
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import Batch, MethodContext, build_method
 from ferdata.train.methods.akt import attention_map, symmetric_kl

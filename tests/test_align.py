@@ -4,7 +4,7 @@ import pandas as pd
 
 from ferdata.align import align, read_image, warp_to_template
 from ferdata.core.io import read_table, write_table
-from ferdata.synth import SynthSettings, TEMPLATE, generate
+from ferdata.synth import TEMPLATE, SynthSettings, generate
 
 
 def test_read_image_converts_every_kind(tmp_path):

@@ -37,7 +37,9 @@ def test_one_hot_prediction_gives_no_nan():
 
 def test_forward_backward_and_loss_terms():
     method, model = _arbex(), build_backbone("small_cnn", C)
-    loss = method.batch_loss(model, Batch(index=torch.arange(4), x=torch.randn(4, 3, 32, 32), y=torch.tensor([0, 1, 2, 3])))
+    loss = method.batch_loss(
+        model, Batch(index=torch.arange(4), x=torch.randn(4, 3, 32, 32), y=torch.tensor([0, 1, 2, 3]))
+    )
     loss.backward()
     assert torch.isfinite(loss)
     assert method.anchors.grad.abs().sum() > 0 and method.correction_head.weight.grad.abs().sum() > 0

@@ -9,7 +9,9 @@ STAGES = ("download", "align", "shard", "va", "noise", "sample", "train", "expor
 
 
 def test_help_lists_every_stage():
-    out = subprocess.run([sys.executable, "-m", "ferdata.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ferdata.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for name in STAGES:
         assert name in out
 
@@ -17,17 +19,26 @@ def test_help_lists_every_stage():
 def test_unknown_dataset_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["download", "imagenet", "--data", str(tmp_path)])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["error: unknown dataset 'imagenet': known datasets are affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"]
+    known = "affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"
+    assert result.output.strip().splitlines() == [f"error: unknown dataset 'imagenet': known datasets are {known}"]
 
 
 def test_missing_input_table_is_one_line(tmp_path):
-    for stage, missing in (("align", "manifest.parquet"), ("shard", "aligned.parquet"), ("noise", "manifest.parquet"),
-                           ("sample", "labels.parquet"), ("train", "labels.parquet"), ("export", "labels.parquet"),
-                           ("report", "softlabels.parquet")):
+    for stage, missing in (
+        ("align", "manifest.parquet"),
+        ("shard", "aligned.parquet"),
+        ("noise", "manifest.parquet"),
+        ("sample", "labels.parquet"),
+        ("train", "labels.parquet"),
+        ("export", "labels.parquet"),
+        ("report", "softlabels.parquet"),
+    ):
         result = CliRunner().invoke(app, [stage, "--data", str(tmp_path)])
         assert result.exit_code == 1, stage
         lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and missing in lines[0] and "ferdata" in lines[0], lines
+        assert len(lines) == 1 and lines[0].startswith("error: ") and missing in lines[0] and "ferdata" in lines[0], (
+            lines
+        )
 
 
 def test_options_override_params(tmp_path, data_dir):
@@ -42,18 +53,24 @@ def test_options_override_params(tmp_path, data_dir):
 
 
 def test_unknown_params_keys_are_one_line_errors_naming_the_key(tmp_path, data_dir):
-    cases = {"noize:\n  ratio: 0.3\n": "unknown setting 'noize'; did you mean noise?",
-             "noise: {ratoi: 0.3}\n": "unknown setting 'noise.ratoi'; did you mean noise.ratio?",
-             "train: {epoch: 3}\n": "unknown setting 'train.epoch'; did you mean train.epochs?",
-             "train: {ldlva: {lamda_lr: 3}}\n": "unknown setting 'train.ldlva.lamda_lr'; did you mean train.ldlva.lambda_lr?",
-             "noise: {ratio: high}\n": "noise.ratio must be float, got 'high'",
-             "align: {size: 100}\n": "align.size 100 must be a multiple of 112 or 128 (e.g. 112, 224)"}
+    cases = {
+        "noize:\n  ratio: 0.3\n": "unknown setting 'noize'; did you mean noise?",
+        "noise: {ratoi: 0.3}\n": "unknown setting 'noise.ratoi'; did you mean noise.ratio?",
+        "train: {epoch: 3}\n": "unknown setting 'train.epoch'; did you mean train.epochs?",
+        "train: {ldlva: {lamda_lr: 3}}\n": "unknown setting 'train.ldlva.lamda_lr'; "
+        "did you mean train.ldlva.lambda_lr?",
+        "noise: {ratio: high}\n": "noise.ratio must be float, got 'high'",
+        "align: {size: 100}\n": "align.size 100 must be a multiple of 112 or 128 (e.g. 112, 224)",
+    }
     for text, message in cases.items():
         (tmp_path / "p.yaml").write_text(text)
-        result = CliRunner().invoke(app, ["noise", "--ratio", "0.3", "--data", str(data_dir), "--params", str(tmp_path / "p.yaml")])
+        result = CliRunner().invoke(
+            app, ["noise", "--ratio", "0.3", "--data", str(data_dir), "--params", str(tmp_path / "p.yaml")]
+        )
         assert result.exit_code == 2, text
-        assert result.output.strip().splitlines() == [f"error: {tmp_path / 'p.yaml'}: {message}"
-                                                      if "unknown" in message else f"error: {message}"], text
+        assert result.output.strip().splitlines() == [
+            f"error: {tmp_path / 'p.yaml'}: {message}" if "unknown" in message else f"error: {message}"
+        ], text
     assert not (data_dir / "labels.parquet").exists()
 
 
@@ -64,10 +81,16 @@ def test_every_setting_is_an_option_with_its_help():
         out = CliRunner().invoke(app, [name, "--help"], terminal_width=200).output
         for field in STAGES[name].settings.__dataclass_fields__.values():
             if isinstance(field.default, (int, float, str)):
-                assert "--" + field.name.replace("_", "-") in out or field.metadata.get("flag") in out, (name, field.name)
+                assert "--" + field.name.replace("_", "-") in out or field.metadata.get("flag") in out, (
+                    name,
+                    field.name,
+                )
     assert "(default: 0.05)" in CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
 
 
 def test_the_command_line_does_not_import_torch():
     code = "import sys, ferdata.cli; from ferdata.stages import sections; sections(); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

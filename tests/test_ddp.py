@@ -18,9 +18,31 @@ def test_torchrun_two_cpu_processes(trained_dir, tmp_path, method):
     data = tmp_path / "synth"
     shutil.copytree(trained_dir, data)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "ferdata.cli", "train", "--data", str(data), "--models", str(tmp_path / "models"),
-           "--method", method, "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--lr", "0.01"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "ferdata.cli",
+        "train",
+        "--data",
+        str(data),
+        "--models",
+        str(tmp_path / "models"),
+        "--method",
+        method,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--lr",
+        "0.01",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("trained ") == 2  # both ranks finished

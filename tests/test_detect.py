@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ferdata.align import choose_face
-from ferdata.detect import Face, find_weights, nms
 from ferdata.core.errors import FerdataError
+from ferdata.detect import Face, find_weights, nms
 
 HAS_WEIGHTS = importlib.util.find_spec("facenet_pytorch") is not None
 needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="pip install --no-deps facenet-pytorch==2.6.0")
@@ -22,9 +22,11 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 
 
 def test_choose_face_prefers_the_dataset_box_else_large_and_central():
-    faces = [Face(np.array([0, 0, 40, 40.]), 0.99, np.zeros((5, 2))),
-             Face(np.array([80, 80, 120, 120.]), 0.95, np.zeros((5, 2))),
-             Face(np.array([150, 150, 199, 199.]), 0.99, np.zeros((5, 2)))]
+    faces = [
+        Face(np.array([0, 0, 40, 40.0]), 0.99, np.zeros((5, 2))),
+        Face(np.array([80, 80, 120, 120.0]), 0.95, np.zeros((5, 2))),
+        Face(np.array([150, 150, 199, 199.0]), 0.99, np.zeros((5, 2))),
+    ]
     assert choose_face(faces, None, (200, 200, 3)) == 1
     assert choose_face(faces, np.array([5, 5, 30, 30]), (200, 200, 3)) == 0
 

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from conftest import SEED, TINY
 
-from ferdata.download import download
 from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.io import read_table
-
-from conftest import SEED, TINY
+from ferdata.download import download
 
 
 def test_manifest_of_synth(shards_dir):
@@ -29,7 +28,8 @@ def test_download_is_deterministic(tmp_path):
 
 
 def test_unknown_dataset(tmp_path):
-    with pytest.raises(FerdataError, match="unknown dataset .nope.: known datasets are affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"):
+    known = "affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"
+    with pytest.raises(FerdataError, match=f"unknown dataset .nope.: known datasets are {known}"):
         download("nope", tmp_path)
 
 

@@ -4,10 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import ferdata
-from ferdata.core.errors import FerdataError
 from ferdata.core.classes import normalised_entropy
-from ferdata.export import suspect_noisy
+from ferdata.core.errors import FerdataError
 from ferdata.core.io import read_table, write_table
+from ferdata.export import suspect_noisy
 
 
 def test_soft_labels_contract(trained_dir):
@@ -31,8 +31,11 @@ def test_soft_labels_contract(trained_dir):
 def test_load_soft_labels_rejects_broken_files(trained_dir, tmp_path):
     df, meta = read_table(trained_dir / "softlabels.parquet", "softlabels")
     df.loc[0, "distribution"] = np.full(7, 0.5, np.float32)
-    with pytest.raises(FerdataError, match="bad.parquet not written: softlabels table fails validation: "
-                                           "expect_column_values_to_be_between\\(_dist_sum\\): 1 rows, e.g. "):
+    with pytest.raises(
+        FerdataError,
+        match="bad.parquet not written: softlabels table fails validation: "
+        "expect_column_values_to_be_between\\(_dist_sum\\): 1 rows, e.g. ",
+    ):
         write_table(df, tmp_path / "bad.parquet", "softlabels", {"classes": meta["classes"]})
     assert not (tmp_path / "bad.parquet").exists()
     write_table(df, tmp_path / "bad.parquet", "softlabels", {"classes": meta["classes"]}, validate=False)
@@ -74,10 +77,16 @@ def test_settings_hash_follows_every_setting_upstream(trained_dir, tmp_path, mon
     shutil.copytree(trained_dir, copy)
     monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults and options only
     hashes = []
-    for args in (["noise", "--ratio", "0.25", "--seed", "1"], ["noise", "--ratio", "0.2", "--seed", "1"],
-                 ["noise", "--ratio", "0.25", "--seed", "1"]):
-        for command in (args, ["export", "--models", str(copy / "models")], ["export", "--models", str(copy / "models"),
-                                                                                 "--margin", "0.3"]):
+    for args in (
+        ["noise", "--ratio", "0.25", "--seed", "1"],
+        ["noise", "--ratio", "0.2", "--seed", "1"],
+        ["noise", "--ratio", "0.25", "--seed", "1"],
+    ):
+        for command in (
+            args,
+            ["export", "--models", str(copy / "models")],
+            ["export", "--models", str(copy / "models"), "--margin", "0.3"],
+        ):
             result = CliRunner().invoke(app, [*command, "--data", str(copy)])
             assert result.exit_code == 0, result.output
             if command[0] == "export":

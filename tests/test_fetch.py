@@ -4,6 +4,7 @@ import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -17,9 +18,9 @@ class Handler(BaseHTTPRequestHandler):
     """Serves PAYLOAD with Range support; the first plain GET is cut half way when ``cut`` is set."""
 
     cut = False
-    requests: list = []
+    requests: ClassVar[list] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         rng = self.headers.get("Range")
         type(self).requests.append(rng)
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
@@ -101,12 +102,15 @@ def test_extract_tar_and_zip(tmp_path):
     assert extract(tmp_path / "ok.zip", tmp_path / "outz") == 1
 
 
-@pytest.mark.parametrize("name,kind,match", [
-    ("../evil.txt", "file", "outside the target"),
-    ("/abs/evil.txt", "file", "outside the target"),
-    ("basic/../../evil.txt", "file", "outside the target"),
-    ("basic/link", "sym", "is a link"),
-])
+@pytest.mark.parametrize(
+    "name,kind,match",
+    [
+        ("../evil.txt", "file", "outside the target"),
+        ("/abs/evil.txt", "file", "outside the target"),
+        ("basic/../../evil.txt", "file", "outside the target"),
+        ("basic/link", "sym", "is a link"),
+    ],
+)
 def test_extract_refuses_malicious_tar(tmp_path, name, kind, match):
     archive = _tar(tmp_path / "evil.tar.gz", [("basic/ok.txt", b"ok", "file"), (name, b"x", kind)])
     target = tmp_path / "sandbox" / "out"

@@ -117,7 +117,8 @@ def test_a_table_killed_mid_write_leaves_the_old_file(tmp_path):
     write_table(_plan(), target, "plan")
     before = target.read_bytes()
     marker = tmp_path / "writing"
-    _kill_mid_write(textwrap.dedent(f"""
+    _kill_mid_write(
+        textwrap.dedent(f"""
         import time, pyarrow.parquet as pq
         import ferdata.core.io as io
         real = pq.write_table
@@ -129,7 +130,9 @@ def test_a_table_killed_mid_write_leaves_the_old_file(tmp_path):
         import pandas as pd
         df = pd.DataFrame({{"epoch": [9], "position": [0], "sample_id": ["x"]}})
         io.write_table(df, {str(target)!r}, "plan")
-    """), marker)
+    """),
+        marker,
+    )
     assert target.read_bytes() == before  # the old version, whole
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("plan.parquet", "writing")]
     assert all(name.startswith(".plan.parquet.") and name.endswith(".tmp") for name in leftovers)
@@ -146,7 +149,8 @@ def test_align_killed_mid_run_resumes_and_publishes_nothing_half_done(data_dir):
     shutil.rmtree(data_dir / "aligned")
     (data_dir / "aligned.parquet").unlink()
     marker = data_dir / "killed-here"
-    _kill_mid_write(textwrap.dedent(f"""
+    _kill_mid_write(
+        textwrap.dedent(f"""
         import time
         import ferdata.align as mod
         import ferdata.core.stage as stage
@@ -160,7 +164,9 @@ def test_align_killed_mid_run_resumes_and_publishes_nothing_half_done(data_dir):
             return out
         stage.write_table = slow
         mod.align({str(data_dir)!r})
-    """), marker)
+    """),
+        marker,
+    )
     assert not (data_dir / "aligned").exists() and not (data_dir / "aligned.parquet").exists()
     assert len(list((data_dir / ".align-work").glob("chunk-*.parquet"))) == 3
     import ferdata.align as mod

@@ -6,9 +6,9 @@ from ferdata.core.errors import UsageError
 from ferdata.core.io import read_table
 from ferdata.train.backbones import build_backbone
 from ferdata.train.loop import train
-from ferdata.train.settings import LDLVAOptions, TrainSettings
 from ferdata.train.methods import Batch, MethodContext, build_method
 from ferdata.train.methods.ldlva import discriminative_loss, local_similarity
+from ferdata.train.settings import LDLVAOptions, TrainSettings
 
 N, K, C = 12, 3, 4
 
@@ -18,7 +18,9 @@ def _method(mode="bank", dim=32, **kw):
     labels = torch.arange(N) % C
     knn = torch.stack([(torch.arange(N) + s) % N for s in (1, 2, 3)], dim=1)
     va = torch.rand(N, 2, generator=gen) * 2 - 1
-    return build_method("ldlva", MethodContext(C, dim, labels, knn, va, LDLVAOptions(neighbour_mode=mode, **kw))), labels
+    return build_method(
+        "ldlva", MethodContext(C, dim, labels, knn, va, LDLVAOptions(neighbour_mode=mode, **kw))
+    ), labels
 
 
 def test_local_similarity_is_l1_kernel():
@@ -82,7 +84,7 @@ def test_forward_backward_reaches_every_part(mode):
 
 def test_lambda_falls_for_a_label_the_model_rejects():
     """A sample whose given label the model and neighbours both reject loses trust (lambda goes down)."""
-    method, labels = _method(lambda_lr=100.0)
+    method, _labels = _method(lambda_lr=100.0)
     index = torch.tensor([0])
     y = torch.tensor([1])
     logits = torch.tensor([[5.0, -5.0, 0.0, 0.0]])
@@ -108,7 +110,9 @@ def test_bad_neighbour_mode():
 
 
 def test_ldlva_trains_end_to_end(trained_dir, tmp_path):
-    cfg = TrainSettings(method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01, ldlva=LDLVAOptions(lambda_lr=50.0))
+    cfg = TrainSettings(
+        method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01, ldlva=LDLVAOptions(lambda_lr=50.0)
+    )
     train(trained_dir, tmp_path, cfg)
     soft, meta = read_table(tmp_path / "learned.parquet", "learned")
     soft = soft[soft["split"] == "train"]

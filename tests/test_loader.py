@@ -13,7 +13,9 @@ def webdataset_members(shards):
     import webdataset as wds
 
     every = lambda src: src  # noqa: E731
-    for sample in wds.WebDataset([str(p) for p in shards], shardshuffle=False, nodesplitter=every, workersplitter=every):
+    for sample in wds.WebDataset(
+        [str(p) for p in shards], shardshuffle=False, nodesplitter=every, workersplitter=every
+    ):
         yield sample["__key__"], sample["jpg"]
 
 

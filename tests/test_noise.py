@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ferdata.core.classes import BASIC7, CANONICAL, CONFUSABLE
 from ferdata.cli import app
+from ferdata.core.classes import BASIC7, CANONICAL, CONFUSABLE
 from ferdata.core.errors import UsageError
 from ferdata.noise import flip_labels, noise
 

@@ -17,16 +17,26 @@ import ferdata
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = {
-    "synth": {"n_subjects": 6, "videos_per_subject": 2, "frames_per_video": 4, "image_size": 96,
-              "val_fraction": 0.2, "test_fraction": 0.2},
+    "synth": {
+        "n_subjects": 6,
+        "videos_per_subject": 2,
+        "frames_per_video": 4,
+        "image_size": 96,
+        "val_fraction": 0.2,
+        "test_fraction": 0.2,
+    },
     "align": {"workers": 1},
     "train": {"epochs": 2, "batch_size": 8, "image_size": 32},
 }
 
 
 def _dvc(repo: Path, *args: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
@@ -58,8 +68,15 @@ def test_repro_runs_caches_and_reruns_only_downstream_of_noise(repo):
     assert first == {"vega", "download", "align", "shard", "va", "noise", "sample", "train", "export", "report"}
     soft = ferdata.load_soft_labels(repo / "data/synth/softlabels.parquet")
     assert len(soft) == 48
-    for name in ("metrics.json", "class_balance.png", "confusion.png", "va.png", "uncertainty.png", "ambiguous.png",
-                 "index.html"):
+    for name in (
+        "metrics.json",
+        "class_balance.png",
+        "confusion.png",
+        "va.png",
+        "uncertainty.png",
+        "ambiguous.png",
+        "index.html",
+    ):
         assert (repo / "reports/synth" / name).is_file()
     _dvc(repo, "plots", "show", "-o", "plots-page")
     page = (repo / "plots-page/index.html").read_text()
@@ -82,7 +99,7 @@ def test_noise_sweep_collects_one_table(repo):
     _dvc(repo, "repro")  # the base dataset (cached by the test above when it ran first)
     shutil.copytree(ROOT / "pipelines", repo / "pipelines", symlinks=True)
     sweep = yaml.safe_load((repo / "pipelines/noise-sweep/params.yaml").read_text())
-    sweep.update(ratios=[0.0, 0.2], methods=["ce", "ls"])
+    sweep["sweep"].update(ratios=[0.0, 0.2], methods=["ce", "ls"])
     sweep["train"].update(TINY_PARAMS["train"])
     (repo / "pipelines/noise-sweep/params.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     out = _dvc(repo, "repro", "pipelines/noise-sweep/dvc.yaml")
@@ -127,7 +144,7 @@ def test_dataset_pipeline_template_on_a_ferplus_layout(tmp_path_factory):
     assert (repo / "pipelines/ferplus/dvc.yaml").is_symlink()
     _ferplus_fixture(repo / "raw-ferplus")
     params = yaml.safe_load((repo / "pipelines/ferplus/params.yaml").read_text())
-    params["source"]["path"] = str(repo / "raw-ferplus")
+    params["download"]["source"] = str(repo / "raw-ferplus")
     params["align"]["workers"] = 1
     params["prior"].update(folds=2, epochs=1)
     params["train"].update(epochs=2, batch_size=8, image_size=32)

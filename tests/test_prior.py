@@ -13,11 +13,12 @@ from ferdata.train.prior import prior
 
 
 def test_fold_groups_keep_subjects_whole():
-    manifest = pd.DataFrame({"sample_id": [f"s{i}" for i in range(12)], "subject_id": [f"p{i // 3}" for i in range(12)],
-                             "video_id": None})
+    manifest = pd.DataFrame(
+        {"sample_id": [f"s{i}" for i in range(12)], "subject_id": [f"p{i // 3}" for i in range(12)], "video_id": None}
+    )
     folds = fold_groups(group_of(manifest), folds=2, seed=0)
     assert sorted(np.bincount(folds)) == [6, 6]
-    assert all(len(set(folds[i:i + 3])) == 1 for i in range(0, 12, 3))
+    assert all(len(set(folds[i : i + 3])) == 1 for i in range(0, 12, 3))
 
 
 def test_out_of_fold_predicts_every_face(data_dir):

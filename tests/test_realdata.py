@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ferdata.core.classes import CANONICAL
-from ferdata.download import download
 from ferdata.core.io import read_table
+from ferdata.download import download
 
 REALDATA = Path(os.environ.get("FERDATA_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
 
@@ -30,8 +30,12 @@ def test_ferplus_sample(tmp_path):
     df, rejected = ingest(tmp_path, "ferplus", "ferplus-dev.tar.gz")
     assert len(df) + len(rejected) == 4600
     assert df["split"].value_counts().to_dict() == {"train": 3761, "val": 565}
-    assert rejected["reason"].value_counts().to_dict() == {"tied_top_votes": 178, "unknown_majority": 58,
-                                                           "duplicate_image": 37, "not_a_face": 1}
+    assert rejected["reason"].value_counts().to_dict() == {
+        "tied_top_votes": 178,
+        "unknown_majority": 58,
+        "duplicate_image": 37,
+        "not_a_face": 1,
+    }
     dist = np.stack(df["true_dist"].to_numpy())
     assert np.allclose(dist.sum(1), 1, atol=1e-6)
     assert (dist.argmax(1) == df["label"].to_numpy()).all()  # the label is the votes' top class

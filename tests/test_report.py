@@ -36,7 +36,7 @@ def test_report_stage(trained_dir, tmp_path):
     for name in ("va.png", "uncertainty.png", "ambiguous.png"):
         assert (tmp_path / name).stat().st_size > 5_000, name
     page = (tmp_path / "index.html").read_text()
-    assert page.count("<img src=\"data:image/png;base64,") == 5  # every figure inlined
+    assert page.count('<img src="data:image/png;base64,') == 5  # every figure inlined
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing fetched
 
 
@@ -56,9 +56,16 @@ def test_collect_sweep_makes_one_table_and_a_curve(tmp_path):
         for method, acc in (("ce", 0.7 - ratio), ("ldlva", 0.8 - ratio / 2)):
             out = tmp_path / "sweep" / f"r{ratio}" / method
             out.mkdir(parents=True)
-            (out / "metrics.json").write_text(json.dumps({
-                "method": method, "noise": {"ratio": ratio}, "test_acc_true_argmax": acc,
-                "noise_auroc_given_prob": 0.9 if ratio else None}))
+            (out / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "method": method,
+                        "noise": {"ratio": ratio},
+                        "test_acc_true_argmax": acc,
+                        "noise_auroc_given_prob": 0.9 if ratio else None,
+                    }
+                )
+            )
     table = collect_sweep(tmp_path / "sweep", tmp_path / "summary")
     assert list(table["method"]) == ["ce", "ce", "ldlva", "ldlva"] and list(table["ratio"]) == [0.0, 0.3, 0.0, 0.3]
     assert (tmp_path / "summary/sweep.csv").read_text().startswith("method,ratio,test_acc_true_argmax")

@@ -79,7 +79,7 @@ def expected(body: dict, forks: dict[str, str] | None = None, made: set[str] | N
         if stage.name == "sweep":
             folders["reports"] = _option(argv, "--out")
 
-        def place(kind: str) -> tuple[str, str]:
+        def place(kind: str, folders: dict[str, str | None] = folders) -> tuple[str, str]:
             table = TABLES[kind]
             return ("", table.file) if table.folder == "repo" else (_norm(folders[table.folder]), table.file)
 
@@ -158,8 +158,9 @@ def test_stage_params_cover_the_sections_their_settings_read():
                 stage = STAGES[argv[1]]
                 if stage.settings is None:
                     continue
-                needed = {stage.settings.section} | {f.metadata["param"] for f in stage.settings.__dataclass_fields__.values()
-                                                     if f.metadata.get("param")}
+                needed = {stage.settings.section} | {
+                    f.metadata["param"] for f in stage.settings.__dataclass_fields__.values() if f.metadata.get("param")
+                }
                 if stage.name == "download":
                     needed |= {"dataset", "${dataset}"}
                 if stage.name == "report":

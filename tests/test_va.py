@@ -59,10 +59,16 @@ def test_circumplex_va_from_posteriors(data_dir, tmp_path):
     probs = np.zeros((len(manifest), len(classes)), np.float32)
     probs[:, classes.index("happy")] = 1.0
     probs[::2] = 1.0 / len(classes)  # every other face: uniform
-    post = pd.DataFrame({"sample_id": manifest["sample_id"], "split": manifest["split"],
-                         "distribution": list(probs), "uncertainty": 0.0})
+    post = pd.DataFrame(
+        {
+            "sample_id": manifest["sample_id"],
+            "split": manifest["split"],
+            "distribution": list(probs),
+            "uncertainty": 0.0,
+        }
+    )
     write_table(post, data_dir / "prior.parquet", "prior", {"classes": classes})
-    table, graph = va(data_dir, source="circumplex", k=3)
+    table, _graph = va(data_dir, source="circumplex", k=3)
     assert (table["source"] == "circumplex").all()
     row = table.set_index("sample_id").loc[manifest["sample_id"].iloc[1]]
     assert np.allclose([row["valence"], row["arousal"]], VA_CENTROIDS["happy"], atol=1e-6)
@@ -89,9 +95,19 @@ def _uniform_prior(data_dir, manifest, classes):
     from ferdata.core.io import write_table
 
     probs = np.full((len(manifest), len(classes)), 1.0 / len(classes), np.float32)
-    write_table(pd.DataFrame({"sample_id": manifest["sample_id"], "split": manifest["split"],
-                              "distribution": list(probs), "uncertainty": 0.0}),
-                data_dir / "prior.parquet", "prior", {"classes": classes})
+    write_table(
+        pd.DataFrame(
+            {
+                "sample_id": manifest["sample_id"],
+                "split": manifest["split"],
+                "distribution": list(probs),
+                "uncertainty": 0.0,
+            }
+        ),
+        data_dir / "prior.parquet",
+        "prior",
+        {"classes": classes},
+    )
 
 
 def test_sources_in_priority_order_fill_gaps(data_dir):
@@ -110,7 +126,7 @@ def test_sources_in_priority_order_fill_gaps(data_dir):
 
 
 def test_csv_source_reads_the_ldlva_release_layout(data_dir, tmp_path):
-    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
+    manifest, _meta = read_table(data_dir / "manifest.parquet", "manifest")
     rows = manifest.reset_index(drop=True)
     lines = ["subDirectory_filePath,expression,valence,arousal,knn"]
     train_rows = rows.index[rows["split"] == "train"].to_numpy()
@@ -145,17 +161,27 @@ def _tiny_va_onnx(path):
 
     weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [1.0, 0.0, 0.0, 1.0, -1.0, -1.0])
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
-         helper.make_node("MatMul", ["m", "w"], ["z"]), helper.make_node("Tanh", ["z"], ["va"])],
-        "va", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
-        [helper.make_tensor_value_info("va", TensorProto.FLOAT, ["n", 2])], [weights])
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["m", "w"], ["z"]),
+            helper.make_node("Tanh", ["z"], ["va"]),
+        ],
+        "va",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info("va", TensorProto.FLOAT, ["n", 2])],
+        [weights],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
 def test_onnx_source_runs_a_user_model(data_dir, tmp_path):
     _tiny_va_onnx(tmp_path / "va.onnx")
-    table, _ = va(data_dir, source="onnx", k=3, onnx={"model": str(tmp_path / "va.onnx"), "input_size": 32,
-                                                     "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    table, _ = va(
+        data_dir,
+        source="onnx",
+        k=3,
+        onnx={"model": str(tmp_path / "va.onnx"), "input_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    )
     assert (table["source"] == "onnx").all() and table[["valence", "arousal"]].abs().max().max() < 1
     assert table["valence"].std() > 0  # depends on the face
     with pytest.raises(FerdataError, match="va.onnx.model .*nope.onnx not found"):

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferdata.adapters.base import Ingest, carve_val, landmarks68_to5, require_root, safe_id
-from ferdata.core.settings import Settings, option
 from ferdata.core.classes import CANONICAL
+from ferdata.core.settings import Settings, option
 
 MARKERS = ("Manually_Annotated_file_lists/training.csv",)
 WHERE = "AffectNet is licensed by its authors on request: http://mohammadmahoor.com/affectnet/"
@@ -63,7 +63,17 @@ def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> t
                     lmk = landmarks68_to5(points) if len(points) == 136 else None
                 except (KeyError, ValueError):
                     box, lmk = None, None
-                ing.add_checked(root, sid, split, path, label, raw_label=expression, bbox=box, landmarks=lmk,
-                                valence=_va(row.get("valence", "")), arousal=_va(row.get("arousal", "")))
+                ing.add_checked(
+                    root,
+                    sid,
+                    split,
+                    path,
+                    label,
+                    raw_label=expression,
+                    bbox=box,
+                    landmarks=lmk,
+                    valence=_va(row.get("valence", "")),
+                    arousal=_va(row.get("arousal", "")),
+                )
     carve_val(ing, seed=seed, val=options.val_fraction)
     return ing, root

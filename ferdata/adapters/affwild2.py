@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferdata.adapters.base import Ingest, carve_val, require_root
-from ferdata.core.settings import Settings, option
 from ferdata.core.classes import CANONICAL
+from ferdata.core.settings import Settings, option
 
 MARKERS = ("cropped_aligned",)
-WHERE = "Aff-Wild2 is shared with ABAW challenge participants on request: https://ibug.doc.ic.ac.uk/resources/aff-wild2/"
+WHERE = (
+    "Aff-Wild2 is shared with ABAW challenge participants on request: https://ibug.doc.ic.ac.uk/resources/aff-wild2/"
+)
 # EXPR header: Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other
 EXPR = ("neutral", "anger", "disgust", "fear", "happy", "sad", "surprise")
 SETS = {"Train_Set": "train", "Validation_Set": "test"}  # ABAW reports the validation set
@@ -68,8 +70,18 @@ def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> t
                     continue
                 label = CANONICAL.index(EXPR[code]) if 0 <= code < len(EXPR) else None
                 v, a = va[frame - 1] if frame - 1 < len(va) else (None, None)
-                ing.add_checked(root, sid, split, path, label, raw_label=code, video_id=video,
-                                subject_id=video.replace("_left", "").replace("_right", ""), frame=frame,
-                                valence=v, arousal=a)
+                ing.add_checked(
+                    root,
+                    sid,
+                    split,
+                    path,
+                    label,
+                    raw_label=code,
+                    video_id=video,
+                    subject_id=video.replace("_left", "").replace("_right", ""),
+                    frame=frame,
+                    valence=v,
+                    arousal=a,
+                )
     carve_val(ing, seed=seed, val=options.val_fraction, key="subject_id")
     return ing, root

@@ -19,19 +19,45 @@ SPLITS = ("train", "val", "test")
 
 # Names datasets use for the canonical classes (lower case).
 ALIASES: dict[str, str] = {
-    "neutral": "neutral", "ne": "neutral", "calm": "neutral",
-    "happy": "happy", "happiness": "happy", "joy": "happy", "ha": "happy",
-    "sad": "sad", "sadness": "sad", "sa": "sad",
-    "surprise": "surprise", "surprised": "surprise", "su": "surprise",
-    "fear": "fear", "fearful": "fear", "afraid": "fear", "fe": "fear",
-    "disgust": "disgust", "disgusted": "disgust", "di": "disgust",
-    "anger": "anger", "angry": "anger", "an": "anger",
-    "contempt": "contempt", "contemptuous": "contempt",
+    "neutral": "neutral",
+    "ne": "neutral",
+    "calm": "neutral",
+    "happy": "happy",
+    "happiness": "happy",
+    "joy": "happy",
+    "ha": "happy",
+    "sad": "sad",
+    "sadness": "sad",
+    "sa": "sad",
+    "surprise": "surprise",
+    "surprised": "surprise",
+    "su": "surprise",
+    "fear": "fear",
+    "fearful": "fear",
+    "afraid": "fear",
+    "fe": "fear",
+    "disgust": "disgust",
+    "disgusted": "disgust",
+    "di": "disgust",
+    "anger": "anger",
+    "angry": "anger",
+    "an": "anger",
+    "contempt": "contempt",
+    "contemptuous": "contempt",
 }
 SPLIT_ALIASES: dict[str, str] = {
-    "train": "train", "training": "train", "train_set": "train",
-    "val": "val", "valid": "val", "validation": "val", "publictest": "val", "validation_set": "val",
-    "test": "test", "testing": "test", "privatetest": "test", "test_set": "test",
+    "train": "train",
+    "training": "train",
+    "train_set": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "publictest": "val",
+    "validation_set": "val",
+    "test": "test",
+    "testing": "test",
+    "privatetest": "test",
+    "test_set": "test",
 }
 
 
@@ -86,9 +112,22 @@ class Ingest:
     notes: list[str] = field(default_factory=list)
 
     def add(self, sample_id: str, split: str, path: str, label: int, **extra: Any) -> None:
-        row = {"sample_id": sample_id, "dataset": self.dataset, "split": split, "path": path, "label": label,
-               "video_id": None, "subject_id": None, "frame": None, "bbox": None, "landmarks": None,
-               "valence": None, "arousal": None, "votes": None, "true_dist": None}
+        row = {
+            "sample_id": sample_id,
+            "dataset": self.dataset,
+            "split": split,
+            "path": path,
+            "label": label,
+            "video_id": None,
+            "subject_id": None,
+            "frame": None,
+            "bbox": None,
+            "landmarks": None,
+            "valence": None,
+            "arousal": None,
+            "votes": None,
+            "true_dist": None,
+        }
         unknown = set(extra) - set(row)
         if unknown:
             raise TypeError(f"unknown manifest columns {unknown}")
@@ -98,8 +137,17 @@ class Ingest:
     def reject(self, sample_id: str, path: str | None, reason: str, detail: str = "") -> None:
         self.rejected.append({"sample_id": sample_id, "path": path, "reason": reason, "detail": detail})
 
-    def add_checked(self, root: Path, sample_id: str, split: str, path: str, label: int | None, *,
-                    raw_label: Any = None, **extra: Any) -> None:
+    def add_checked(
+        self,
+        root: Path,
+        sample_id: str,
+        split: str,
+        path: str,
+        label: int | None,
+        *,
+        raw_label: Any = None,
+        **extra: Any,
+    ) -> None:
         """Add a row unless its label is unknown or its image is missing/unreadable (then reject it)."""
         if label is None:
             self.reject(sample_id, path, "unknown_label", f"label {raw_label!r} maps to no canonical class")
@@ -144,8 +192,11 @@ def require_root(source: Path, markers: Sequence[str], dataset: str, where: str)
 
 def images_under(folder: Path) -> list[Path]:
     """Image files below ``folder``, sorted, any case of suffix."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _group(row: dict[str, Any], key: str) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ferdata.adapters.base import Ingest, canonical_label, finish_splits, images_under, landmarks68_to5, require_root
-from ferdata.core.settings import Settings, option
 from ferdata.core.classes import CANONICAL
+from ferdata.core.settings import Settings, option
 
 MARKERS = ("cohn-kanade-images", "Emotion", "anger/")
 WHERE = "CK+ is distributed by its authors on request: https://www.jeffcohn.net/Resources/"
@@ -48,8 +48,12 @@ def ingest_sequences(root: Path, options: Options) -> Ingest:
         frames = [p for p in images_under(seq) if NAME.match(p.stem)]
         labels = sorted((root / "Emotion" / subject / number).glob("*_emotion.txt"))
         if not labels:
-            ing.reject(f"ckplus-{video}", f"cohn-kanade-images/{subject}/{number}", "unlabelled_sequence",
-                       f"{len(frames)} frames, no Emotion/{subject}/{number}/*_emotion.txt")
+            ing.reject(
+                f"ckplus-{video}",
+                f"cohn-kanade-images/{subject}/{number}",
+                "unlabelled_sequence",
+                f"{len(frames)} frames, no Emotion/{subject}/{number}/*_emotion.txt",
+            )
             continue
         try:
             code = int(float(labels[0].read_text().split()[0]))
@@ -57,12 +61,23 @@ def ingest_sequences(root: Path, options: Options) -> Ingest:
         except (ValueError, IndexError, OSError):
             ing.reject(f"ckplus-{video}", str(labels[0].relative_to(root)), "unknown_label", "unparsable emotion file")
             continue
-        chosen = [(f, name) for f in frames[-peak:]] + [(f, "neutral") for f in frames[:neutral] if f not in frames[-peak:]]
+        chosen = [(f, name) for f in frames[-peak:]] + [
+            (f, "neutral") for f in frames[:neutral] if f not in frames[-peak:]
+        ]
         for frame, cls in chosen:
             rel = str(frame.relative_to(root))
             lmk = read_landmarks(root / "Landmarks" / subject / number / f"{frame.stem}_landmarks.txt")
-            ing.add_checked(root, f"ckplus-{frame.stem}", None, rel, canonical_label(cls), video_id=video, subject_id=subject,
-                            frame=int(NAME.match(frame.stem).group(3)), landmarks=lmk)
+            ing.add_checked(
+                root,
+                f"ckplus-{frame.stem}",
+                None,
+                rel,
+                canonical_label(cls),
+                video_id=video,
+                subject_id=subject,
+                frame=int(NAME.match(frame.stem).group(3)),
+                landmarks=lmk,
+            )
     return ing
 
 
@@ -77,14 +92,22 @@ def ingest_crops(root: Path) -> Ingest:
             if m is None:
                 ing.reject(sid, rel, "bad_name", "expected S<subject>_<sequence>_<frame>")
                 continue
-            ing.add_checked(root, sid, None, rel, label, raw_label=folder.name, video_id=f"{m.group(1)}_{m.group(2)}",
-                            subject_id=m.group(1), frame=int(m.group(3)))
+            ing.add_checked(
+                root,
+                sid,
+                None,
+                rel,
+                label,
+                raw_label=folder.name,
+                video_id=f"{m.group(1)}_{m.group(2)}",
+                subject_id=m.group(1),
+                frame=int(m.group(3)),
+            )
     return ing
 
 
 def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> tuple[Ingest, Path]:
     root, marker = require_root(source, MARKERS, "ckplus", WHERE)
     ing = ingest_crops(root) if marker == "anger/" else ingest_sequences(root, options)
-    finish_splits(ing, seed=seed, val=options.val_fraction,
-                  test=options.test_fraction)
+    finish_splits(ing, seed=seed, val=options.val_fraction, test=options.test_fraction)
     return ing, root

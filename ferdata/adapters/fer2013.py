@@ -19,8 +19,9 @@ from ferdata.core.errors import FerdataError
 from ferdata.core.settings import Settings, option
 
 WHERE_FER2013 = "FER2013 is on Kaggle: challenges-in-representation-learning-facial-expression-recognition-challenge"
-WHERE_FERPLUS = ("FER+ labels are at github.com/microsoft/FERPlus (fer2013new.csv); the images come from "
-                 "FER2013 (fer2013.csv)")
+WHERE_FERPLUS = (
+    "FER+ labels are at github.com/microsoft/FERPlus (fer2013new.csv); the images come from FER2013 (fer2013.csv)"
+)
 FER2013_LABELS = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 FERPLUS_VOTES = ("neutral", "happy", "surprise", "sad", "anger", "disgust", "fear", "contempt")
@@ -41,8 +42,11 @@ class FerplusOptions(Settings):
     """The ``ferplus`` section of its params.yaml."""
 
     section = "ferplus"
-    label_mode: str = option("plurality", "the label from the 10 votes: plurality (top vote) or majority (more "
-                             "than half, else rejected)", choices=("majority", "plurality"))
+    label_mode: str = option(
+        "plurality",
+        "the label from the 10 votes: plurality (top vote) or majority (more than half, else rejected)",
+        choices=("majority", "plurality"),
+    )
     dedupe: bool = option(True, "reject byte-identical copies of an earlier face")
 
 
@@ -127,8 +131,10 @@ def ingest_csv(root: Path, out_dir: Path, *, ferplus: bool, mode: str) -> Ingest
     with open(root / "fer2013.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     if new_rows is not None and len(new_rows) != len(rows):
-        raise FerdataError(f"{root / 'fer2013new.csv'} has {len(new_rows)} rows but fer2013.csv has {len(rows)}; "
-                           "they must be the same release, row for row")
+        raise FerdataError(
+            f"{root / 'fer2013new.csv'} has {len(new_rows)} rows but fer2013.csv has {len(rows)}; "
+            "they must be the same release, row for row"
+        )
     for i, row in enumerate(tqdm(rows, desc=name, unit="face", leave=False, disable=None)):
         sid = f"fer2013-{i:05d}"
         split = USAGE.get((row.get("Usage") or "").strip())
@@ -164,7 +170,18 @@ def ingest_csv(root: Path, out_dir: Path, *, ferplus: bool, mode: str) -> Ingest
     return ing
 
 
-_FERPLUS_HEADER = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+_FERPLUS_HEADER = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
+)
 
 
 def drop_duplicates(ing: Ingest, root: Path) -> None:
@@ -181,12 +198,15 @@ def drop_duplicates(ing: Ingest, root: Path) -> None:
     ing.rows = kept
 
 
-def ingest(source: Path, out_dir: Path, *, options: FerplusOptions | Fer2013Options, seed: int = 0) -> tuple[Ingest, Path]:
+def ingest(
+    source: Path, out_dir: Path, *, options: FerplusOptions | Fer2013Options, seed: int = 0
+) -> tuple[Ingest, Path]:
     ferplus = isinstance(options, FerplusOptions)
     mode = options.label_mode if ferplus else "plurality"
     if ferplus:
-        root, marker = require_root(source, ("FER2013Train/label.csv", "FER2013Valid/label.csv", "fer2013new.csv"),
-                                    "ferplus", WHERE_FERPLUS)
+        root, marker = require_root(
+            source, ("FER2013Train/label.csv", "FER2013Valid/label.csv", "fer2013new.csv"), "ferplus", WHERE_FERPLUS
+        )
         if marker.endswith("label.csv"):
             ing = ingest_ferplus_folders(root, mode=mode)
         else:

@@ -30,9 +30,15 @@ def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> t
             emotion = folder.name.split("_", 1)[-1]
             for img in images_under(folder):
                 rel = str(img.relative_to(root))
-                ing.add_checked(root, "ferg-" + safe_id(img.stem), None, rel, canonical_label(emotion),
-                                raw_label=emotion, subject_id=character.name)
+                ing.add_checked(
+                    root,
+                    "ferg-" + safe_id(img.stem),
+                    None,
+                    rel,
+                    canonical_label(emotion),
+                    raw_label=emotion,
+                    subject_id=character.name,
+                )
     # six characters only: split by image so every character appears in every split
-    finish_splits(ing, seed=seed, val=options.val_fraction,
-                  test=options.test_fraction, key="sample_id")
+    finish_splits(ing, seed=seed, val=options.val_fraction, test=options.test_fraction, key="sample_id")
     return ing, root

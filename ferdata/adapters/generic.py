@@ -7,7 +7,15 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferdata.adapters.base import SPLIT_ALIASES, Ingest, canonical_label, carve_val, finish_splits, images_under, safe_id
+from ferdata.adapters.base import (
+    SPLIT_ALIASES,
+    Ingest,
+    canonical_label,
+    carve_val,
+    finish_splits,
+    images_under,
+    safe_id,
+)
 from ferdata.core.errors import FerdataError
 from ferdata.core.settings import Settings, option
 
@@ -21,10 +29,12 @@ class FolderOptions(Settings):
 
     section = "folder"
     name: str = option("folder", "dataset name: the prefix of every sample id")
-    val_fraction: float = option(0.1, "share of images (or subjects) in val when the folder has no val split",
-                                 min=0.0, below=1.0)
-    test_fraction: float = option(0.2, "share of images (or subjects) in test when the folder has no splits",
-                                  min=0.0, below=1.0)
+    val_fraction: float = option(
+        0.1, "share of images (or subjects) in val when the folder has no val split", min=0.0, below=1.0
+    )
+    test_fraction: float = option(
+        0.2, "share of images (or subjects) in test when the folder has no splits", min=0.0, below=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -39,10 +49,12 @@ class CsvOptions(Settings):
     split_column: str = option("", "column of train/val/test (optional)")
     subject_column: str = option("", "column of subject ids, so splits keep a person together (optional)")
     name: str = option("csv", "dataset name: the prefix of every sample id")
-    val_fraction: float = option(0.1, "share of images (or subjects) in val when the table has no val split",
-                                 min=0.0, below=1.0)
-    test_fraction: float = option(0.2, "share of images (or subjects) in test when the table has no splits",
-                                  min=0.0, below=1.0)
+    val_fraction: float = option(
+        0.1, "share of images (or subjects) in val when the table has no val split", min=0.0, below=1.0
+    )
+    test_fraction: float = option(
+        0.2, "share of images (or subjects) in test when the table has no splits", min=0.0, below=1.0
+    )
 
 
 def _splits(ing: Ingest, options: FolderOptions | CsvOptions, seed: int, key: str = "subject_id") -> None:
@@ -56,22 +68,35 @@ def _splits(ing: Ingest, options: FolderOptions | CsvOptions, seed: int, key: st
 
 def ingest_folder(source: Path, out_dir: Path, *, options: FolderOptions, seed: int = 0) -> tuple[Ingest, Path]:
     if not source.is_dir():
-        raise FerdataError(f"folder dataset: {source} is not a folder; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg")
+        raise FerdataError(
+            f"folder dataset: {source} is not a folder; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg"
+        )
     ing = Ingest(options.name)
     top = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     while len(top) == 1 and top[0].name.lower() not in SPLIT_ALIASES and canonical_label(top[0].name) is None:
         source = top[0]  # an archive's single top folder
         top = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     by_split = bool(top) and all(p.name.lower() in SPLIT_ALIASES for p in top)
-    groups = [(SPLIT_ALIASES[p.name.lower()], c) for p in top for c in sorted(q for q in p.iterdir() if q.is_dir())] \
-        if by_split else [(None, p) for p in top]
+    groups = (
+        [(SPLIT_ALIASES[p.name.lower()], c) for p in top for c in sorted(q for q in p.iterdir() if q.is_dir())]
+        if by_split
+        else [(None, p) for p in top]
+    )
     for split, cls in groups:
         for img in images_under(cls):
             rel = str(img.relative_to(source))
-            ing.add_checked(source, f"{ing.dataset}-" + safe_id(str(Path(rel).with_suffix(""))), split, rel,
-                            canonical_label(cls.name), raw_label=cls.name)
+            ing.add_checked(
+                source,
+                f"{ing.dataset}-" + safe_id(str(Path(rel).with_suffix(""))),
+                split,
+                rel,
+                canonical_label(cls.name),
+                raw_label=cls.name,
+            )
     if not ing.rows and not ing.rejected:
-        raise FerdataError(f"folder dataset: no images under {source}; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg")
+        raise FerdataError(
+            f"folder dataset: no images under {source}; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg"
+        )
     _splits(ing, options, seed)
     return ing, source
 
@@ -85,7 +110,9 @@ def _column(header: list[str], wanted: str | None, candidates: tuple[str, ...], 
     for name in candidates:
         if name.lower() in lower:
             return lower[name.lower()]
-    raise FerdataError(f"{table}: no {what} column among {', '.join(header)}; name it with the csv option {what}_column")
+    raise FerdataError(
+        f"{table}: no {what} column among {', '.join(header)}; name it with the csv option {what}_column"
+    )
 
 
 def guess_image_root(table: Path, paths: list[str]) -> Path:
@@ -131,7 +158,14 @@ def ingest_csv(source: Path, out_dir: Path, *, options: CsvOptions, seed: int = 
                 ing.reject(sid, rel, "unknown_split", f"{table.name} line {n}: {row.get(split_col)!r}")
                 continue
             raw = (row.get(label_col) or "").strip()
-            ing.add_checked(root, sid, split, rel, canonical_label(raw), raw_label=raw,
-                            subject_id=(row.get(subject_col) or None) if subject_col else None)
+            ing.add_checked(
+                root,
+                sid,
+                split,
+                rel,
+                canonical_label(raw),
+                raw_label=raw,
+                subject_id=(row.get(subject_col) or None) if subject_col else None,
+            )
     _splits(ing, options, seed)
     return ing, root

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ferdata.adapters.base import Ingest, canonical_label, finish_splits, images_under, require_root
-from ferdata.core.settings import Settings, option
 from ferdata.core.classes import BASIC7
+from ferdata.core.settings import Settings, option
 
 MARKERS = ("jaffedbase", "KA.AN1.39.tiff")
 WHERE = "JAFFE is at https://zenodo.org/record/3451524 (non-commercial research use)"
@@ -73,17 +73,26 @@ def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> t
         key = f"{subject}-{code}{n}"
         scores = ratings.get(key)
         used.add(key)
-        ing.add_checked(root, sid, None, rel, canonical_label(code), raw_label=code, subject_id=subject,
-                        true_dist=None if scores is None else rating_distribution(scores))
+        ing.add_checked(
+            root,
+            sid,
+            None,
+            rel,
+            canonical_label(code),
+            raw_label=code,
+            subject_id=subject,
+            true_dist=None if scores is None else rating_distribution(scores),
+        )
     missing = sum(1 for r in ing.rows if r["true_dist"] is None)
     if ratings:
-        ing.notes.append(f"ratings for {len(ing.rows) - missing}/{len(ing.rows)} images"
-                         + (f"; {len(set(ratings) - used)} rating rows match no image" if set(ratings) - used else ""))
+        ing.notes.append(
+            f"ratings for {len(ing.rows) - missing}/{len(ing.rows)} images"
+            + (f"; {len(set(ratings) - used)} rating rows match no image" if set(ratings) - used else "")
+        )
     if missing and ratings:
         # a partial distribution column would break the true_dist contract: keep it all or nothing
         for r in ing.rows:
             r["true_dist"] = None
         ing.notes.append(f"{missing} images lack ratings: true distributions dropped")
-    finish_splits(ing, seed=seed, val=options.val_fraction,
-                  test=options.test_fraction)
+    finish_splits(ing, seed=seed, val=options.val_fraction, test=options.test_fraction)
     return ing, root

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferdata.adapters.base import Ingest, carve_val, require_root
-from ferdata.core.settings import Settings, option
 from ferdata.core.classes import CANONICAL
+from ferdata.core.settings import Settings, option
 
 MARKERS = ("EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_label.txt")
 WHERE = "RAF-DB is shared on request by its authors: http://www.whdeng.cn/raf/model1.html (basic.zip)"
@@ -21,7 +21,11 @@ class Options(Settings):
     """The ``rafdb`` section of its params.yaml."""
 
     section = "rafdb"
-    images: str = option("aligned", "aligned (the 100x100 crops) or original (with the 5 manual landmarks)", choices=("aligned", "original"))
+    images: str = option(
+        "aligned",
+        "aligned (the 100x100 crops) or original (with the 5 manual landmarks)",
+        choices=("aligned", "original"),
+    )
     val_fraction: float = option(0.1, "share of training images carved into val", min=0.0, below=1.0)
 
 

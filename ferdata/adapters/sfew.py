@@ -34,7 +34,14 @@ def ingest(source: Path, out_dir: Path, *, options: Options, seed: int = 0) -> t
                 if split is None:
                     ing.reject(sid, rel, "no_public_label", f"{folder.name} is not a labelled split")
                     continue
-                ing.add_checked(root, sid, split, rel, canonical_label(cls.name), raw_label=cls.name,
-                                video_id=safe_id(img.stem.rsplit("_", 1)[0]))
+                ing.add_checked(
+                    root,
+                    sid,
+                    split,
+                    rel,
+                    canonical_label(cls.name),
+                    raw_label=cls.name,
+                    video_id=safe_id(img.stem.rsplit("_", 1)[0]),
+                )
     carve_val(ing, seed=seed, val=options.val_fraction, key="video_id")
     return ing, root

@@ -9,7 +9,14 @@ import numpy as np
 from ferdata.core.errors import FerdataError
 
 CANONICAL: tuple[str, ...] = (
-    "neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt",
+    "neutral",
+    "happy",
+    "sad",
+    "surprise",
+    "fear",
+    "disgust",
+    "anger",
+    "contempt",
 )
 BASIC7: tuple[str, ...] = CANONICAL[:7]
 

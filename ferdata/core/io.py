@@ -34,8 +34,9 @@ def _conform(df: pd.DataFrame, kind: str) -> pa.Table:
         raise FerdataError(f"{kind} table does not fit its schema: {exc}") from exc
 
 
-def write_table(df: pd.DataFrame, path: str | Path, kind: str, meta: dict[str, Any] | None = None, *,
-                validate: bool = True) -> Path:
+def write_table(
+    df: pd.DataFrame, path: str | Path, kind: str, meta: dict[str, Any] | None = None, *, validate: bool = True
+) -> Path:
     """Write ``df`` as a ``kind`` table, atomically, with ferdata metadata (JSON-encoded values); the
     table's expectation suite runs first, so a table that fails it is never written."""
     from ferdata import __version__
@@ -62,7 +63,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     for key, value in raw.items():
         name = key.decode()
         if name.startswith("ferdata."):
-            out[name[len("ferdata."):]] = json.loads(value.decode())
+            out[name[len("ferdata.") :]] = json.loads(value.decode())
     return out
 
 

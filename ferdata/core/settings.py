@@ -35,13 +35,30 @@ class Settings:
         check_values(self)
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
-           choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None,
-           above: float | None = None, below: float | None = None, param: str | None = None,
-           flag: str | None = None) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Any = dataclasses.MISSING,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    param: str | None = None,
+    flag: str | None = None,
+) -> Any:
     """A settings field with its help and constraints (see the module docstring)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "below": below,
-            "param": param, "flag": flag}
+    meta = {
+        "help": help,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "above": above,
+        "below": below,
+        "param": param,
+        "flag": flag,
+    }
     return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 
@@ -129,8 +146,13 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
-def resolve(cls: type[Settings], params: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None,
-            *, section: str | None = None) -> Any:
+def resolve(
+    cls: type[Settings],
+    params: Mapping[str, Any] | None = None,
+    given: Mapping[str, Any] | None = None,
+    *,
+    section: str | None = None,
+) -> Any:
     """``cls`` from CLI values ``given`` (None = not given), then ``params``, then its defaults."""
     params = params if params is not None else {}
     origin = getattr(params, "origin", "params")
@@ -156,8 +178,9 @@ def resolve(cls: type[Settings], params: Mapping[str, Any] | None = None, given:
     return cls(**values)
 
 
-def configure(cls: type[Settings] | None, settings: Settings | None = None,
-              overrides: Mapping[str, Any] | None = None) -> Settings | None:
+def configure(
+    cls: type[Settings] | None, settings: Settings | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings | None:
     """``settings`` (``cls``'s defaults when None) with the fields in ``overrides`` replaced and checked:
     the Python API's ``noise(data_dir, ratio=0.3)``."""
     if cls is None:
@@ -190,15 +213,20 @@ def check_values(obj: Settings) -> None:
             if not math.isfinite(value):
                 raise UsageError(f"{path} must be a finite number, got {value}")
             low, high, above, below = (meta.get(k) for k in ("min", "max", "above", "below"))
-            if (low is not None and value < low) or (high is not None and value > high) \
-                    or (above is not None and value <= above) or (below is not None and value >= below):
+            if (
+                (low is not None and value < low)
+                or (high is not None and value > high)
+                or (above is not None and value <= above)
+                or (below is not None and value >= below)
+            ):
                 bottom = f"({above}" if above is not None else f"[{low if low is not None else '-inf'}"
                 top = f"{below})" if below is not None else f"{high if high is not None else 'inf'}]"
                 raise UsageError(f"{path} must be in {bottom}, {top}, got {value}")
 
 
-def check_params(params: Mapping[str, Any], sections: Mapping[str, type[Settings]], *,
-                 scalars: tuple[str, ...] = ("dataset",)) -> None:
+def check_params(
+    params: Mapping[str, Any], sections: Mapping[str, type[Settings]], *, scalars: tuple[str, ...] = ("dataset",)
+) -> None:
     """Check a whole params file: every top-level key a known section (or one of ``scalars``), every
     section's keys and values valid."""
     origin = getattr(params, "origin", "params")

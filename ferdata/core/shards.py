@@ -20,6 +20,7 @@ from ferdata.core.errors import FerdataError
 
 SHARD_PATTERN = "shard-%06d.tar"
 
+
 class _NotPlain(Exception):
     pass
 
@@ -81,10 +82,13 @@ def decode(jpeg: bytes | memoryview, size: int | None = None) -> np.ndarray:
     import simplejpeg
 
     try:
-        img = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", fastdct=True, fastupsample=True,
-                                     min_height=size or 0, min_width=size or 0)
+        img = simplejpeg.decode_jpeg(
+            jpeg, colorspace="RGB", fastdct=True, fastupsample=True, min_height=size or 0, min_width=size or 0
+        )
     except ValueError as exc:
-        raise FerdataError(f"a shard holds an undecodable image ({exc}); re-run `ferdata align` and `ferdata shard`") from exc
+        raise FerdataError(
+            f"a shard holds an undecodable image ({exc}); re-run `ferdata align` and `ferdata shard`"
+        ) from exc
     if size is not None and img.shape[:2] != (size, size):
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return img
@@ -103,14 +107,22 @@ class ShardReader:
     member's offset and one decode per face. Descriptors open lazily, per process (``pread`` has no
     shared file position, so a reader is safe to use after a fork)."""
 
-    def __init__(self, shards: Iterable[str | Path], sample_ids: Iterable[str], *, size: int | None = None,
-                 members: pd.DataFrame | None = None):
+    def __init__(
+        self,
+        shards: Iterable[str | Path],
+        sample_ids: Iterable[str],
+        *,
+        size: int | None = None,
+        members: pd.DataFrame | None = None,
+    ):
         self.shards = [str(p) for p in shards]
         self.ids = [str(s) for s in sample_ids]
         table = member_table(self.shards) if members is None else members
         twice = table["sample_id"].duplicated()
         if twice.any():
-            raise FerdataError(f"sample {table['sample_id'][twice].iloc[0]!r} is in the shards twice; re-run `ferdata shard`")
+            raise FerdataError(
+                f"sample {table['sample_id'][twice].iloc[0]!r} is in the shards twice; re-run `ferdata shard`"
+            )
         where = table.set_index("sample_id").reindex(self.ids)
         missing = where["shard"].isna().to_numpy()
         if missing.any():

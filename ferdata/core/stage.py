@@ -44,20 +44,32 @@ class Stage:
         used = {TABLES[k].folder for k in (*self.reads, *self.may_read, *self.writes)} - {"repo"}
         return tuple(f for f in ("data", "models", "reports") if f in used)
 
-    def start(self, settings: Settings | None = None, overrides: Mapping[str, Any] | None = None, *,
-              extra: Settings | None = None, **folders: str | Path | None) -> Run:
+    def start(
+        self,
+        settings: Settings | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        extra: Settings | None = None,
+        **folders: str | Path | None,
+    ) -> Run:
         """A run of this stage on the named folders with ``settings`` (the defaults when None) changed by
         ``overrides`` (field -> value); ``extra`` are settings of another section the run depends on too
         (the dataset's own options, for download)."""
-        return Run(self, configure(self.settings, settings, overrides),
-                   {k: Path(v) for k, v in folders.items() if v is not None}, extra)
+        return Run(
+            self,
+            configure(self.settings, settings, overrides),
+            {k: Path(v) for k, v in folders.items() if v is not None},
+            extra,
+        )
 
 
 class Run:
     """One run of a stage: declared inputs read by kind (following dataset forks), declared outputs
     written with the run's settings and lineage in their metadata."""
 
-    def __init__(self, stage: Stage, settings: Settings | None, folders: dict[str, Path], extra: Settings | None = None):
+    def __init__(
+        self, stage: Stage, settings: Settings | None, folders: dict[str, Path], extra: Settings | None = None
+    ):
         self.stage, self.settings, self.folders, self.extra = stage, settings, folders, extra
         self.inputs: dict[str, Any] = {}
 
@@ -106,8 +118,15 @@ class Run:
         """The provenance every output carries: stage, resolved settings, settings hash with lineage."""
         return {"stage": self.stage.name, "settings": self.resolved(), "settings_hash": self.settings_hash}
 
-    def write(self, df: pd.DataFrame, kind: str, meta: dict[str, Any] | None = None, *, path: Path | None = None,
-              validate: bool = True) -> Path:
+    def write(
+        self,
+        df: pd.DataFrame,
+        kind: str,
+        meta: dict[str, Any] | None = None,
+        *,
+        path: Path | None = None,
+        validate: bool = True,
+    ) -> Path:
         """Publish a declared output table (at ``path`` instead of its place for work files)."""
         self._table(kind, self.stage.writes)
         return write_table(df, path or self.output(kind), kind, {**(meta or {}), **self.stamp()}, validate=validate)

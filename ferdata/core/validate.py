@@ -27,10 +27,12 @@ def _manifest(df: pd.DataFrame, meta: dict[str, Any], base: Path | None) -> tupl
 
     classes = meta.get("classes") or list(CANONICAL)
     data = df[["sample_id", "label", "split"]].copy()
-    exp = [gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
-           gxe.ExpectColumnValuesToNotMatchRegex(column="sample_id", regex=r"\."),
-           gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[CANONICAL.index(c) for c in classes]),
-           gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"])]
+    exp = [
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        gxe.ExpectColumnValuesToNotMatchRegex(column="sample_id", regex=r"\."),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[CANONICAL.index(c) for c in classes]),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"]),
+    ]
     if base is not None:
         root = base / meta.get("root", ".")
         data["_path_exists"] = [(root / p).is_file() for p in df["path"]]
@@ -43,8 +45,10 @@ def _va(df: pd.DataFrame, meta: dict[str, Any], base: Path | None) -> tuple[pd.D
 
     exp = [gxe.ExpectColumnValuesToBeUnique(column="sample_id")]
     for col in ("valence", "arousal"):
-        exp += [gxe.ExpectColumnValuesToNotBeNull(column=col),
-                gxe.ExpectColumnValuesToBeBetween(column=col, min_value=-1.0, max_value=1.0)]
+        exp += [
+            gxe.ExpectColumnValuesToNotBeNull(column=col),
+            gxe.ExpectColumnValuesToBeBetween(column=col, min_value=-1.0, max_value=1.0),
+        ]
     return df, exp
 
 
@@ -53,8 +57,10 @@ def _labels(df: pd.DataFrame, meta: dict[str, Any], base: Path | None) -> tuple[
 
     data = df[["sample_id", "split", "flipped"]].copy()
     data["_consistent"] = df["flipped"].to_numpy() != (df["label"].to_numpy() == df["clean_label"].to_numpy())
-    exp = [gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
-           gxe.ExpectColumnValuesToBeInSet(column="_consistent", value_set=[True])]
+    exp = [
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="_consistent", value_set=[True]),
+    ]
     noisy = ~df["split"].isin(["val", "test"]).to_numpy()
     data["_noisy_pool"] = noisy
     if noisy.any():
@@ -62,7 +68,9 @@ def _labels(df: pd.DataFrame, meta: dict[str, Any], base: Path | None) -> tuple[
         n = int(noisy.sum())
         data["_flip_rate"] = float(df.loc[noisy, "flipped"].mean())
         want = round(ratio * n) / n
-        exp.append(gxe.ExpectColumnValuesToBeBetween(column="_flip_rate", min_value=want - 0.5 / n, max_value=want + 0.5 / n))
+        exp.append(
+            gxe.ExpectColumnValuesToBeBetween(column="_flip_rate", min_value=want - 0.5 / n, max_value=want + 0.5 / n)
+        )
     return data, exp
 
 
@@ -74,10 +82,12 @@ def _knn(df: pd.DataFrame, meta: dict[str, Any], base: Path | None) -> tuple[pd.
     data["_self_neighbour"] = [sid in list(n) for sid, n in zip(df["sample_id"], df["neighbours"])]
     data["_unknown_neighbours"] = [sum(j not in ids for j in n) for n in df["neighbours"]]
     data["_sorted"] = [bool(np.all(np.diff(np.asarray(d, np.float64)) >= 0)) for d in df["distances"]]
-    return data, [gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
-                  gxe.ExpectColumnValuesToBeInSet(column="_self_neighbour", value_set=[False]),
-                  gxe.ExpectColumnValuesToBeInSet(column="_unknown_neighbours", value_set=[0]),
-                  gxe.ExpectColumnValuesToBeInSet(column="_sorted", value_set=[True])]
+    return data, [
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="_self_neighbour", value_set=[False]),
+        gxe.ExpectColumnValuesToBeInSet(column="_unknown_neighbours", value_set=[0]),
+        gxe.ExpectColumnValuesToBeInSet(column="_sorted", value_set=[True]),
+    ]
 
 
 def _softlabels(df: pd.DataFrame, meta: dict[str, Any], base: Path | None) -> tuple[pd.DataFrame, list]:
@@ -91,13 +101,17 @@ def _softlabels(df: pd.DataFrame, meta: dict[str, Any], base: Path | None) -> tu
     data["_width"] = dist.shape[1]
     data["_dist_sum"] = dist.sum(1) if len(df) else []
     data["_dist_finite"] = np.isfinite(dist).all(1) if len(df) else []
-    exp = [gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
-           gxe.ExpectColumnValuesToBeInSet(column="_width", value_set=[len(classes)]),
-           gxe.ExpectColumnValuesToBeBetween(column="_dist_sum", min_value=1 - 1e-5, max_value=1 + 1e-5),
-           gxe.ExpectColumnValuesToBeInSet(column="_dist_finite", value_set=[True])]
+    exp = [
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="_width", value_set=[len(classes)]),
+        gxe.ExpectColumnValuesToBeBetween(column="_dist_sum", min_value=1 - 1e-5, max_value=1 + 1e-5),
+        gxe.ExpectColumnValuesToBeInSet(column="_dist_finite", value_set=[True]),
+    ]
     for col in ("confidence", "uncertainty"):
-        exp += [gxe.ExpectColumnValuesToNotBeNull(column=col),
-                gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0.0, max_value=1.0)]
+        exp += [
+            gxe.ExpectColumnValuesToNotBeNull(column=col),
+            gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0.0, max_value=1.0),
+        ]
     return data, exp
 
 
@@ -118,12 +132,18 @@ def _run(data: pd.DataFrame, expectations: list, name: str) -> list[dict[str, An
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
     except (ImportError, AttributeError):
         pass
-    batch = (context.data_sources.add_pandas("ferdata").add_dataframe_asset(name)
-             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": data}))
+    batch = (
+        context.data_sources.add_pandas("ferdata")
+        .add_dataframe_asset(name)
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": data})
+    )
     suite = gx.ExpectationSuite(name=name)
     for e in expectations:
         suite.add_expectation(e)
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["sample_id"]})
+    result = batch.validate(
+        suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["sample_id"]}
+    )
     failed = []
     for r in result.results:
         if r.success:
@@ -132,12 +152,15 @@ def _run(data: pd.DataFrame, expectations: list, name: str) -> list[dict[str, An
         column = cfg.kwargs.get("column")
         rows = r.result.get("unexpected_index_list") or []
         ids = [row["sample_id"] if isinstance(row, dict) else row for row in rows][:SHOW]
-        failed.append({"expectation": cfg.type, "column": column, "count": r.result.get("unexpected_count"), "ids": ids})
+        failed.append(
+            {"expectation": cfg.type, "column": column, "count": r.result.get("unexpected_count"), "ids": ids}
+        )
     return failed
 
 
-def validate_table(df: pd.DataFrame, kind: str, meta: dict[str, Any] | None = None, *,
-                   base: Path | None = None) -> list[dict[str, Any]]:
+def validate_table(
+    df: pd.DataFrame, kind: str, meta: dict[str, Any] | None = None, *, base: Path | None = None
+) -> list[dict[str, Any]]:
     """The failed expectations of ``df`` as a ``kind`` table (empty when it passes or has no suite)."""
     if kind not in BUILDERS or df.empty:
         return []
@@ -147,8 +170,9 @@ def validate_table(df: pd.DataFrame, kind: str, meta: dict[str, Any] | None = No
 
 def describe(failed: list[dict[str, Any]]) -> str:
     """One line per failed expectation, with a few offending ids."""
-    return "; ".join(f"{f['expectation']}({f['column']}): {f['count']} rows, e.g. {', '.join(map(str, f['ids']))}"
-                     for f in failed)
+    return "; ".join(
+        f"{f['expectation']}({f['column']}): {f['count']} rows, e.g. {', '.join(map(str, f['ids']))}" for f in failed
+    )
 
 
 def check_table(df: pd.DataFrame, kind: str, meta: dict[str, Any] | None, path: Path) -> None:

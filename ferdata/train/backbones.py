@@ -24,10 +24,14 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            _conv_bn(3, w, 2), _conv_bn(w, w),
-            _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w),
-            _conv_bn(2 * w, 4 * w, 2), _conv_bn(4 * w, 4 * w),
-            _conv_bn(4 * w, 8 * w, 2), _conv_bn(8 * w, 8 * w),
+            _conv_bn(3, w, 2),
+            _conv_bn(w, w),
+            _conv_bn(w, 2 * w, 2),
+            _conv_bn(2 * w, 2 * w),
+            _conv_bn(2 * w, 4 * w, 2),
+            _conv_bn(4 * w, 4 * w),
+            _conv_bn(4 * w, 8 * w, 2),
+            _conv_bn(8 * w, 8 * w),
         )
         self.embed_dim = 8 * w
         self.drop = nn.Dropout(dropout)
@@ -50,8 +54,11 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = _conv_bn(cin, cout, stride)
         self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                      if stride != 1 or cin != cout else nn.Identity())
+        self.short = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.conv2(self.conv1(x)) + self.short(x))
@@ -92,7 +99,9 @@ def build_backbone(name: str, num_classes: int, *, weights: str | Path | None = 
     if weights:
         path = Path(weights)
         if not path.is_file():
-            raise FerdataError(f"initial weights {path} not found; give a local .pt state dict or leave train.weights empty")
+            raise FerdataError(
+                f"initial weights {path} not found; give a local .pt state dict or leave train.weights empty"
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
         body = {k: v for k, v in state.items() if not k.startswith("head.")}

@@ -87,8 +87,9 @@ def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict(loader: Iterable[dict[str, torch.Tensor]], forward: Callable[[torch.Tensor], Any],
-            device: torch.device) -> list[torch.Tensor] | None:
+def predict(
+    loader: Iterable[dict[str, torch.Tensor]], forward: Callable[[torch.Tensor], Any], device: torch.device
+) -> list[torch.Tensor] | None:
     """``forward``'s outputs (a tensor or a tuple of them) on every batch's faces, concatenated in loader
     order; None when the loader yields nothing."""
     parts = []
@@ -98,16 +99,23 @@ def predict(loader: Iterable[dict[str, torch.Tensor]], forward: Callable[[torch.
     return [torch.cat(column) for column in zip(*parts)] if parts else None
 
 
-def sgd(parameters: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float,
-        total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def sgd(
+    parameters: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Nesterov SGD with a one-cycle schedule over ``total_steps``."""
     opt = torch.optim.SGD(list(parameters), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
 
 
-def run_epoch(loader: Iterable[dict[str, torch.Tensor]], step_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-              optimizers: list[torch.optim.Optimizer], sched: torch.optim.lr_scheduler.LRScheduler, *,
-              desc: str = "", quiet: bool = False) -> float:
+def run_epoch(
+    loader: Iterable[dict[str, torch.Tensor]],
+    step_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    optimizers: list[torch.optim.Optimizer],
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    desc: str = "",
+    quiet: bool = False,
+) -> float:
     """One pass: for every batch the loss, its gradients and a step of every optimiser; the mean loss.
     A non-finite loss stops training before the step that would spread it into the weights."""
     total, seen = 0.0, 0
@@ -115,8 +123,10 @@ def run_epoch(loader: Iterable[dict[str, torch.Tensor]], step_loss: Callable[[di
         loss = step_loss(batch)
         value = loss.item()
         if not np.isfinite(value):
-            raise FerdataError(f"{desc or 'training'}: the loss became {value} after {seen} samples; nothing was "
-                               "written. Lower train.lr (or check the inputs) and run again")
+            raise FerdataError(
+                f"{desc or 'training'}: the loss became {value} after {seen} samples; nothing was "
+                "written. Lower train.lr (or check the inputs) and run again"
+            )
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,12 +146,15 @@ class Objective(torch.nn.Module):
         self.model, self.method = model, method
         self.fetch = None
 
-    def forward(self, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, x_strong: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, x_strong: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.method.batch_loss(self.model, Batch(index=index, x=x, y=y, fetch=self.fetch, x_strong=x_strong))
 
 
-def infer_all(model: torch.nn.Module, method: Method, loader: Iterable[dict[str, torch.Tensor]],
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def infer_all(
+    model: torch.nn.Module, method: Method, loader: Iterable[dict[str, torch.Tensor]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's features and predicted distributions for every face ``loader`` yields, in eval mode."""
     with evaluating(model, method):
         out = predict(loader, lambda x: method.infer(model, x), device)
@@ -156,7 +169,9 @@ def neighbour_positions(knn: pd.DataFrame, ids: list[str]) -> torch.Tensor:
     graph = knn.set_index("sample_id")
     missing = [s for s in ids if s not in graph.index]
     if missing:
-        raise FerdataError(f"{len(missing)} training faces have no neighbours in knn.parquet, e.g. {missing[0]!r}; re-run `ferdata va`")
+        raise FerdataError(
+            f"{len(missing)} training faces have no neighbours in knn.parquet, e.g. {missing[0]!r}; re-run `ferdata va`"
+        )
     rows = [[position[n] for n in graph.at[sid, "neighbours"] if n in position] for sid in ids]
     width = min(len(r) for r in rows)
     if width == 0:
@@ -181,8 +196,10 @@ def read_inputs(run: Run, cfg: TrainSettings) -> TrainData:
     labels, meta = run.read("labels")
     plan, plan_meta = run.read("plan")
     if plan_meta.get("epochs", 0) < cfg.epochs:
-        raise FerdataError(f"{run.input('plan')} has {plan_meta.get('epochs')} epochs, {cfg.epochs} are asked for; "
-                           "re-run `ferdata sample` (it plans train.epochs)")
+        raise FerdataError(
+            f"{run.input('plan')} has {plan_meta.get('epochs')} epochs, {cfg.epochs} are asked for; "
+            "re-run `ferdata sample` (it plans train.epochs)"
+        )
     knn = va = None
     if cfg.method in NEEDS_KNN:
         knn, va = run.read("knn")[0], run.read("va")[0]
@@ -234,23 +251,40 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
     position = pd.Series(np.arange(len(ids)), index=ids)
     plan = data.plan[data.plan["sample_id"].isin(position.index)]
     epochs = [position[plan.loc[plan["epoch"] == e, "sample_id"]].to_numpy(np.int64) for e in range(cfg.epochs)]
-    sampler = PlanBatches(epochs, batch_size=cfg.batch_size, augment="two_view" if method.needs_strong_view else "weak",
-                          seed=cfg.seed, rank=rank, world=world)
+    sampler = PlanBatches(
+        epochs,
+        batch_size=cfg.batch_size,
+        augment="two_view" if method.needs_strong_view else "weak",
+        seed=cfg.seed,
+        rank=rank,
+        world=world,
+    )
     steps = [sampler.steps(e) for e in range(cfg.epochs)]
     if min(steps) < 1:
         raise FerdataError(f"the epoch plan has fewer samples than one batch of {cfg.batch_size} per rank")
     pin = device.type == "cuda"
     train_loader = batches(train_faces, sampler, workers=cfg.workers, pin_memory=pin)
     val_loader = batches(faces, in_order(val_pos, 256), workers=cfg.workers, pin_memory=pin)
-    train_eval = batches(train_faces, in_order(np.arange(len(ids)), 256), workers=cfg.workers, pin_memory=pin) \
-        if method.needs_epoch_outputs else None
-    opt, sched = sgd([*model.parameters(), *method.shared_parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
-                     total_steps=sum(steps))
+    train_eval = (
+        batches(train_faces, in_order(np.arange(len(ids)), 256), workers=cfg.workers, pin_memory=pin)
+        if method.needs_epoch_outputs
+        else None
+    )
+    opt, sched = sgd(
+        [*model.parameters(), *method.shared_parameters()],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        total_steps=sum(steps),
+    )
 
     def step_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         index, strong = batch["position"], batch.get("strong")
-        return net(index.to(device), to_input(batch["image"], device), targets[index].to(device),
-                   None if strong is None else to_input(strong, device))
+        return net(
+            index.to(device),
+            to_input(batch["image"], device),
+            targets[index].to(device),
+            None if strong is None else to_input(strong, device),
+        )
 
     log = []
     for epoch in range(cfg.epochs):
@@ -260,13 +294,21 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
         net.train()
         sampler.set_epoch(epoch)
         start = time.time()
-        loss = run_epoch(train_loader, step_loss, [opt, *method.own_optimizers()], sched,
-                         desc=f"epoch {epoch + 1}/{cfg.epochs}", quiet=quiet or rank != 0)
+        loss = run_epoch(
+            train_loader,
+            step_loss,
+            [opt, *method.own_optimizers()],
+            sched,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            quiet=quiet or rank != 0,
+        )
         _, val_probs = infer_all(model, method, val_loader, device)
         val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if len(val_pos) else float("nan")
         log.append({"epoch": epoch + 1, "loss": loss, "val_acc": val_acc})  # no timings: the log is a DVC output
         if rank == 0 and not quiet:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)")
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)"
+            )
     del train_loader, val_loader, train_eval  # persistent workers exit here
     learned = None
     if rank == 0:
@@ -275,8 +317,14 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
     return Fitted(model, method, log, learned)
 
 
-def learned_distributions(model: torch.nn.Module, method: Method, loader: Iterable[dict[str, torch.Tensor]],
-                          labels: pd.DataFrame, targets: torch.Tensor, device: torch.device) -> pd.DataFrame:
+def learned_distributions(
+    model: torch.nn.Module,
+    method: Method,
+    loader: Iterable[dict[str, torch.Tensor]],
+    labels: pd.DataFrame,
+    targets: torch.Tensor,
+    device: torch.device,
+) -> pd.DataFrame:
     """Every labelled face's distribution and uncertainty (``loader`` yields them in ``labels`` order):
     soft labels for train, predictions otherwise."""
     feats, probs = infer_all(model, method, loader, device)
@@ -285,13 +333,19 @@ def learned_distributions(model: torch.nn.Module, method: Method, loader: Iterab
     soft, soft_unc = method.soft_labels(feats[train], probs[train], targets.to(device))
     probs[train], uncertainty[train] = soft.to(probs.dtype), soft_unc.to(uncertainty.dtype)
     dist_ = probs.double().cpu().numpy()
-    return pd.DataFrame({"sample_id": labels["sample_id"].to_numpy(), "split": labels["split"].to_numpy(),
-                         "distribution": list(dist_ / dist_.sum(1, keepdims=True)),
-                         "uncertainty": uncertainty.double().cpu().numpy()})
+    return pd.DataFrame(
+        {
+            "sample_id": labels["sample_id"].to_numpy(),
+            "split": labels["split"].to_numpy(),
+            "distribution": list(dist_ / dist_.sum(1, keepdims=True)),
+            "uncertainty": uncertainty.double().cpu().numpy(),
+        }
+    )
 
 
-def train(data_dir: str | Path, models_dir: str | Path, settings: TrainSettings | None = None,
-          **options: Any) -> dict[str, Any]:
+def train(
+    data_dir: str | Path, models_dir: str | Path, settings: TrainSettings | None = None, **options: Any
+) -> dict[str, Any]:
     """Train on the plan of ``data_dir``; write the learned table, the log and the checkpoint to ``models_dir``."""
     run = STAGE.start(settings, options, data=data_dir, models=models_dir)
     cfg: TrainSettings = run.settings

@@ -23,8 +23,9 @@ from ferdata.train.settings import PRIOR as STAGE
 from ferdata.train.settings import PriorSettings
 
 
-def out_of_fold(data: TrainData, manifest: pd.DataFrame, settings: PriorSettings, *, rank: int = 0,
-                world: int = 1) -> pd.DataFrame:
+def out_of_fold(
+    data: TrainData, manifest: pd.DataFrame, settings: PriorSettings, *, rank: int = 0, world: int = 1
+) -> pd.DataFrame:
     """A learned-style table (sample_id, split, distribution, uncertainty) of out-of-fold posteriors
     (complete on rank 0)."""
     labels = data.labels.reset_index(drop=True)
@@ -33,8 +34,10 @@ def out_of_fold(data: TrainData, manifest: pd.DataFrame, settings: PriorSettings
     fold = np.full(len(labels), -1)
     fold[is_train] = fold_groups(group_of(rows[is_train]), folds=settings.folds, seed=settings.seed)
     if len(np.unique(fold[is_train])) < settings.folds:
-        raise FerdataError(f"{settings.folds} folds need at least {settings.folds} subject/video groups in the "
-                           "training split; lower prior.folds")
+        raise FerdataError(
+            f"{settings.folds} folds need at least {settings.folds} subject/video groups in the "
+            "training split; lower prior.folds"
+        )
     probs = np.zeros((len(labels), len(data.classes)))
     uncertainty = np.zeros(len(labels))
     others = ~is_train
@@ -49,8 +52,14 @@ def out_of_fold(data: TrainData, manifest: pd.DataFrame, settings: PriorSettings
             probs[held], uncertainty[held] = dist[held], unc[held]
             probs[others] += dist[others] / settings.folds
             uncertainty[others] += unc[others] / settings.folds
-    return pd.DataFrame({"sample_id": labels["sample_id"], "split": labels["split"],
-                         "distribution": list(probs.astype(np.float32)), "uncertainty": uncertainty})
+    return pd.DataFrame(
+        {
+            "sample_id": labels["sample_id"],
+            "split": labels["split"],
+            "distribution": list(probs.astype(np.float32)),
+            "uncertainty": uncertainty,
+        }
+    )
 
 
 def prior(data_dir: str | Path, settings: PriorSettings | None = None, **options: Any) -> pd.DataFrame:
@@ -60,8 +69,14 @@ def prior(data_dir: str | Path, settings: PriorSettings | None = None, **options
     s: PriorSettings = run.settings
     if s.folds == 0:  # not needed (e.g. the dataset has its own VA): an empty table keeps the pipeline's shape
         _, meta = run.read("labels")
-        table = pd.DataFrame({"sample_id": pd.Series([], dtype=object), "split": pd.Series([], dtype=object),
-                              "distribution": pd.Series([], dtype=object), "uncertainty": pd.Series([], dtype="float64")})
+        table = pd.DataFrame(
+            {
+                "sample_id": pd.Series([], dtype=object),
+                "split": pd.Series([], dtype=object),
+                "distribution": pd.Series([], dtype=object),
+                "uncertainty": pd.Series([], dtype="float64"),
+            }
+        )
         run.write(table, "prior", {"classes": meta["classes"], "method": "none", "folds": 0})
         return table
     data = read_inputs(run, s.fold_model())

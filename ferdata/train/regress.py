@@ -38,15 +38,21 @@ class Faces:
         return ShardFaces(self.shards, ids, size=size, members=self.members)
 
 
-def fit_regressor(faces: ShardFaces, targets: np.ndarray, cfg: RegressSettings, device: torch.device) -> torch.nn.Module:
+def fit_regressor(
+    faces: ShardFaces, targets: np.ndarray, cfg: RegressSettings, device: torch.device
+) -> torch.nn.Module:
     """Train a regressor on ``faces`` (MSE on tanh outputs) through the training loop."""
     torch.manual_seed(cfg.seed)
     model = build_backbone(cfg.backbone, 2).to(device)
     epochs = [np.random.default_rng([cfg.seed, e]).permutation(len(faces)) for e in range(cfg.epochs)]
     sampler = PlanBatches(epochs, batch_size=cfg.batch_size, augment="weak", seed=cfg.seed)
     if sampler.steps(0) < 1:
-        raise FerdataError(f"the VA regressor has {len(faces)} faces to fit on, fewer than one batch of {cfg.batch_size}")
-    opt, sched = sgd(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.epochs * sampler.steps(0))
+        raise FerdataError(
+            f"the VA regressor has {len(faces)} faces to fit on, fewer than one batch of {cfg.batch_size}"
+        )
+    opt, sched = sgd(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.epochs * sampler.steps(0)
+    )
     y = torch.tensor(targets, dtype=torch.float32)
     loader = batches(faces, sampler, workers=cfg.workers, pin_memory=device.type == "cuda")
 
@@ -61,8 +67,9 @@ def fit_regressor(faces: ShardFaces, targets: np.ndarray, cfg: RegressSettings, 
     return model.eval()
 
 
-def apply_regressor(model: torch.nn.Module, faces: ShardFaces, positions: np.ndarray, cfg: RegressSettings,
-                    device: torch.device) -> np.ndarray:
+def apply_regressor(
+    model: torch.nn.Module, faces: ShardFaces, positions: np.ndarray, cfg: RegressSettings, device: torch.device
+) -> np.ndarray:
     """The regressor's (valence, arousal) for the faces at ``positions``."""
     loader = batches(faces, in_order(positions, 256), workers=cfg.workers)
     out = predict(loader, lambda x: torch.tanh(model(x)), device)
@@ -124,5 +131,7 @@ def regress(data_dir: str | Path, settings: RegressSettings | None = None, **opt
 
 
 def summarize(table: pd.DataFrame) -> str:
-    return (f"regressed VA for {len(table)} faces (valence {table['valence'].mean():+.2f} +- {table['valence'].std():.2f}, "
-            f"arousal {table['arousal'].mean():+.2f} +- {table['arousal'].std():.2f})")
+    return (
+        f"regressed VA for {len(table)} faces (valence {table['valence'].mean():+.2f} +- {table['valence'].std():.2f}, "
+        f"arousal {table['arousal'].mean():+.2f} +- {table['arousal'].std():.2f})"
+    )

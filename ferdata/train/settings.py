@@ -36,8 +36,9 @@ class LDLVAOptions(Settings):
     init_logit: float = option(0.5, "initial logit of every sample's trust lambda")
     lambda_lr: float = option(20.0, "learning rate of the per-sample trust (its own SGD)", min=0.0)
     disc_weight: float = option(0.01, "weight of the discriminative (centre) loss", min=0.0)
-    neighbour_mode: str = option("bank", "bank (memory bank, CPU-friendly) or forward (re-forward the K neighbours)",
-                                 choices=("bank", "forward"))
+    neighbour_mode: str = option(
+        "bank", "bank (memory bank, CPU-friendly) or forward (re-forward the K neighbours)", choices=("bank", "forward")
+    )
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,7 @@ class TrainSettings(Settings):
     image_size: int = option(64, "faces are resized to this many pixels", min=8)
     weights: str = option("", "local initial weights (.pt state dict), never downloaded")
     seed: int = option(0, "seed of the weights, augmentation and method state")
-    workers: int = option(2, "DataLoader workers per rank (read, decode, augment); results do not depend on it",
-                          min=0)
+    workers: int = option(2, "DataLoader workers per rank (read, decode, augment); results do not depend on it", min=0)
     ls: LSOptions = option(factory=LSOptions)
     ldlva: LDLVAOptions = option(factory=LDLVAOptions)
     arbex: ARBExOptions = option(factory=ARBExOptions)
@@ -128,12 +128,29 @@ class RegressSettings(Settings):
     workers: int = option(2, "DataLoader workers", min=0)
 
 
-TRAIN = Stage("train", "Train a model on the epoch plan (CUDA when present; DDP under torchrun).", "ferdata.train.loop",
-              TrainSettings, reads=("labels", "plan", "shards"), may_read=("knn", "va"),
-              writes=("learned", "train_log", "model"))
-PRIOR = Stage("prior", "Out-of-fold class posteriors for every labelled face (input of the circumplex VA source).",
-              "ferdata.train.prior", PriorSettings, reads=("labels", "manifest", "plan", "shards"),
-              may_read=("knn", "va"), writes=("prior",))
-REGRESS = Stage("regress", "Pseudo valence/arousal from a VA regressor (input of the va stage's regressor source).",
-                "ferdata.train.regress", RegressSettings, reads=("manifest", "shard_index", "shards"),
-                writes=("regressed_va",))
+TRAIN = Stage(
+    "train",
+    "Train a model on the epoch plan (CUDA when present; DDP under torchrun).",
+    "ferdata.train.loop",
+    TrainSettings,
+    reads=("labels", "plan", "shards"),
+    may_read=("knn", "va"),
+    writes=("learned", "train_log", "model"),
+)
+PRIOR = Stage(
+    "prior",
+    "Out-of-fold class posteriors for every labelled face (input of the circumplex VA source).",
+    "ferdata.train.prior",
+    PriorSettings,
+    reads=("labels", "manifest", "plan", "shards"),
+    may_read=("knn", "va"),
+    writes=("prior",),
+)
+REGRESS = Stage(
+    "regress",
+    "Pseudo valence/arousal from a VA regressor (input of the va stage's regressor source).",
+    "ferdata.train.regress",
+    RegressSettings,
+    reads=("manifest", "shard_index", "shards"),
+    writes=("regressed_va",),
+)

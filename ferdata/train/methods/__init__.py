@@ -15,7 +15,7 @@ from ferdata.train.methods.ce import CrossEntropy
 from ferdata.train.methods.ldlva import LDLVA
 from ferdata.train.settings import METHODS, NEEDS_KNN
 
-__all__ = ["Batch", "Method", "MethodContext", "build_method", "METHODS", "NEEDS_KNN"]
+__all__ = ["METHODS", "NEEDS_KNN", "Batch", "Method", "MethodContext", "build_method"]
 
 
 @dataclass

@@ -27,13 +27,26 @@ class ARBEx(Method):
 
     name = "arbex"
 
-    def __init__(self, num_classes: int, embed_dim: int, *, anchors_per_class: int = 10, delta: float = 1.0,
-                 tokens: int = 8, heads: int = 4, anchor_weight: float = 0.1, center_weight: float = 0.01,
-                 anchor_margin: float = 1.0, warmup_epochs: int = 3):
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        *,
+        anchors_per_class: int = 10,
+        delta: float = 1.0,
+        tokens: int = 8,
+        heads: int = 4,
+        anchor_weight: float = 0.1,
+        center_weight: float = 0.01,
+        anchor_margin: float = 1.0,
+        warmup_epochs: int = 3,
+    ):
         super().__init__()
         if embed_dim % tokens or (embed_dim // tokens) % heads:
-            raise UsageError(f"train.arbex: the backbone's {embed_dim}-dim embedding must split into {tokens} tokens "
-                             f"whose size divides by {heads} heads")
+            raise UsageError(
+                f"train.arbex: the backbone's {embed_dim}-dim embedding must split into {tokens} tokens "
+                f"whose size divides by {heads} heads"
+            )
         self.num_classes, self.k, self.delta, self.tokens = num_classes, anchors_per_class, delta, tokens
         self.anchor_weight, self.center_weight, self.anchor_margin = anchor_weight, center_weight, anchor_margin
         self.warmup_epochs = warmup_epochs

@@ -58,7 +58,9 @@ class Method(nn.Module):
         return feats, torch.softmax(model.head(feats), dim=1)
 
     @torch.no_grad()
-    def soft_labels(self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def soft_labels(
+        self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(distribution, uncertainty) of every training sample from :meth:`infer`'s outputs.
 
         Default: the predicted distribution and its normalised entropy.

@@ -44,17 +44,35 @@ class LDLVA(Method):
 
     name = "ldlva"
 
-    def __init__(self, num_classes: int, embed_dim: int, *, labels: torch.Tensor, knn: torch.Tensor, va: torch.Tensor,
-                 temperature: float = 0.5, calib_floor: float = -1.3, init_logit: float = 0.5, lambda_lr: float = 20.0,
-                 disc_weight: float = 0.01, neighbour_mode: str = "bank"):
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        *,
+        labels: torch.Tensor,
+        knn: torch.Tensor,
+        va: torch.Tensor,
+        temperature: float = 0.5,
+        calib_floor: float = -1.3,
+        init_logit: float = 0.5,
+        lambda_lr: float = 20.0,
+        disc_weight: float = 0.01,
+        neighbour_mode: str = "bank",
+    ):
         super().__init__()
         n = len(labels)
         self.num_classes, self.temperature, self.calib_floor = num_classes, temperature, calib_floor
         self.disc_weight, self.neighbour_mode = disc_weight, neighbour_mode
         self.needs_epoch_outputs = neighbour_mode == "bank"
         self.calibration = nn.Sequential(
-            nn.Linear(2 * embed_dim, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
-            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Linear(256, 1))
+            nn.Linear(2 * embed_dim, 512),
+            nn.BatchNorm1d(512),
+            nn.ReLU(inplace=True),
+            nn.Linear(512, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(inplace=True),
+            nn.Linear(256, 1),
+        )
         self.logit = nn.Parameter(torch.full((n,), float(init_logit)))
         self.centers = nn.Parameter(torch.randn(num_classes, embed_dim) * 0.1)
         self.register_buffer("labels", labels.long().clone())
@@ -72,7 +90,9 @@ class LDLVA(Method):
         """lambda_i = sigmoid(l_i): how much sample i's given label is trusted."""
         return torch.sigmoid(self.logit if index is None else self.logit[index])
 
-    def aggregate(self, index: torch.Tensor, feats: torch.Tensor, nbr_feats: torch.Tensor, nbr_probs: torch.Tensor) -> torch.Tensor:
+    def aggregate(
+        self, index: torch.Tensor, feats: torch.Tensor, nbr_feats: torch.Tensor, nbr_probs: torch.Tensor
+    ) -> torch.Tensor:
         """d_i: the calibrated, VA-weighted mean of the neighbours' distributions (B, C)."""
         b, k, dim = nbr_feats.shape
         a = local_similarity(self.va[index], self.va[self.knn[index]], self.temperature)
@@ -117,7 +137,9 @@ class LDLVA(Method):
         self.bank_feats, self.bank_probs = feats.detach().clone(), probs.detach().clone()
 
     @torch.no_grad()
-    def soft_labels(self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def soft_labels(
+        self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """t_i for every training sample from the final model's outputs; uncertainty 1 - lambda_i."""
         was_training = self.training
         self.eval()
