@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from _common import save_and_print
 
-from ferdata.align import Settings, _align_one, align, read_image
+from ferdata.align import AlignSettings, _align_one, align, read_image
 from ferdata.core.io import image_root, read_table
 
 
@@ -53,7 +53,7 @@ def pil_floor(path: Path) -> None:
 
 
 def backend_rate(detector: str, jobs: list[tuple], out: Path, **kw) -> tuple[float, list[dict]]:
-    settings = Settings(detector, 112, 95, **kw)
+    settings = AlignSettings(detector=detector, size=112, **kw)
     return rate(lambda job: _align_one((*job[:4], str(out / f"{job[0]}.jpg")), settings), jobs)
 
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with open(work / "photos.csv", "w") as fh:
             fh.write("path,label\n" + "".join(f"{p},neutral\n" for p in photos))
-        download("csv", data, source=str(work / "photos.csv"), options={"images": "/"})
+        download("csv", data, source=str(work / "photos.csv"), dataset={"images": "/"})
         start = time.perf_counter()
         table = align(data, detector="mtcnn", workers=2)
         results["align_stage_mtcnn_2_workers_per_s"] = len(table) / (time.perf_counter() - start)

@@ -7,7 +7,6 @@ each through a torch DataLoader with 2 workers and batches of 64:
 - the baseline: a map-style Dataset that opens ``<id>.jpg`` with PIL, default collate (uint8 tensors);
 - ``ShardFaces`` (what training uses): one pread + simplejpeg decode per face, whole batches made in
   the worker, with no augmentation, weak, strong, and two views;
-- ``FaceStream``: the sequential stream, no augmentation;
 - the same at the training size (64 px).
 
 Rates are steady state: the clock starts after the first batch, so worker start-up (paid once per
@@ -34,7 +33,8 @@ import torch
 import webdataset as wds
 from _common import save_and_print
 
-from ferdata.loader import FaceStream, PlanBatches, ShardFaces, batches, decode
+from ferdata.core.shards import decode
+from ferdata.loader import PlanBatches, ShardFaces, batches
 
 
 class FolderFaces(torch.utils.data.Dataset):
@@ -102,15 +102,6 @@ def folder_loader(folder: Path, labels: pd.DataFrame, *, size: int | None, worke
     )
 
 
-def stream_loader(shards: list[Path], labels: pd.DataFrame, *, workers: int, batch: int):
-    def collate(items):
-        return np.stack([x for x, _ in items]), [y for _, y in items]
-
-    return torch.utils.data.DataLoader(
-        FaceStream(shards, labels, shuffle=256), batch_size=batch, num_workers=workers, collate_fn=collate
-    )
-
-
 def decode_rates(folder: Path, count: int = 2000) -> dict[str, float]:
     """Single-thread decodes per second of PIL, OpenCV and ours (simplejpeg) on the same bytes."""
     from PIL import Image
@@ -158,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
             runs[f"shards_{mode}"] = lambda mode=mode: batches(
                 faces, PlanBatches([order], batch_size=b, augment=mode), workers=w
             )
-        runs["stream_none"] = lambda: stream_loader(shards, labels, workers=w, batch=b)
         sized = ShardFaces(shards, labels["sample_id"], size=args.train_size)
         runs[f"folder_pil_at_{args.train_size}px"] = lambda: folder_loader(
             folder, labels, size=args.train_size, workers=w, batch=b
@@ -171,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{name}_per_s"], results[f"{name}_first_batch_s"] = rate, first
             print(f"{name:28s} {rate:9.0f} faces/s (first batch after {first:.2f} s)", flush=True)
         base = results["folder_pil_per_s"]
-        for name in ("shards_none", "shards_weak", "shards_strong", "shards_two_view", "stream_none"):
+        for name in ("shards_none", "shards_weak", "shards_strong", "shards_two_view"):
             results[f"speedup_{name.removeprefix('shards_')}_vs_folder"] = results[f"{name}_per_s"] / base
         results[f"speedup_none_at_{args.train_size}px_vs_folder"] = (
             results[f"shards_none_at_{args.train_size}px_per_s"] / results[f"folder_pil_at_{args.train_size}px_per_s"]

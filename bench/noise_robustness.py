@@ -29,18 +29,22 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ferdata.core.classes import class_index
-from ferdata.core.io import fork, locate, read_table, write_table
+from ferdata.core.io import fork, locate, read_table
+from ferdata.core.settings import load_params, resolve
+from ferdata.core.tables import TABLES
 from ferdata.noise import noise
 from ferdata.report import auroc, kl_divergence
 from ferdata.sample import sample
-from ferdata.train.loop import LEARNED, TrainConfig, train
-from ferdata.train.oof import out_of_fold
+from ferdata.train.loop import train
+from ferdata.train.prior import prior
+from ferdata.train.settings import TrainSettings
 from ferdata.va import va
 
 
@@ -52,10 +56,10 @@ def prepare(src: Path, work: Path, *, ratio: float, seed: int, epochs: int, per_
     return work
 
 
-def train_method(data: Path, models: Path, cfg: TrainConfig) -> pd.DataFrame:
+def train_method(data: Path, models: Path, cfg: TrainSettings) -> pd.DataFrame:
     """Train one method and return what it learned for every labelled face."""
     train(data, models, cfg)
-    return read_table(models / LEARNED, "learned")[0]
+    return read_table(models / TABLES["learned"].file, "learned")[0]
 
 
 def evaluate(learned: pd.DataFrame, data: Path) -> dict[str, float]:
@@ -135,17 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, default=0, help="samples per class per epoch (0: the largest class)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="train settings (the train section)")
+    ap.add_argument("--k", type=int, default=8, help="neighbours per face of the circumplex VA graph")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/noise_robustness.json"))
     args = ap.parse_args(argv)
-    params = {}
-    if args.params.is_file():
-        import yaml
-
-        params = (yaml.safe_load(args.params.read_text()) or {}).get("train", {})
-    from ferdata.train.methods import METHODS
-
-    options = {m: params.get(m) or {} for m in METHODS}
-    base = {k: params[k] for k in ("backbone", "batch_size", "lr", "weight_decay", "image_size") if k in params}
+    base = resolve(TrainSettings, load_params(args.params), {"epochs": args.epochs, "seed": args.seed})
     results = []
 
     def record(row: dict) -> None:
@@ -167,11 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             probs = None
             if args.folds > 1 and (ratio > 0 or args.va == "circumplex"):
-                cfg = TrainConfig(method="ce", epochs=args.epochs, seed=args.seed, options=options, **base)
                 start = time.time()
-                oof = out_of_fold(
-                    data, cfg, folds=args.folds, per_video=args.per_video, per_class=args.per_class, seed=args.seed
-                )
+                oof = prior(data, folds=args.folds, method="ce", epochs=args.epochs, seed=args.seed, train=base)
                 seconds = round(time.time() - start, 1)
                 probs = oof
                 if ratio > 0:
@@ -181,15 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.va == "circumplex":
                 if probs is None:
                     raise SystemExit("--va circumplex needs --folds >= 2")
-                write_table(
-                    probs,
-                    data / "prior.parquet",
-                    "learned",
-                    {"classes": read_table(locate(data, "labels.parquet"), "labels")[1]["classes"]},
-                )
-                va(data, source="circumplex", k=int((params.get("ldlva") or {}).get("k", 8)))
+                va(data, source="circumplex", k=args.k)  # reads the fork's prior table
             for method in args.methods.split(","):
-                cfg = TrainConfig(method=method, epochs=args.epochs, seed=args.seed, options=options, **base)
+                cfg = replace(base, method=method)
                 start = time.time()
                 record(
                     {

@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from noise_robustness import evaluate, prepare, train_method
 
-from ferdata.core.io import fork, locate, read_table, write_table
-from ferdata.train.loop import TrainConfig
-from ferdata.train.oof import out_of_fold
+from ferdata.core.io import fork, locate, read_table
+from ferdata.core.settings import load_params, resolve
+from ferdata.train.prior import prior
+from ferdata.train.regress import regress
+from ferdata.train.settings import TrainSettings
 from ferdata.va import va
 
 
@@ -59,17 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/va_quality.json"))
     args = ap.parse_args(argv)
-    import yaml
-
-    params = (
-        (yaml.safe_load(Path("params.yaml").read_text()) or {}).get("train", {})
-        if Path("params.yaml").is_file()
-        else {}
-    )
-    from ferdata.train.methods import METHODS
-
-    options = {m: params.get(m) or {} for m in METHODS}
-    base = {k: params[k] for k in ("backbone", "batch_size", "lr", "weight_decay", "image_size") if k in params}
+    base = resolve(TrainSettings, load_params(None), {"epochs": args.epochs, "seed": args.seed})
     results = []
     with tempfile.TemporaryDirectory(prefix="ferdata-va-bench-") as tmp:
         data = prepare(
@@ -82,32 +75,23 @@ def main(argv: list[str] | None = None) -> int:
             per_class=0,
         )
         manifest, _ = read_table(locate(data, "manifest.parquet"), "manifest")
-        _, meta = read_table(locate(data, "labels.parquet"), "labels")
         start = time.time()
-        prior = out_of_fold(
-            data,
-            TrainConfig(method="ce", epochs=args.epochs, seed=args.seed, options=options, **base),
-            folds=args.folds,
-            seed=args.seed,
-        )
-        prior_seconds = time.time() - start
-        write_table(prior, data / "prior.parquet", "learned", {"classes": meta["classes"]})
+        prior(data, folds=args.folds, method="ce", epochs=args.epochs, seed=args.seed, train=base)
+        model_seconds = {"circumplex": time.time() - start}
+        start = time.time()
+        regress(data, folds=args.folds, seed=args.seed)
+        model_seconds["regressor"] = time.time() - start
         for source in ("provided", "regressor", "circumplex"):
             work = Path(tmp) / source
-            fork(data, work)
+            fork(data, work)  # reads the prior and regressed VA tables of ``data``
             start = time.time()
-            table, _ = va(
-                work,
-                source=source,
-                posteriors=data / "prior.parquet",
-                regressor={"folds": args.folds, "seed": args.seed},
-            )
+            table, _ = va(work, source=source)
             row = {
                 "va": source,
-                "va_seconds": round(time.time() - start + (prior_seconds if source == "circumplex" else 0), 1),
+                "va_seconds": round(time.time() - start + model_seconds.get(source, 0.0), 1),
                 **agreement(table, manifest),
             }
-            cfg = TrainConfig(method="ldlva", epochs=args.epochs, seed=args.seed, options=options, **base)
+            cfg = replace(base, method="ldlva")
             row.update({f"ldlva_{k}": v for k, v in evaluate(train_method(work, work / "ldlva", cfg), work).items()})
             results.append(row)
             print(json.dumps(row), flush=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.utils.data as tud
 
-from ferdata.core.errors import FerdataError
+from ferdata.core.errors import UsageError
 from ferdata.core.shards import ShardReader, load_images, member_table, shard_paths
 
 __all__ = [
@@ -53,7 +53,7 @@ VIEWS = ("none", "weak", "strong", "two_view")
 
 def check_augment(augment: str) -> None:
     if augment not in VIEWS:
-        raise FerdataError(f"augment {augment!r}: use one of {', '.join(VIEWS)}")
+        raise UsageError(f"augment {augment!r}: use one of {', '.join(VIEWS)}")
 
 
 class ShardFaces(ShardReader, tud.Dataset):

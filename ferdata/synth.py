@@ -162,6 +162,21 @@ def _pts(points: np.ndarray) -> np.ndarray:
     return np.round(points * SUPER * 16).astype(np.int32)  # cv2 fixed point, shift=4
 
 
+def _ellipse(
+    img: np.ndarray,
+    centre: tuple[float, float],
+    axes: tuple[float, float],
+    colour: tuple[int, ...],
+    *,
+    thickness: int = -1,
+    arc: tuple[int, int] = (0, 360),
+) -> None:
+    """An anti-aliased ellipse at sub-pixel precision (centre and axes in 112-unit face coordinates)."""
+    cv2.ellipse(
+        img, tuple(_pts(np.array(centre))), tuple(_pts(np.array(axes))), 0, *arc, colour, thickness, cv2.LINE_AA, 4
+    )
+
+
 def _bezier(a: np.ndarray, mid: np.ndarray, b: np.ndarray, n: int = 16) -> np.ndarray:
     """Quadratic curve from ``a`` to ``b`` passing through ``mid`` at its middle."""
     ctrl = 2 * mid - (a + b) / 2
@@ -180,43 +195,10 @@ def draw_face(ident: Identity, expr: np.ndarray) -> tuple[np.ndarray, np.ndarray
     cx, cy = 56.0, 64.0
     # hair behind, head, hair on top
     if ident.hair_style == 1:
-        cv2.ellipse(
-            img,
-            tuple(_pts(np.array([cx, cy + 6]))),
-            tuple(_pts(np.array([ident.face_w + 7, ident.face_h + 10]))),
-            0,
-            0,
-            360,
-            hair,
-            -1,
-            aa,
-            sh,
-        )
-    cv2.ellipse(
-        img,
-        tuple(_pts(np.array([cx, cy]))),
-        tuple(_pts(np.array([ident.face_w, ident.face_h]))),
-        0,
-        0,
-        360,
-        skin,
-        -1,
-        aa,
-        sh,
-    )
+        _ellipse(img, (cx, cy + 6), (ident.face_w + 7, ident.face_h + 10), hair)
+    _ellipse(img, (cx, cy), (ident.face_w, ident.face_h), skin)
     if ident.hair_style != 2:
-        cv2.ellipse(
-            img,
-            tuple(_pts(np.array([cx, cy - ident.face_h * 0.55]))),
-            tuple(_pts(np.array([ident.face_w * 1.02, ident.face_h * 0.5]))),
-            0,
-            180,
-            360,
-            hair,
-            -1,
-            aa,
-            sh,
-        )
+        _ellipse(img, (cx, cy - ident.face_h * 0.55), (ident.face_w * 1.02, ident.face_h * 0.5), hair, arc=(180, 360))
     # eyes
     eyes = TEMPLATE[:2].copy()
     eyes[0, 0] += ident.eye_dx
@@ -224,55 +206,11 @@ def draw_face(ident: Identity, expr: np.ndarray) -> tuple[np.ndarray, np.ndarray
     eyes[:, 1] += ident.eye_dy
     half_h = max(0.4, 3.2 * (1.0 + 0.65 * eye_open))
     for (ex, ey), side in zip(eyes, (-1, 1)):
-        cv2.ellipse(
-            img,
-            tuple(_pts(np.array([ex, ey]))),
-            tuple(_pts(np.array([6.5, half_h]))),
-            0,
-            0,
-            360,
-            (245, 245, 240, 255),
-            -1,
-            aa,
-            sh,
-        )
+        _ellipse(img, (ex, ey), (6.5, half_h), (245, 245, 240, 255))
         iris_h = min(2.6, half_h)
-        cv2.ellipse(
-            img,
-            tuple(_pts(np.array([ex, ey]))),
-            tuple(_pts(np.array([2.6, iris_h]))),
-            0,
-            0,
-            360,
-            (*ident.iris, 255),
-            -1,
-            aa,
-            sh,
-        )
-        cv2.ellipse(
-            img,
-            tuple(_pts(np.array([ex, ey]))),
-            tuple(_pts(np.array([1.1, min(1.1, half_h)]))),
-            0,
-            0,
-            360,
-            (10, 10, 10, 255),
-            -1,
-            aa,
-            sh,
-        )
-        cv2.ellipse(
-            img,
-            tuple(_pts(np.array([ex, ey]))),
-            tuple(_pts(np.array([6.5, half_h]))),
-            0,
-            0,
-            360,
-            (40, 30, 30, 255),
-            1,
-            aa,
-            sh,
-        )
+        _ellipse(img, (ex, ey), (2.6, iris_h), (*ident.iris, 255))
+        _ellipse(img, (ex, ey), (1.1, min(1.1, half_h)), (10, 10, 10, 255))
+        _ellipse(img, (ex, ey), (6.5, half_h), (40, 30, 30, 255), thickness=1)
         # brow: outer and inner ends; inner end lowered by brow_inner
         base = ey - 8.5 - 5.0 * brow_raise
         outer = np.array([ex + side * 8.0, base + 1.0])

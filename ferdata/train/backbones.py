@@ -17,7 +17,26 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class SmallCNN(nn.Module):
+class Backbone(nn.Module):
+    """A convolutional ``body``, global average pooling to an ``embed_dim`` embedding, dropout, a linear
+    ``head``."""
+
+    body: nn.Module
+    drop: nn.Module
+    head: nn.Linear
+    embed_dim: int
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.forward_features(x)))
+
+
+class SmallCNN(Backbone):
     """Four stride-2 stages of two 3x3 convolutions; ~1.2 M parameters."""
 
     def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2):
@@ -37,15 +56,6 @@ class SmallCNN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.embed_dim, num_classes)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.forward_features(x)))
-
 
 class BasicBlock(nn.Module):
     """ResNet basic block."""
@@ -64,7 +74,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.conv2(self.conv1(x)) + self.short(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(Backbone):
     """ResNet-18 for 112x112 faces (3x3 stem, no max-pool), for GPU training."""
 
     def __init__(self, num_classes: int, dropout: float = 0.2):
@@ -77,15 +87,6 @@ class ResNet18(nn.Module):
         self.embed_dim = 512
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(512, num_classes)
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.forward_features(x)))
 
 
 NETWORKS = {"small_cnn": SmallCNN, "resnet18": ResNet18}
