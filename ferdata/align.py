@@ -6,6 +6,7 @@ and a reason, never dropped silently; only ``ok`` faces go on to the shards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
@@ -19,8 +20,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ferdata.core.errors import UsageError
-from ferdata.core.io import atomic_dir, image_root, read_table, stable_hash, write_json
+from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.io import image_root, read_table, stable_hash, write_json
 from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Run, Stage
 from ferdata.core.tables import TABLES
@@ -200,9 +201,23 @@ def _align_one(job: tuple[str, str, object, object, str], settings: AlignSetting
 
 
 def _init_worker() -> None:
+    """A worker process: one thread (one process per core already), and it dies with the stage's process
+    (Linux), so a killed ``ferdata align`` leaves no workers behind."""
     import torch
 
-    torch.set_num_threads(1)  # one process per core already
+    torch.set_num_threads(1)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to end this process when its parent ends (Linux; elsewhere nothing)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 WORK = ".align-work"
@@ -240,38 +255,48 @@ def align(
     from the chunks already done); ``part=(i, n)`` does only every n-th chunk, so n machines can share
     the work. Once every chunk is done, publish the aligned faces and their table; before that,
     return the rows done so far."""
-    run = STAGE.start(settings, options, data=data_dir)
-    s: AlignSettings = run.settings
     index, parts = part
     if not 1 <= index <= parts:
         raise UsageError(f"--part {index}/{parts}: use i/n with 1 <= i <= n")
-    if s.detector in ("mtcnn", "insightface"):  # fail before any work when the model files are missing
-        from ferdata.detect import find_insightface_model, find_weights
+    with STAGE.start(settings, options, data=data_dir, lock=parts == 1) as run:  # parts run side by side
+        s: AlignSettings = run.settings
+        if s.detector in ("mtcnn", "insightface"):  # fail before any work when the model files are missing
+            from ferdata.detect import find_insightface_model, find_weights
 
-        (find_weights if s.detector == "mtcnn" else find_insightface_model)(s.weights or None)
-    data_dir = Path(data_dir)
-    manifest, meta = run.read("manifest")
-    root = image_root(run.input("manifest").parent, meta)
-    work = _work_dir(data_dir, s, manifest)
-    jobs = [
-        (r.sample_id, str(root / r.path), r.landmarks, r.bbox, str(work / ALIGNED_DIR / f"{r.sample_id}.jpg"))
-        for r in manifest.itertuples(index=False)
-    ]
-    chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
-    todo = [c for c in range(len(chunks)) if c % parts == index - 1 and not (work / f"chunk-{c:06d}.parquet").is_file()]
-    _align_chunks(run, s, work, [(c, chunks[c]) for c in todo])
-    done = sorted(work.glob("chunk-*.parquet"))
-    table = pd.concat([read_table(p, "aligned")[0] for p in done], ignore_index=True) if done else pd.DataFrame()
-    if len(done) < len(chunks):
-        table.attrs["total"] = len(jobs)  # partial: the other parts (or a rerun) finish it
+            (find_weights if s.detector == "mtcnn" else find_insightface_model)(s.weights or None)
+        data_dir = Path(data_dir)
+        manifest, meta = run.read("manifest")
+        root = image_root(run.input("manifest").parent, meta)
+        work = _work_dir(data_dir, s, manifest)
+        jobs = [
+            (r.sample_id, str(root / r.path), r.landmarks, r.bbox, str(work / ALIGNED_DIR / f"{r.sample_id}.jpg"))
+            for r in manifest.itertuples(index=False)
+        ]
+        chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+        todo = [
+            c for c in range(len(chunks)) if c % parts == index - 1 and not (work / f"chunk-{c:06d}.parquet").is_file()
+        ]
+        _align_chunks(run, s, work, [(c, chunks[c]) for c in todo])
+        done = sorted(work.glob("chunk-*.parquet"))
+        table = pd.concat([read_table(p, "aligned")[0] for p in done], ignore_index=True) if done else pd.DataFrame()
+        if len(done) < len(chunks):
+            table.attrs["total"] = len(jobs)  # partial: the other parts (or a rerun) finish it
+            return table
+        table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        faces = work / ALIGNED_DIR
+        lost = [p for p in table["path"].dropna() if not (work / p).is_file()]
+        if lost:
+            shutil.rmtree(work)
+            raise FerdataError(
+                f"{len(lost)} aligned faces of the finished chunks are missing from {faces} (e.g. "
+                f"{lost[0]}); the work was cleared: run `ferdata align` again"
+            )
+        staged = run.output("aligned_faces")
+        staged.rmdir()
+        faces.rename(staged)
+        run.write(table, "aligned", {"classes": meta["classes"], "size": s.size, "detector": s.detector})
+        run.then_remove.append(work)  # the work folder goes with the publication, not before
         return table
-    table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
-    with atomic_dir(run.output("aligned_faces")) as tmp:
-        tmp.rmdir()
-        (work / ALIGNED_DIR).rename(tmp)
-    run.write(table, "aligned", {"classes": meta["classes"], "size": s.size, "detector": s.detector})
-    shutil.rmtree(work)
-    return table
 
 
 def _align_chunks(run: Run, settings: AlignSettings, work: Path, todo: list[tuple[int, list[tuple]]]) -> None:

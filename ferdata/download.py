@@ -16,7 +16,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.core.errors import FerdataError, UsageError
-from ferdata.core.io import atomic_dir
 from ferdata.core.settings import Settings, option, resolve
 from ferdata.core.stage import Run, Stage
 from ferdata.core.tables import TABLES
@@ -63,30 +62,30 @@ def download_synth(run: Run, cfg: SynthSettings) -> pd.DataFrame:
     """Generate the synth dataset's photos and return its manifest."""
     total = cfg.n_subjects * cfg.videos_per_subject * cfg.frames_per_video
     rows = []
-    with atomic_dir(run.output("raw")) as raw:
-        for face in tqdm(
-            generate(cfg, run.settings.seed), total=total, desc="synth", unit="face", leave=False, disable=None
-        ):
-            rel = f"{RAW}/{face.sample_id}.png"
-            cv2.imwrite(str(raw / f"{face.sample_id}.png"), cv2.cvtColor(face.image, cv2.COLOR_RGB2BGR))
-            rows.append(
-                {
-                    "sample_id": face.sample_id,
-                    "dataset": "synth",
-                    "split": face.split,
-                    "path": rel,
-                    "label": face.label,
-                    "video_id": face.video_id,
-                    "subject_id": face.subject_id,
-                    "frame": face.frame,
-                    "bbox": face.bbox,
-                    "landmarks": face.landmarks.reshape(-1),
-                    "valence": face.valence,
-                    "arousal": face.arousal,
-                    "votes": None,
-                    "true_dist": face.true_dist,
-                }
-            )
+    raw = run.output("raw")
+    for face in tqdm(
+        generate(cfg, run.settings.seed), total=total, desc="synth", unit="face", leave=False, disable=None
+    ):
+        rel = f"{RAW}/{face.sample_id}.png"
+        cv2.imwrite(str(raw / f"{face.sample_id}.png"), cv2.cvtColor(face.image, cv2.COLOR_RGB2BGR))
+        rows.append(
+            {
+                "sample_id": face.sample_id,
+                "dataset": "synth",
+                "split": face.split,
+                "path": rel,
+                "label": face.label,
+                "video_id": face.video_id,
+                "subject_id": face.subject_id,
+                "frame": face.frame,
+                "bbox": face.bbox,
+                "landmarks": face.landmarks.reshape(-1),
+                "valence": face.valence,
+                "arousal": face.arousal,
+                "votes": None,
+                "true_dist": face.true_dist,
+            }
+        )
     df = pd.DataFrame(rows)
     df.attrs["classes"] = list(cfg.classes)
     return df
@@ -193,29 +192,29 @@ def download(
     cls = dataset_options(name)
     if not isinstance(dataset, Settings):
         dataset = resolve(cls, {name: dict(dataset or {})}, section=name)
-    run = STAGE.start(settings, options, extra=dataset, data=out_dir)
-    out_dir = Path(out_dir)
-    if name == "synth":
-        df = download_synth(run, dataset)
-        df.attrs["rejected"] = pd.DataFrame(columns=["sample_id", "path", "reason", "detail"])
-    else:
-        df = download_real(name, out_dir, run.settings, dataset)
-    if df.empty:
-        raise FerdataError(f"dataset {name} produced no samples; check its options")
-    dup = df["sample_id"][df["sample_id"].duplicated()]
-    if len(dup):
-        raise FerdataError(f"dataset {name} has duplicate sample ids, e.g. {dup.iloc[0]!r}")
-    if df["sample_id"].str.contains(".", regex=False).any():
-        raise FerdataError(f"dataset {name} has sample ids with dots; WebDataset keys must be dot-free")
-    attrs = dict(df.attrs)
-    df = df.sort_values("sample_id", kind="stable").reset_index(drop=True)
-    df.attrs = attrs
-    meta = {"dataset": name, "classes": attrs["classes"], "root": attrs.get("root", ".")}
-    if attrs.get("source"):
-        meta["source"] = attrs["source"]
-    run.write(attrs["rejected"], "rejected", {"dataset": name})
-    run.write(df, "manifest", meta)
-    return df
+    with STAGE.start(settings, options, extra=dataset, data=out_dir) as run:
+        out_dir = Path(out_dir)
+        if name == "synth":
+            df = download_synth(run, dataset)
+            df.attrs["rejected"] = pd.DataFrame(columns=["sample_id", "path", "reason", "detail"])
+        else:
+            df = download_real(name, out_dir, run.settings, dataset)
+        if df.empty:
+            raise FerdataError(f"dataset {name} produced no samples; check its options")
+        dup = df["sample_id"][df["sample_id"].duplicated()]
+        if len(dup):
+            raise FerdataError(f"dataset {name} has duplicate sample ids, e.g. {dup.iloc[0]!r}")
+        if df["sample_id"].str.contains(".", regex=False).any():
+            raise FerdataError(f"dataset {name} has sample ids with dots; WebDataset keys must be dot-free")
+        attrs = dict(df.attrs)
+        df = df.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        df.attrs = attrs
+        meta = {"dataset": name, "classes": attrs["classes"], "root": attrs.get("root", ".")}
+        if attrs.get("source"):
+            meta["source"] = attrs["source"]
+        run.write(attrs["rejected"], "rejected", {"dataset": name})
+        run.write(df, "manifest", meta)
+        return df
 
 
 def summarize(df: pd.DataFrame) -> str:

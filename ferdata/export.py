@@ -87,42 +87,42 @@ def export(
     data_dir: str | Path, models_dir: str | Path, settings: ExportSettings | None = None, **options: Any
 ) -> pd.DataFrame:
     """Write the soft labels of ``data_dir`` from what the trained method learned for every labelled face."""
-    run = STAGE.start(settings, options, data=data_dir, models=models_dir)
-    labels, meta = run.read("labels")
-    va, _ = run.read("va")
-    learned, learned_meta = run.read("learned")
-    checkpoint = run.input("model")
-    if not checkpoint.is_file():
-        raise FerdataError(f"{checkpoint} not found: run `ferdata train` first")
-    rows = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id", how="left")
-    if rows["distribution"].isna().any():
-        missing = rows.loc[rows["distribution"].isna(), "sample_id"].iloc[0]
-        raise FerdataError(
-            f"{run.input('learned')} lacks faces of labels.parquet (e.g. {missing!r}); re-run `ferdata train`"
+    with STAGE.start(settings, options, data=data_dir, models=models_dir) as run:
+        labels, meta = run.read("labels")
+        va, _ = run.read("va")
+        learned, learned_meta = run.read("learned")
+        checkpoint = run.input("model")
+        if not checkpoint.is_file():
+            raise FerdataError(f"{checkpoint} not found: run `ferdata train` first")
+        rows = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id", how="left")
+        if rows["distribution"].isna().any():
+            missing = rows.loc[rows["distribution"].isna(), "sample_id"].iloc[0]
+            raise FerdataError(
+                f"{run.input('learned')} lacks faces of labels.parquet (e.g. {missing!r}); re-run `ferdata train`"
+            )
+        classes = learned_meta["classes"]
+        table = soft_label_table(
+            rows["sample_id"].to_numpy(),
+            rows["split"].to_numpy(),
+            rows["label"].to_numpy(),
+            np.stack(rows["distribution"].to_numpy()).astype(np.float64),
+            classes,
+            uncertainty=rows["uncertainty"].to_numpy(),
+            va=va,
+            method=learned_meta["method"],
+            margin=run.settings.margin,
         )
-    classes = learned_meta["classes"]
-    table = soft_label_table(
-        rows["sample_id"].to_numpy(),
-        rows["split"].to_numpy(),
-        rows["label"].to_numpy(),
-        np.stack(rows["distribution"].to_numpy()).astype(np.float64),
-        classes,
-        uncertainty=rows["uncertainty"].to_numpy(),
-        va=va,
-        method=learned_meta["method"],
-        margin=run.settings.margin,
-    )
-    run.write(
-        table,
-        "softlabels",
-        {
-            "classes": classes,
-            "method": learned_meta["method"],
-            "model_hash": file_sha256(checkpoint),
-            "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
-        },
-    )
-    return table
+        run.write(
+            table,
+            "softlabels",
+            {
+                "classes": classes,
+                "method": learned_meta["method"],
+                "model_hash": file_sha256(checkpoint),
+                "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
+            },
+        )
+        return table
 
 
 def summarize(table: pd.DataFrame) -> str:

@@ -70,22 +70,22 @@ def flip_labels(
 
 def noise(data_dir: str | Path, settings: NoiseSettings | None = None, **options: Any) -> pd.DataFrame:
     """Write the labels table of ``data_dir``: given (possibly noisy) label, clean label, flipped flag."""
-    run = STAGE.start(settings, options, data=data_dir)
-    s: NoiseSettings = run.settings
-    manifest, meta = run.read("manifest")
-    index, _ = run.read("shard_index")
-    df = manifest[manifest["sample_id"].isin(index["sample_id"]) & manifest["label"].notna()]
-    df = df[["sample_id", "split", "label"]].sort_values("sample_id", kind="stable").reset_index(drop=True)
-    df["label"] = df["label"].astype(np.int64)
-    df["clean_label"] = df["label"]
-    df["flipped"] = False
-    train = (df["split"] == "train").to_numpy()
-    noisy, flipped = flip_labels(df.loc[train, "clean_label"].to_numpy(), meta["classes"], s)
-    df.loc[train, "label"] = noisy
-    df.loc[train, "flipped"] = flipped
-    df["noise_mode"], df["noise_ratio"], df["noise_seed"] = s.mode, s.ratio, s.seed
-    run.write(df, "labels", {"classes": meta["classes"], "ratio": s.ratio, "mode": s.mode, "seed": s.seed})
-    return df
+    with STAGE.start(settings, options, data=data_dir) as run:
+        s: NoiseSettings = run.settings
+        manifest, meta = run.read("manifest")
+        index, _ = run.read("shard_index")
+        df = manifest[manifest["sample_id"].isin(index["sample_id"]) & manifest["label"].notna()]
+        df = df[["sample_id", "split", "label"]].sort_values("sample_id", kind="stable").reset_index(drop=True)
+        df["label"] = df["label"].astype(np.int64)
+        df["clean_label"] = df["label"]
+        df["flipped"] = False
+        train = (df["split"] == "train").to_numpy()
+        noisy, flipped = flip_labels(df.loc[train, "clean_label"].to_numpy(), meta["classes"], s)
+        df.loc[train, "label"] = noisy
+        df.loc[train, "flipped"] = flipped
+        df["noise_mode"], df["noise_ratio"], df["noise_seed"] = s.mode, s.ratio, s.seed
+        run.write(df, "labels", {"classes": meta["classes"], "ratio": s.ratio, "mode": s.mode, "seed": s.seed})
+        return df
 
 
 def summarize(df: pd.DataFrame) -> str:

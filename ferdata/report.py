@@ -143,53 +143,53 @@ def report(
     flipped/clean, the most ambiguous faces) and one self-contained ``index.html`` under ``reports_dir``."""
     from ferdata import figures
 
-    run = STAGE.start(settings, options, data=data_dir, reports=reports_dir)
-    soft, meta = run.read("softlabels")
-    labels, _ = run.read("labels")
-    manifest, man_meta = run.read("manifest")
-    classes = meta["classes"]
-    metrics = compute_metrics(soft, labels, manifest, classes)
-    metrics["method"] = meta.get("method")
-    metrics["noise"] = meta.get("noise")
-    write_json(metrics, run.output("metrics"))
-    figures.plot_class_balance(labels, classes, run.output("fig_class_balance"))
-    split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")
-    rows = soft[soft["split"] == split].merge(manifest[["sample_id", "true_dist"]], on="sample_id")
-    pred = np.stack(rows["distribution"].to_numpy()).argmax(1) if len(rows) else np.zeros(0, np.int64)
-    if len(rows) and rows["true_dist"].notna().all():
-        truth, what = np.stack(rows["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
-    else:
-        truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
-    title = f"{split.capitalize()} confusion ({what})"
-    figures.plot_confusion(confusion(truth, pred, len(classes)), classes, title, run.output("fig_confusion"))
-    write_predictions(rows["sample_id"], truth, pred, classes, run.output("predictions"))
-    pictures = [("Class balance per split", run.output("fig_class_balance")), (title, run.output("fig_confusion"))]
-    va, _ = run.read("va")
-    pictures.append(("Valence/arousal by clean label", figures.plot_va(va, labels, classes, run.output("fig_va"))))
-    pictures.append(
-        (
-            "Uncertainty of training soft labels, flipped vs clean",
-            figures.plot_uncertainty(soft, labels, run.output("fig_uncertainty")),
-        )
-    )
-    ambiguous = figures.most_ambiguous(soft, run.settings.gallery)
-    if len(ambiguous):
-        from ferdata.core.shards import load_images
-
-        images = load_images(run.input("shards"), ambiguous["sample_id"].tolist(), size=96)
+    with STAGE.start(settings, options, data=data_dir, reports=reports_dir) as run:
+        soft, meta = run.read("softlabels")
+        labels, _ = run.read("labels")
+        manifest, man_meta = run.read("manifest")
+        classes = meta["classes"]
+        metrics = compute_metrics(soft, labels, manifest, classes)
+        metrics["method"] = meta.get("method")
+        metrics["noise"] = meta.get("noise")
+        write_json(metrics, run.output("metrics"))
+        figures.plot_class_balance(labels, classes, run.output("fig_class_balance"))
+        split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")
+        rows = soft[soft["split"] == split].merge(manifest[["sample_id", "true_dist"]], on="sample_id")
+        pred = np.stack(rows["distribution"].to_numpy()).argmax(1) if len(rows) else np.zeros(0, np.int64)
+        if len(rows) and rows["true_dist"].notna().all():
+            truth, what = np.stack(rows["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
+        else:
+            truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
+        title = f"{split.capitalize()} confusion ({what})"
+        figures.plot_confusion(confusion(truth, pred, len(classes)), classes, title, run.output("fig_confusion"))
+        write_predictions(rows["sample_id"], truth, pred, classes, run.output("predictions"))
+        pictures = [("Class balance per split", run.output("fig_class_balance")), (title, run.output("fig_confusion"))]
+        va, _ = run.read("va")
+        pictures.append(("Valence/arousal by clean label", figures.plot_va(va, labels, classes, run.output("fig_va"))))
         pictures.append(
             (
-                f"The {len(ambiguous)} most ambiguous training faces and their soft labels",
-                figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous")),
+                "Uncertainty of training soft labels, flipped vs clean",
+                figures.plot_uncertainty(soft, labels, run.output("fig_uncertainty")),
             )
         )
-    figures.write_html(
-        run.output("report_page"),
-        title=f"ferdata report: {man_meta.get('dataset', Path(data_dir).name)} ({metrics['method']})",
-        metrics=metrics,
-        figures=pictures,
-    )
-    return metrics
+        ambiguous = figures.most_ambiguous(soft, run.settings.gallery)
+        if len(ambiguous):
+            from ferdata.core.shards import load_images
+
+            images = load_images(run.input("shards"), ambiguous["sample_id"].tolist(), size=96)
+            pictures.append(
+                (
+                    f"The {len(ambiguous)} most ambiguous training faces and their soft labels",
+                    figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous")),
+                )
+            )
+        figures.write_html(
+            run.output("report_page"),
+            title=f"ferdata report: {man_meta.get('dataset', Path(data_dir).name)} ({metrics['method']})",
+            metrics=metrics,
+            figures=pictures,
+        )
+        return metrics
 
 
 def summarize(metrics: dict[str, Any]) -> str:
@@ -214,25 +214,25 @@ def collect_sweep(
     """One table of every ``metrics.json`` under a noise sweep's report folder (a row per method and
     ratio), written as ``sweep.csv`` beside ``noise_recovery.png`` in ``out_dir``."""
     reports_dir = Path(reports_dir)
-    run = SWEEP.start(settings, reports=out_dir if out_dir is not None else reports_dir)
-    metrics_file = TABLES["metrics"].file
-    rows = []
-    for path in sorted(reports_dir.glob("*/*/" + metrics_file)):
-        metrics = json.loads(path.read_text())
-        noise = metrics.get("noise") or {}
-        rows.append(
-            {
-                "method": metrics.get("method") or path.parent.name,
-                "ratio": float(noise.get("ratio", 0.0)),
-                **{c: metrics.get(c) for c in SWEEP_COLUMNS},
-            }
-        )
-    if not rows:
-        raise FerdataError(f"no */*/{metrics_file} under {reports_dir}; run the sweep's report stages first")
-    table = pd.DataFrame(rows).sort_values(["method", "ratio"], kind="stable").reset_index(drop=True)
-    with atomic_file(run.output("sweep_table")) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    from ferdata.figures import plot_sweep
+    with SWEEP.start(settings, reports=out_dir if out_dir is not None else reports_dir) as run:
+        metrics_file = TABLES["metrics"].file
+        rows = []
+        for path in sorted(reports_dir.glob("*/*/" + metrics_file)):
+            metrics = json.loads(path.read_text())
+            noise = metrics.get("noise") or {}
+            rows.append(
+                {
+                    "method": metrics.get("method") or path.parent.name,
+                    "ratio": float(noise.get("ratio", 0.0)),
+                    **{c: metrics.get(c) for c in SWEEP_COLUMNS},
+                }
+            )
+        if not rows:
+            raise FerdataError(f"no */*/{metrics_file} under {reports_dir}; run the sweep's report stages first")
+        table = pd.DataFrame(rows).sort_values(["method", "ratio"], kind="stable").reset_index(drop=True)
+        with atomic_file(run.output("sweep_table")) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.4f")
+        from ferdata.figures import plot_sweep
 
-    plot_sweep(table, run.output("sweep_curve"))
-    return table
+        plot_sweep(table, run.output("sweep_curve"))
+        return table

@@ -80,35 +80,37 @@ def epoch_plan(
 
 def sample(data_dir: str | Path, settings: SampleSettings | None = None, **options: Any) -> pd.DataFrame:
     """Write the plan table of ``data_dir``: (epoch, position, sample_id) for every training epoch."""
-    run = STAGE.start(settings, options, data=data_dir)
-    s: SampleSettings = run.settings
-    labels, meta = run.read("labels")
-    manifest, _ = run.read("manifest")
-    train = labels[labels["split"] == "train"].reset_index(drop=True)
-    if train.empty:
-        raise FerdataError(f"{run.input('labels')} has no training sample to plan")
-    video = manifest.set_index("sample_id").loc[train["sample_id"], "video_id"]
-    videos = video.fillna(pd.Series(train["sample_id"].to_numpy(), index=video.index)).to_numpy()  # no video: its own
-    ids = train["sample_id"].to_numpy()
-    frames = []
-    for e in range(s.epochs):
-        order = epoch_plan(
-            videos, train["label"].to_numpy(), epoch=e, seed=s.seed, per_video=s.per_video, per_class=s.per_class
+    with STAGE.start(settings, options, data=data_dir) as run:
+        s: SampleSettings = run.settings
+        labels, meta = run.read("labels")
+        manifest, _ = run.read("manifest")
+        train = labels[labels["split"] == "train"].reset_index(drop=True)
+        if train.empty:
+            raise FerdataError(f"{run.input('labels')} has no training sample to plan")
+        video = manifest.set_index("sample_id").loc[train["sample_id"], "video_id"]
+        videos = video.fillna(
+            pd.Series(train["sample_id"].to_numpy(), index=video.index)
+        ).to_numpy()  # no video: its own
+        ids = train["sample_id"].to_numpy()
+        frames = []
+        for e in range(s.epochs):
+            order = epoch_plan(
+                videos, train["label"].to_numpy(), epoch=e, seed=s.seed, per_video=s.per_video, per_class=s.per_class
+            )
+            frames.append(pd.DataFrame({"epoch": e, "position": np.arange(len(order)), "sample_id": ids[order]}))
+        plan = pd.concat(frames, ignore_index=True)
+        run.write(
+            plan,
+            "plan",
+            {
+                "classes": meta["classes"],
+                "epochs": s.epochs,
+                "per_video": s.per_video,
+                "per_class": s.per_class,
+                "seed": s.seed,
+            },
         )
-        frames.append(pd.DataFrame({"epoch": e, "position": np.arange(len(order)), "sample_id": ids[order]}))
-    plan = pd.concat(frames, ignore_index=True)
-    run.write(
-        plan,
-        "plan",
-        {
-            "classes": meta["classes"],
-            "epochs": s.epochs,
-            "per_video": s.per_video,
-            "per_class": s.per_class,
-            "seed": s.seed,
-        },
-    )
-    return plan
+        return plan
 
 
 def summarize(plan: pd.DataFrame) -> str:

@@ -14,7 +14,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.core.errors import FerdataError
-from ferdata.core.io import atomic_dir
 from ferdata.core.settings import Settings, option
 from ferdata.core.shards import SHARD_PATTERN
 from ferdata.core.stage import Stage
@@ -42,15 +41,15 @@ def shard(data_dir: str | Path, settings: ShardSettings | None = None, **options
     """Write the shards of ``data_dir`` from its aligned faces, and the shard index."""
     import webdataset as wds  # imports torch: not at module level, the CLI reads this module's declaration
 
-    run = STAGE.start(settings, options, data=data_dir)
-    max_count = run.settings.max_count
-    aligned, meta = run.read("aligned")
-    ok = aligned[aligned["status"] == "ok"].sort_values("sample_id", kind="stable")
-    if ok.empty:
-        raise FerdataError(f"{run.input('aligned')} has no aligned face to shard; see its status/reason columns")
-    faces_root = run.input("aligned_faces").parent
-    rows = []
-    with atomic_dir(run.output("shards")) as tmp:
+    with STAGE.start(settings, options, data=data_dir) as run:
+        max_count = run.settings.max_count
+        aligned, meta = run.read("aligned")
+        ok = aligned[aligned["status"] == "ok"].sort_values("sample_id", kind="stable")
+        if ok.empty:
+            raise FerdataError(f"{run.input('aligned')} has no aligned face to shard; see its status/reason columns")
+        faces_root = run.input("aligned_faces").parent
+        rows = []
+        tmp = run.output("shards")
         writer, name = None, ""
         for i, r in enumerate(tqdm(ok.itertuples(index=False), total=len(ok), desc="shard", leave=False, disable=None)):
             if i % max_count == 0:
@@ -64,9 +63,9 @@ def shard(data_dir: str | Path, settings: ShardSettings | None = None, **options
             writer.write({"__key__": r.sample_id, "jpg": src.read_bytes()})
             rows.append({"sample_id": r.sample_id, "shard": name, "position": i % max_count})
         writer.close()
-    index = pd.DataFrame(rows)
-    run.write(index, "shard_index", {"classes": meta["classes"], "size": meta.get("size")})
-    return index
+        index = pd.DataFrame(rows)
+        run.write(index, "shard_index", {"classes": meta["classes"], "size": meta.get("size")})
+        return index
 
 
 def summarize(index: pd.DataFrame) -> str:

@@ -265,28 +265,28 @@ def va(data_dir: str | Path, settings: VASettings | None = None, **options: Any)
 
     Each face takes the first source with a valid value; a face that none covers is an error naming it
     and the reason."""
-    run = STAGE.start(settings, options, data=data_dir)
-    s: VASettings = run.settings
-    manifest, meta = run.read("manifest")
-    index, _ = run.read("shard_index")
-    ids = index["sample_id"].sort_values(kind="stable").reset_index(drop=True)
-    frames, imported = source_frames(run, ids, manifest, meta["classes"])
-    table, rejected = combine(ids, frames)
-    if len(rejected):
-        first = rejected.iloc[0]
-        raise FerdataError(
-            f"{len(rejected)} faces have no valid VA from {s.source}, e.g. {first['sample_id']!r} "
-            f"({first['reason']}); add a fallback source, e.g. va.source: {s.source},circumplex"
-        )
-    split = manifest.set_index("sample_id").loc[table["sample_id"], "split"].to_numpy()
-    train = table[split == "train"]
-    if s.csv_knn:
-        graph = imported_graph(train, imported, s.k)
-    else:
-        graph = knn_graph(train["sample_id"].to_numpy(), train[["valence", "arousal"]].to_numpy(np.float64), s.k)
-    run.write(table, "va", {"classes": meta["classes"], "source": ",".join(s.sources)})
-    run.write(graph, "knn", {"k": s.k, "space": "va", "imported": s.csv_knn})
-    return table, graph
+    with STAGE.start(settings, options, data=data_dir) as run:
+        s: VASettings = run.settings
+        manifest, meta = run.read("manifest")
+        index, _ = run.read("shard_index")
+        ids = index["sample_id"].sort_values(kind="stable").reset_index(drop=True)
+        frames, imported = source_frames(run, ids, manifest, meta["classes"])
+        table, rejected = combine(ids, frames)
+        if len(rejected):
+            first = rejected.iloc[0]
+            raise FerdataError(
+                f"{len(rejected)} faces have no valid VA from {s.source}, e.g. {first['sample_id']!r} "
+                f"({first['reason']}); add a fallback source, e.g. va.source: {s.source},circumplex"
+            )
+        split = manifest.set_index("sample_id").loc[table["sample_id"], "split"].to_numpy()
+        train = table[split == "train"]
+        if s.csv_knn:
+            graph = imported_graph(train, imported, s.k)
+        else:
+            graph = knn_graph(train["sample_id"].to_numpy(), train[["valence", "arousal"]].to_numpy(np.float64), s.k)
+        run.write(table, "va", {"classes": meta["classes"], "source": ",".join(s.sources)})
+        run.write(graph, "knn", {"k": s.k, "space": "va", "imported": s.csv_knn})
+        return table, graph
 
 
 def summarize(table: pd.DataFrame, graph: pd.DataFrame) -> str:

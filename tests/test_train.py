@@ -92,6 +92,6 @@ def test_every_method_trains_and_learns_distributions(trained_dir, tmp_path, met
 def test_a_non_finite_loss_stops_training_and_publishes_nothing(trained_dir, tmp_path):
     with pytest.raises(FerdataError, match="the loss became (nan|inf).*nothing was written. Lower train.lr"):
         train(trained_dir, tmp_path, TrainSettings(epochs=2, batch_size=8, image_size=32, lr=1e12))
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".ferdata.lock"]  # the lock file only: nothing published
     with pytest.raises(UsageError, match="train.lr must be a finite number"):
         TrainSettings(lr=float("nan"))

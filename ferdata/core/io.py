@@ -1,4 +1,5 @@
-"""Table and file I/O shared by every stage: schema-checked parquet, atomic writes, hashes."""
+"""Table and file I/O shared by every stage: schema-checked parquet, atomic writes, publishing a
+stage's outputs as one set, the one-writer lock of a dataset folder, hashes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,13 @@ def _conform(df: pd.DataFrame, kind: str) -> pa.Table:
 
 
 def write_table(
-    df: pd.DataFrame, path: str | Path, kind: str, meta: dict[str, Any] | None = None, *, validate: bool = True
+    df: pd.DataFrame,
+    path: str | Path,
+    kind: str,
+    meta: dict[str, Any] | None = None,
+    *,
+    validate: bool = True,
+    where: Callable[[str], Path] | None = None,
 ) -> Path:
     """Write ``df`` as a ``kind`` table, atomically, with ferdata metadata (JSON-encoded values); the
     table's expectation suite runs first, so a table that fails it is never written."""
@@ -45,9 +52,10 @@ def write_table(
     if validate:
         from ferdata.core.validate import check_table
 
-        check_table(df, kind, meta, Path(path))
+        check_table(df, kind, meta, Path(path), where)
     info = {"ferdata.table": kind, "ferdata.schema_version": SCHEMA_VERSION, "ferdata.version": __version__}
     info.update({f"ferdata.{k}": v for k, v in (meta or {}).items()})
+    info.update({"ferdata.rows": len(df), "ferdata.ids_hash": ids_hash(df["sample_id"])})
     encoded = {k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in info.items()}
     table = table.replace_schema_metadata(encoded)
     path = Path(path)
@@ -81,9 +89,24 @@ def read_table(path: str | Path, kind: str, *, hint: str = "") -> tuple[pd.DataF
         raise FerdataError(f"{path} is a {meta.get('table', 'non-ferdata')} table, expected a {kind} table")
     want = SCHEMAS[kind]
     missing = [n for n in want.names if n not in table.column_names]
+    writer = f"`ferdata {TABLES[kind].writer}`" if kind in TABLES else "the stage that writes it"
     if missing:
-        raise FerdataError(f"{path} lacks columns {missing}; re-run the stage that writes it")
-    return table.select(want.names).to_pandas(), meta
+        raise FerdataError(f"{path} lacks columns {missing}; re-run {writer}")
+    df = table.select(want.names).to_pandas()
+    if "rows" in meta and (len(df) != meta["rows"] or ids_hash(df["sample_id"]) != meta.get("ids_hash")):
+        raise FerdataError(
+            f"{path} was changed after ferdata wrote it ({len(df)} rows, {meta['rows']} when written, "
+            f"or other sample ids); re-run {writer}"
+        )
+    return df, meta
+
+
+def ids_hash(ids: pd.Series) -> str:
+    """A short hash of a table's sample ids in order: a row deleted or edited in place is noticed."""
+    digest = hashlib.sha256()
+    for sid in ids.astype(str):
+        digest.update(sid.encode() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _umask() -> int:
@@ -113,6 +136,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; published folders get the usual mode
     try:
         yield tmp
         if path.exists():
@@ -125,6 +149,91 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging(path: Path, token: str) -> Path:
+    """Where a run writes ``path`` until it publishes its outputs (a hidden sibling)."""
+    return path.with_name(f".{path.name}.{token}.tmp")
+
+
+def stale(path: Path) -> list[Path]:
+    """The temporaries a killed writer of ``path`` may have left beside it."""
+    return [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.old")]
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def publish(moves: list[tuple[Path, Path]], journal: Path, *, then_remove: list[Path] = ()) -> None:
+    """Move staged outputs onto their places as one set. The moves are written to ``journal`` first, so a
+    run killed half way through is completed (:func:`recover`) before any stage reads the folder: a
+    reader never sees some outputs of one run beside others of another."""
+    plan = {
+        "moves": [[str(a.resolve()), str(b.resolve())] for a, b in moves],
+        "remove": [str(p.resolve()) for p in then_remove],
+    }
+    write_json(plan, journal)
+    _complete(journal)
+
+
+def recover(folder: Path) -> list[str]:
+    """Complete every publication a killed run left half done in ``folder``; the journals completed."""
+    done = []
+    for journal in sorted(folder.glob(".ferdata-*.journal.json")):
+        _complete(journal)
+        done.append(journal.name)
+    return done
+
+
+def _complete(journal: Path) -> None:
+    plan = json.loads(journal.read_text())
+    for src, dst in plan["moves"]:
+        src, dst = Path(src), Path(dst)
+        old = dst.with_name(f".{dst.name}.old")
+        if src.exists():
+            if dst.is_dir() and not dst.is_symlink():
+                remove(old)
+                dst.rename(old)  # a folder cannot be replaced in one rename: the old one steps aside
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        remove(old)
+    for path in plan["remove"]:
+        remove(Path(path))
+    journal.unlink()
+
+
+@contextlib.contextmanager
+def locked(folder: Path, holder: str) -> Iterator[None]:
+    """Hold ``folder``'s writer lock (one ferdata stage writes a dataset folder at a time); a second
+    writer gets a one-line error naming the first."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: run unguarded
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".ferdata.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a POSIX lock: not inherited by forked workers
+        except OSError:
+            fh.seek(0)
+            other = fh.read().strip() or "another ferdata stage"
+            raise FerdataError(f"{folder} is being written by {other}; wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"ferdata {holder} (pid {os.getpid()})")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
 def image_root(data_dir: str | Path, meta: dict[str, Any]) -> Path:

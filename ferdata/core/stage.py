@@ -2,6 +2,11 @@
 writes by kind. The CLI builds the stage's command from it, tests/test_stages.py checks dvc.yaml
 against it, and a :class:`Run` enforces it: reading or writing an undeclared kind is a ferdata bug.
 
+A run is a context manager: it holds the writer lock of the folders it writes, writes every output to
+a hidden staging path, and publishes them all as one set when its block ends without an error (a
+journal completes a publication cut short by a kill); after an error, or a kill before that point,
+the old outputs stay whole and the next run of the stage removes the staged leftovers.
+
 Every table a run writes carries, in its metadata, the run's resolved settings and a settings hash
 over them and the settings hashes of every table it read: two outputs made differently (an override
 on the command line included) never carry the same hash.
@@ -9,6 +14,9 @@ on the command line included) never carry the same hash.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +24,18 @@ from typing import Any
 
 import pandas as pd
 
-from ferdata.core.io import locate, read_table, stable_hash, write_table
+from ferdata.core.io import (
+    locate,
+    locked,
+    publish,
+    read_table,
+    recover,
+    remove,
+    stable_hash,
+    staging,
+    stale,
+    write_table,
+)
 from ferdata.core.settings import Settings, as_dict, configure
 from ferdata.core.tables import TABLES, Table
 
@@ -50,16 +69,19 @@ class Stage:
         overrides: Mapping[str, Any] | None = None,
         *,
         extra: Settings | None = None,
+        lock: bool = True,
         **folders: str | Path | None,
     ) -> Run:
         """A run of this stage on the named folders with ``settings`` (the defaults when None) changed by
         ``overrides`` (field -> value); ``extra`` are settings of another section the run depends on too
-        (the dataset's own options, for download)."""
+        (the dataset's own options, for download). ``lock=False`` lets several processes share the
+        folders (align's parts); only rank 0 of a torchrun job locks and publishes."""
         return Run(
             self,
             configure(self.settings, settings, overrides),
             {k: Path(v) for k, v in folders.items() if v is not None},
             extra,
+            lock=lock and int(os.environ.get("RANK", "0")) == 0,
         )
 
 
@@ -68,10 +90,57 @@ class Run:
     written with the run's settings and lineage in their metadata."""
 
     def __init__(
-        self, stage: Stage, settings: Settings | None, folders: dict[str, Path], extra: Settings | None = None
+        self,
+        stage: Stage,
+        settings: Settings | None,
+        folders: dict[str, Path],
+        extra: Settings | None = None,
+        *,
+        lock: bool = True,
     ):
-        self.stage, self.settings, self.folders, self.extra = stage, settings, folders, extra
+        self.stage, self.settings, self.folders, self.extra, self.lock = stage, settings, folders, extra, lock
         self.inputs: dict[str, Any] = {}
+        self.staged: dict[str, Path] = {}
+        self.then_remove: list[Path] = []
+        self.token = uuid.uuid4().hex[:12]
+        self._held = contextlib.ExitStack()
+
+    def __enter__(self) -> Run:
+        """Complete publications cut short in its folders, lock the folders it writes, clear the staged
+        leftovers of killed runs of this stage."""
+        for folder in self.folders.values():
+            if folder.is_dir():
+                recover(folder)
+        if self.lock:
+            written = {self._folder(TABLES[k]) for k in self.stage.writes if TABLES[k].folder != "repo"}
+            for folder in sorted(written):
+                self._held.enter_context(locked(folder, self.stage.name))
+            for kind in self.stage.writes:
+                if TABLES[kind].folder != "repo":
+                    for leftover in stale(self._folder(TABLES[kind]) / TABLES[kind].file):
+                        remove(leftover)
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+        finally:
+            for path in self.staged.values():
+                remove(path)
+            self._held.close()
+
+    def commit(self) -> None:
+        """Publish every staged output as one set (nothing staged, nothing to do)."""
+        moves = [
+            (path, self._folder(TABLES[kind]) / TABLES[kind].file)
+            for kind, path in self.staged.items()
+            if path.exists()
+        ]
+        if moves or self.then_remove:
+            journal = self.folders.get("data", moves[0][1].parent if moves else Path("."))
+            publish(moves, journal / f".ferdata-{self.stage.name}.journal.json", then_remove=self.then_remove)
+        self.staged.clear()
 
     def _table(self, kind: str, declared: tuple[str, ...]) -> Table:
         if kind not in declared:
@@ -92,9 +161,16 @@ class Run:
         return locate(folder if folder is not None else self._folder(table), table.file)
 
     def output(self, kind: str) -> Path:
-        """Where a declared output goes."""
+        """Where to write a declared output: its staging path, published when the run ends well. A folder
+        output is created empty; a file output is left to the caller."""
         table = self._table(kind, self.stage.writes)
-        return self._folder(table) / table.file
+        if kind not in self.staged:
+            final = self._folder(table) / table.file
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.staged[kind] = staging(final, self.token)
+            if table.is_folder:
+                self.staged[kind].mkdir()
+        return self.staged[kind]
 
     def read(self, kind: str, *, folder: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
         """A declared input table and its metadata; a missing file is a one-line error naming its stage."""
@@ -127,6 +203,19 @@ class Run:
         path: Path | None = None,
         validate: bool = True,
     ) -> Path:
-        """Publish a declared output table (at ``path`` instead of its place for work files)."""
+        """Write a declared output table (to ``path`` instead of its staging path for work files)."""
         self._table(kind, self.stage.writes)
-        return write_table(df, path or self.output(kind), kind, {**(meta or {}), **self.stamp()}, validate=validate)
+        target = path or self.output(kind)
+        meta = {**(meta or {}), **self.stamp()}
+        return write_table(df, target, kind, meta, validate=validate, where=self._where(target.parent))
+
+    def _where(self, folder: Path):
+        """Where a path relative to ``folder`` is now: inside this run's staged folder outputs if it
+        starts with one of them (the manifest's ``raw/...`` before ``raw/`` is published)."""
+        folders = {TABLES[k].file: p for k, p in self.staged.items() if TABLES[k].is_folder}
+
+        def where(rel: str) -> Path:
+            head, _, rest = rel.partition("/")
+            return folders[head] / rest if head in folders and rest else folder / rel
+
+        return where

@@ -42,6 +42,10 @@ class Table:
     optional: bool = False  # written only in some configurations (raw/ by synth alone)
 
     @property
+    def is_folder(self) -> bool:
+        return self.schema is None and "." not in self.file
+
+    @property
     def hint(self) -> str:
         return f"run `ferdata {self.writer}` first"
 

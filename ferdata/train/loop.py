@@ -347,17 +347,17 @@ def train(
     data_dir: str | Path, models_dir: str | Path, settings: TrainSettings | None = None, **options: Any
 ) -> dict[str, Any]:
     """Train on the plan of ``data_dir``; write the learned table, the log and the checkpoint to ``models_dir``."""
-    run = STAGE.start(settings, options, data=data_dir, models=models_dir)
-    cfg: TrainSettings = run.settings
-    data = read_inputs(run, cfg)
-    rank, world = init_distributed(select_device())
-    fitted = fit(data, cfg, rank=rank, world=world)
-    if rank == 0:
-        run.write(fitted.learned, "learned", {"classes": data.classes, "method": cfg.method})
-        write_json({"config": asdict(cfg), "epochs": fitted.log}, run.output("train_log"))
-        save_checkpoint(fitted.model, fitted.method, run.output("model"), {**asdict(cfg), "classes": data.classes})
-    leave_distributed()
-    return {"epochs": fitted.log}
+    with STAGE.start(settings, options, data=data_dir, models=models_dir) as run:
+        cfg: TrainSettings = run.settings
+        data = read_inputs(run, cfg)
+        rank, world = init_distributed(select_device())
+        fitted = fit(data, cfg, rank=rank, world=world)
+        if rank == 0:
+            run.write(fitted.learned, "learned", {"classes": data.classes, "method": cfg.method})
+            write_json({"config": asdict(cfg), "epochs": fitted.log}, run.output("train_log"))
+            save_checkpoint(fitted.model, fitted.method, run.output("model"), {**asdict(cfg), "classes": data.classes})
+        leave_distributed()
+        return {"epochs": fitted.log}
 
 
 def save_checkpoint(model: torch.nn.Module, method: Method, path: Path, meta: dict[str, Any]) -> None:

@@ -65,28 +65,30 @@ def out_of_fold(
 def prior(data_dir: str | Path, settings: PriorSettings | None = None, **options: Any) -> pd.DataFrame:
     """Write the prior table of ``data_dir``: out-of-fold posteriors for every labelled face (an empty
     table when ``folds`` is 0)."""
-    run = STAGE.start(settings, options, data=data_dir)
-    s: PriorSettings = run.settings
-    if s.folds == 0:  # not needed (e.g. the dataset has its own VA): an empty table keeps the pipeline's shape
-        _, meta = run.read("labels")
-        table = pd.DataFrame(
-            {
-                "sample_id": pd.Series([], dtype=object),
-                "split": pd.Series([], dtype=object),
-                "distribution": pd.Series([], dtype=object),
-                "uncertainty": pd.Series([], dtype="float64"),
-            }
-        )
-        run.write(table, "prior", {"classes": meta["classes"], "method": "none", "folds": 0})
+    with STAGE.start(settings, options, data=data_dir) as run:
+        s: PriorSettings = run.settings
+        if s.folds == 0:  # not needed (e.g. the dataset has its own VA): an empty table keeps the pipeline's shape
+            _, meta = run.read("labels")
+            table = pd.DataFrame(
+                {
+                    "sample_id": pd.Series([], dtype=object),
+                    "split": pd.Series([], dtype=object),
+                    "distribution": pd.Series([], dtype=object),
+                    "uncertainty": pd.Series([], dtype="float64"),
+                }
+            )
+            run.write(table, "prior", {"classes": meta["classes"], "method": "none", "folds": 0})
+            return table
+        data = read_inputs(run, s.fold_model())
+        manifest, _ = run.read("manifest")
+        rank, world = init_distributed(select_device())
+        table = out_of_fold(data, manifest, s, rank=rank, world=world)
+        if rank == 0:
+            run.write(
+                table, "prior", {"classes": data.classes, "method": s.method, "folds": s.folds, "out_of_fold": True}
+            )
+        leave_distributed()
         return table
-    data = read_inputs(run, s.fold_model())
-    manifest, _ = run.read("manifest")
-    rank, world = init_distributed(select_device())
-    table = out_of_fold(data, manifest, s, rank=rank, world=world)
-    if rank == 0:
-        run.write(table, "prior", {"classes": data.classes, "method": s.method, "folds": s.folds, "out_of_fold": True})
-    leave_distributed()
-    return table
 
 
 def summarize(table: pd.DataFrame) -> str:

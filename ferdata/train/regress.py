@@ -121,13 +121,13 @@ def regressed_va(run: Run, ids: list[str]) -> np.ndarray:
 
 def regress(data_dir: str | Path, settings: RegressSettings | None = None, **options: Any) -> pd.DataFrame:
     """Write the regressed VA table of ``data_dir``: pseudo valence/arousal for every sharded face."""
-    run = STAGE.start(settings, options, data=data_dir)
-    index, meta = run.read("shard_index")
-    ids = index["sample_id"].sort_values(kind="stable").tolist()
-    va = regressed_va(run, ids)
-    table = pd.DataFrame({"sample_id": ids, "valence": va[:, 0], "arousal": va[:, 1]})
-    run.write(table, "regressed_va", {"classes": meta["classes"], "source": run.settings.source or "out_of_fold"})
-    return table
+    with STAGE.start(settings, options, data=data_dir) as run:
+        index, meta = run.read("shard_index")
+        ids = index["sample_id"].sort_values(kind="stable").tolist()
+        va = regressed_va(run, ids)
+        table = pd.DataFrame({"sample_id": ids, "valence": va[:, 0], "arousal": va[:, 1]})
+        run.write(table, "regressed_va", {"classes": meta["classes"], "source": run.settings.source or "out_of_fold"})
+        return table
 
 
 def summarize(table: pd.DataFrame) -> str:
