@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -50,6 +51,7 @@ class AlignSettings(Settings):
         "flag", "when the detector finds no face: flag it, or keep a center crop", choices=("flag", "center_crop")
     )
     min_face: int = option(20, "smallest face the detector looks for, in pixels", min=1)
+    max_pixels: int = option(50_000_000, "larger images are flagged too_large, not decoded", min=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,15 +75,18 @@ STAGE = Stage(
 )
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read any image as 8-bit RGB (grey, CMYK, alpha and 16-bit converted); raise ValueError if it is
-    missing, unreadable or a truncated JPEG (which OpenCV would silently half-decode)."""
+    missing, unreadable, a corrupt or truncated JPEG (which OpenCV would silently half-decode), or larger
+    than ``max_pixels``. Bytes after a JPEG's end marker are ignored, as every decoder does."""
     try:
         data = np.fromfile(path, np.uint8)
     except OSError:
         raise ValueError("unreadable or missing image") from None
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
-        raise ValueError("unreadable image: truncated JPEG (no end marker)")
+    if data[:2].tobytes() == b"\xff\xd8":
+        check_jpeg(data.tobytes())
+    if max_pixels is not None:
+        check_size(data.tobytes(), max_pixels)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ValueError("unreadable or missing image")
@@ -94,6 +99,33 @@ def read_image(path: Path) -> np.ndarray:
     if img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def check_jpeg(data: bytes) -> None:
+    """Raise ValueError for corrupt or truncated JPEG data: libjpeg-turbo decodes strictly (a warning is
+    an error); colour spaces it cannot convert here (CMYK) are left to OpenCV."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="gray", strict=True)
+    except ValueError as exc:
+        text = str(exc)
+        if "Corrupt JPEG" in text or "Premature end" in text or "truncated" in text.lower() or "Bogus" in text:
+            raise ValueError(f"unreadable image: corrupt JPEG ({text})") from None
+
+
+def check_size(data: bytes, max_pixels: int) -> None:
+    """Raise ValueError when the image's header says it has more than ``max_pixels`` pixels (decoding it
+    would take width x height x 3 bytes per worker)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # not an image PIL knows: OpenCV decides
+        return
+    if width * height > max_pixels:
+        raise ValueError(f"too large: {width}x{height} pixels, more than align.max_pixels ({max_pixels})")
 
 
 def warp_to_template(img: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
@@ -183,9 +215,10 @@ def _align_one(job: tuple[str, str, object, object, str], settings: AlignSetting
         "flags": None,
     }
     try:
-        img = read_image(Path(src))
+        img = read_image(Path(src), max_pixels=settings.max_pixels)
     except ValueError as exc:
-        return {**row, "status": "unreadable", "reason": f"{src}: {exc}"}
+        status = "too_large" if str(exc).startswith("too large") else "unreadable"
+        return {**row, "status": status, "reason": f"{src}: {exc}"}
     found = _locate_face(img, landmarks, bbox, settings)
     face = found.pop("face", None)
     row.update(found)

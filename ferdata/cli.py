@@ -47,10 +47,20 @@ def fail_cleanly(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             fn(*args, **kwargs)
         except FerdataError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
 
     return run
+
+
+def one_line(exc: FerdataError) -> str:
+    """The error's own message: one raised in a DataLoader worker arrives wrapped in the worker's
+    traceback ("Caught FerdataError in DataLoader worker process 0. Original Traceback ..."), whose last
+    line is the message."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 def read_params(path: Path | None) -> Params:

@@ -37,7 +37,10 @@ class DownloadSettings(Settings):
     section = "download"
     source: str = option("", "archive, folder or http(s) URL of a real dataset", flag="--from")
     sha256: str = option("", "expected sha256 of the archive")
-    seed: int = option(0, "seed of the synth generator and of every split the adapter carves")
+    seed: int = option(0, "seed of the synth generator and of every split the adapter carves", min=0)
+    dedupe: bool = option(True, "reject byte-identical copies of an earlier image (every real dataset)")
+    max_extract_gb: float = option(500.0, "an archive may expand to at most this many GB", above=0.0)
+    max_ratio: float = option(100.0, "an archive may expand to at most this many times its size", above=0.0)
 
 
 STAGE = Stage(
@@ -101,8 +104,12 @@ def download_real(name: str, out_dir: Path, settings: DownloadSettings, options:
         raise UsageError(
             f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); {adapter.where}"
         )
-    root = resolve_source(source, out_dir, sha256=settings.sha256 or None)
+    root = resolve_source(
+        source, out_dir, sha256=settings.sha256 or None, max_gb=settings.max_extract_gb, max_ratio=settings.max_ratio
+    )
     ing, image_root = adapter.ingest(root, out_dir, options=options, seed=settings.seed)
+    if settings.dedupe:
+        drop_duplicates(ing, image_root)
     df, rejected = finalize(ing)
     df.attrs["root"] = _relative_root(image_root, out_dir)
     df.attrs["source"] = source
@@ -111,7 +118,9 @@ def download_real(name: str, out_dir: Path, settings: DownloadSettings, options:
     return df
 
 
-def resolve_source(source: str, out_dir: Path, *, sha256: str | None = None) -> Path:
+def resolve_source(
+    source: str, out_dir: Path, *, sha256: str | None = None, max_gb: float = 500.0, max_ratio: float = 100.0
+) -> Path:
     """A local folder holding the dataset: the folder itself, or an archive (downloaded first) extracted
     into ``out_dir/extracted`` (skipped when that archive was already extracted there)."""
     if is_url(source):
@@ -132,7 +141,7 @@ def resolve_source(source: str, out_dir: Path, *, sha256: str | None = None) -> 
     stamp = {"archive": str(archive.resolve()), "size": archive.stat().st_size, "mtime_ns": archive.stat().st_mtime_ns}
     marker = target / ".ferdata-source.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
-        count = extract(archive, target)
+        count = extract(archive, target, max_gb=max_gb, max_ratio=max_ratio)
         marker.write_text(json.dumps(stamp, sort_keys=True))
         tqdm.write(f"extracted {count} files from {archive.name}")
     return target.resolve()
@@ -171,6 +180,25 @@ def finalize(ing: Ingest) -> tuple[pd.DataFrame, pd.DataFrame]:
     df.attrs["classes"] = classes
     rejected = pd.DataFrame(ing.rejected, columns=["sample_id", "path", "reason", "detail"])
     return df, rejected.sort_values(["sample_id", "reason"], kind="stable").reset_index(drop=True)
+
+
+def drop_duplicates(ing: Ingest, root: Path) -> None:
+    """Reject byte-identical copies of an earlier image (by sample id), so one picture never lands in two
+    splits or counts twice; a ``duplicate_image`` row names the kept one."""
+    import hashlib
+
+    seen: dict[str, str] = {}
+    kept = []
+    for row in tqdm(
+        sorted(ing.rows, key=lambda r: r["sample_id"]), desc="duplicates", unit="image", leave=False, disable=None
+    ):
+        digest = hashlib.sha256((root / row["path"]).read_bytes()).hexdigest()
+        if digest in seen:
+            ing.reject(row["sample_id"], row["path"], "duplicate_image", f"same bytes as {seen[digest]}")
+            continue
+        seen[digest] = row["sample_id"]
+        kept.append(row)
+    ing.rows = kept
 
 
 def known_datasets() -> list[str]:

@@ -119,18 +119,38 @@ def _member_path(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
-def _write_member(out: Path, is_dir: bool, open_src) -> int:
-    """Write one checked member (a folder, or a file's bytes); return its size in bytes (0 for folders)."""
+class Budget:
+    """How many bytes an extraction may still write (its cap), with a progress bar over them."""
+
+    def __init__(self, archive: Path, limit: int, bar: tqdm):
+        self.archive, self.left, self.limit, self.bar = archive, limit, limit, bar
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        self.bar.update(n)
+        if self.left < 0:
+            raise FerdataError(
+                f"{self.archive} expands beyond {self.limit / 1e9:.3g} GB (download.max_extract_gb, "
+                "download.max_ratio, or the free disk space); nothing was extracted. Raise the cap if it is right"
+            )
+
+
+def _write_member(out: Path, is_dir: bool, open_src, budget: Budget) -> int:
+    """Write one checked member (a folder, or a file's bytes) within ``budget``; return its size in bytes."""
     if is_dir:
         out.mkdir(parents=True, exist_ok=True)
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
     with open_src() as src, open(out, "wb") as fh:
-        shutil.copyfileobj(src, fh, CHUNK)
-    return out.stat().st_size
+        while block := src.read(CHUNK):
+            budget.take(len(block))
+            fh.write(block)
+            size += len(block)
+    return size
 
 
-def _extract_tar(archive: Path, target: Path) -> int:
+def _extract_tar(archive: Path, target: Path, budget: Budget) -> int:
     count = 0
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -140,7 +160,7 @@ def _extract_tar(archive: Path, target: Path) -> int:
                     raise FerdataError(f"{archive} is unsafe: member {member.name!r} is a link; refusing to extract it")
                 if not (member.isfile() or member.isdir()):
                     raise FerdataError(f"{archive} is unsafe: member {member.name!r} is a device or fifo")
-                size = _write_member(target / rel, member.isdir(), lambda m=member: tar.extractfile(m))
+                size = _write_member(target / rel, member.isdir(), lambda m=member: tar.extractfile(m), budget)
                 if member.isfile() and size != member.size:
                     raise EOFError(f"member {member.name} is short")
                 count += member.isfile()
@@ -149,7 +169,7 @@ def _extract_tar(archive: Path, target: Path) -> int:
     return count
 
 
-def _extract_zip(archive: Path, target: Path) -> int:
+def _extract_zip(archive: Path, target: Path, budget: Budget) -> int:
     count = 0
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -159,22 +179,52 @@ def _extract_zip(archive: Path, target: Path) -> int:
                     raise FerdataError(
                         f"{archive} is unsafe: member {info.filename!r} is a link; refusing to extract it"
                     )
-                _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i))
+                _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i), budget)
                 count += not info.is_dir()
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
         raise FerdataError(f"{archive} is truncated or corrupt ({exc}); download it again") from exc
     return count
 
 
-def extract(archive: Path, target: Path) -> int:
-    """Extract ``archive`` into ``target`` as a whole (atomically); return how many files it held."""
+def declared_size(archive: Path) -> int | None:
+    """The bytes the archive's headers say it holds (for the progress bar; not trusted for the cap)."""
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                return sum(i.file_size for i in zf.infolist())
+        if archive.name.lower().endswith(".tar"):
+            with tarfile.open(archive, "r:") as tar:
+                return sum(m.size for m in tar if m.isfile())
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError):
+        return None
+    return None  # compressed tars would be read twice: the bar counts up without a total
+
+
+def extract(archive: Path, target: Path, *, max_gb: float = 500.0, max_ratio: float = 100.0) -> int:
+    """Extract ``archive`` into ``target`` as a whole (atomically); return how many files it held. It may
+    write at most ``max_gb`` GB, ``max_ratio`` times the archive's size, and what the disk has free:
+    past that, nothing is kept and the error says which cap to raise (an archive bomb stops early)."""
     if not archive.is_file():
         raise FerdataError(f"{archive} not found")
-    with atomic_dir(target) as tmp:
-        if archive.name.lower().endswith(".zip"):
-            count = _extract_zip(archive, tmp)
-        else:
-            count = _extract_tar(archive, tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    limit = int(min(max_gb * 1e9, max_ratio * max(archive.stat().st_size, 1), shutil.disk_usage(target.parent).free))
+    with (
+        atomic_dir(target) as tmp,
+        tqdm(
+            total=declared_size(archive),
+            desc=f"extract {archive.name}",
+            unit="B",
+            unit_scale=True,
+            leave=False,
+            disable=None,
+        ) as bar,
+    ):
+        budget = Budget(archive, limit, bar)
+        count = (
+            _extract_zip(archive, tmp, budget)
+            if archive.name.lower().endswith(".zip")
+            else _extract_tar(archive, tmp, budget)
+        )
         if count == 0:
             raise FerdataError(f"{archive} holds no files")
     return count

@@ -30,7 +30,7 @@ class NoiseSettings(Settings):
     section = "noise"
     ratio: float = option(0.0, "share of training labels to flip, in [0, 1)", min=0.0, below=1.0)
     mode: str = option("symmetric", "symmetric (any other class) or pairs (the most confusable class)", choices=MODES)
-    seed: int = option(0, "seed of the flips")
+    seed: int = option(0, "seed of the flips", min=0)
 
 
 STAGE = Stage(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferdata.core.errors import FerdataError
+from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Stage
 
@@ -28,7 +28,7 @@ class SampleSettings(Settings):
     epochs: int = option(20, "epochs to plan (read from train.epochs)", min=1, param="train.epochs")
     per_video: int = option(6, "frames per video per epoch", min=1)
     per_class: int = option(0, "samples per class per epoch; 0 = the largest class after the per-video cap", min=0)
-    seed: int = option(0, "seed of the plan")
+    seed: int = option(0, "seed of the plan", min=0)
 
 
 STAGE = Stage(
@@ -78,6 +78,22 @@ def epoch_plan(
     return rng.permutation(order)
 
 
+MAX_ROWS = 50_000_000  # about 1.2 GB in memory: far more than any real dataset's 20 epochs need
+
+
+def check_size(settings: SampleSettings, labels: np.ndarray) -> None:
+    """Refuse a plan too large to hold (``per_class`` or ``epochs`` set far beyond the data) before
+    drawing it."""
+    classes = len(np.unique(labels))
+    per_class = settings.per_class or int(np.bincount(labels).max())
+    rows = settings.epochs * per_class * classes
+    if rows > MAX_ROWS:
+        raise UsageError(
+            f"the plan would hold {rows:,} rows ({settings.epochs} epochs x {per_class} per class x "
+            f"{classes} classes), more than {MAX_ROWS:,}; lower sample.per_class or train.epochs"
+        )
+
+
 def sample(data_dir: str | Path, settings: SampleSettings | None = None, **options: Any) -> pd.DataFrame:
     """Write the plan table of ``data_dir``: (epoch, position, sample_id) for every training epoch."""
     with STAGE.start(settings, options, data=data_dir) as run:
@@ -92,6 +108,7 @@ def sample(data_dir: str | Path, settings: SampleSettings | None = None, **optio
             pd.Series(train["sample_id"].to_numpy(), index=video.index)
         ).to_numpy()  # no video: its own
         ids = train["sample_id"].to_numpy()
+        check_size(s, train["label"].to_numpy())
         frames = []
         for e in range(s.epochs):
             order = epoch_plan(

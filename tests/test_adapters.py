@@ -1,3 +1,5 @@
+import hashlib
+
 """Each adapter on a fixture that mimics its dataset's real layout, odd cases included."""
 
 import csv
@@ -7,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ferdata.adapters.base import path_id
 from ferdata.core.classes import CANONICAL
 from ferdata.core.errors import FerdataError
 from ferdata.core.io import read_table
@@ -17,7 +20,7 @@ C = CANONICAL.index
 
 def img(path, size=(48, 48), colour=False):
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    rng = np.random.default_rng(int(hashlib.sha256(str(path).encode()).hexdigest()[:8], 16))  # one image per path
     shape = (*size, 3) if colour else size
     cv2.imwrite(str(path), rng.integers(0, 255, shape, dtype=np.uint8))
     return path
@@ -375,9 +378,9 @@ def test_csv_with_images_elsewhere(tmp_path):
     assert meta["root"] == str((tmp_path / "images").resolve())
     assert sorted(m["label"]) == [C("happy"), C("happy")]
     assert rej["reason"].to_dict() == {
-        "csv-a_0001": "duplicate_id",
-        "csv-c_0001": "missing_image",
-        "csv-d_0001": "unknown_label",
+        path_id("csv", "a_0001.jpg"): "duplicate_path",
+        path_id("csv", "c_0001.jpg"): "missing_image",
+        path_id("csv", "d_0001.jpg"): "unknown_label",
     }
 
 

@@ -142,5 +142,5 @@ def test_truncated_archive_is_an_error(tmp_path, suffix):
     cut = tmp_path / f"cut.{suffix}"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
     with pytest.raises(FerdataError, match="truncated or corrupt"):
-        extract(cut, tmp_path / "out")
+        extract(cut, tmp_path / "out", max_ratio=1e6)  # the fixture compresses 200x: no cap here
     assert not (tmp_path / "out").exists()

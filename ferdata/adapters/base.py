@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -76,6 +79,32 @@ def classes_of(labels: Iterable[int]) -> list[str]:
 def safe_id(*parts: str) -> str:
     """A dot-free WebDataset key from name parts."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", "-".join(str(p) for p in parts)).strip("_")
+
+
+def path_id(prefix: str, rel: str) -> str:
+    """A dot-free id for the image at ``rel``: readable (its path's letters and digits) and unique per
+    distinct path (a short hash of the path itself: ``ö.jpg`` and ``表情.jpg``, ``a.jpg`` and ``a.png``,
+    ``a b.jpg`` and ``a_b.jpg`` differ), the same on every run."""
+    digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{prefix}-{safe_id(str(PurePosixPath(rel).with_suffix('')))}-{digest}"
+
+
+def normal_path(rel: str, root: Path) -> tuple[str | None, str]:
+    """``rel`` (from a file listing or a table) in one normal form, relative to ``root`` when it lies
+    inside it, so one file listed two ways is one path; or (None, why it cannot be a path)."""
+    if not rel:
+        return None, "empty path"
+    if "\0" in rel:
+        return None, "NUL byte in the path"
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, f"file name is not UTF-8 ({rel.encode('utf-8', 'surrogateescape')!r}); rename the file"
+    path = rel.replace("\\", "/")
+    if os.path.isabs(path):
+        inside = os.path.relpath(os.path.normpath(path), os.path.normpath(root.resolve()))
+        path = inside if not inside.startswith("..") else path
+    return posixpath.normpath(path), ""
 
 
 def image_problem(path: Path) -> str | None:

@@ -5,7 +5,6 @@ FER+'s ``generate_training_data.py`` writes."""
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ class Fer2013Options(Settings):
     """The ``fer2013`` section of its params.yaml."""
 
     section = "fer2013"
-    dedupe: bool = option(True, "reject byte-identical copies of an earlier face")
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,6 @@ class FerplusOptions(Settings):
         "the label from the 10 votes: plurality (top vote) or majority (more than half, else rejected)",
         choices=("majority", "plurality"),
     )
-    dedupe: bool = option(True, "reject byte-identical copies of an earlier face")
 
 
 def decode_pixels(pixels: str) -> np.ndarray:
@@ -184,20 +181,6 @@ _FERPLUS_HEADER = (
 )
 
 
-def drop_duplicates(ing: Ingest, root: Path) -> None:
-    """Reject byte-identical copies of an earlier face (FER2013 holds some), keeping the first by id."""
-    seen: dict[str, str] = {}
-    kept = []
-    for row in sorted(ing.rows, key=lambda r: r["sample_id"]):
-        digest = hashlib.sha256((root / row["path"]).read_bytes()).hexdigest()
-        if digest in seen:
-            ing.reject(row["sample_id"], row["path"], "duplicate_image", f"same bytes as {seen[digest]}")
-            continue
-        seen[digest] = row["sample_id"]
-        kept.append(row)
-    ing.rows = kept
-
-
 def ingest(
     source: Path, out_dir: Path, *, options: FerplusOptions | Fer2013Options, seed: int = 0
 ) -> tuple[Ingest, Path]:
@@ -218,6 +201,4 @@ def ingest(
         root, _ = require_root(source, ("fer2013.csv",), "fer2013", WHERE_FER2013)
         ing = ingest_csv(root, out_dir, ferplus=False, mode=mode)
         root = out_dir
-    if options.dedupe:
-        drop_duplicates(ing, root)
     return ing, root

@@ -14,6 +14,8 @@ from ferdata.adapters.base import (
     carve_val,
     finish_splits,
     images_under,
+    normal_path,
+    path_id,
     safe_id,
 )
 from ferdata.core.errors import FerdataError
@@ -84,14 +86,12 @@ def ingest_folder(source: Path, out_dir: Path, *, options: FolderOptions, seed: 
     )
     for split, cls in groups:
         for img in images_under(cls):
-            rel = str(img.relative_to(source))
+            rel, why = normal_path(str(img.relative_to(source)), source)
+            if rel is None:
+                ing.reject(f"{ing.dataset}-" + safe_id(str(img.relative_to(source))), None, "bad_path", why)
+                continue
             ing.add_checked(
-                source,
-                f"{ing.dataset}-" + safe_id(str(Path(rel).with_suffix(""))),
-                split,
-                rel,
-                canonical_label(cls.name),
-                raw_label=cls.name,
+                source, path_id(ing.dataset, rel), split, rel, canonical_label(cls.name), raw_label=cls.name
             )
     if not ing.rows and not ing.rejected:
         raise FerdataError(
@@ -115,6 +115,28 @@ def _column(header: list[str], wanted: str | None, candidates: tuple[str, ...], 
     )
 
 
+def read_csv(table: Path, ing: Ingest) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's header and rows: UTF-8 (a byte-order mark, as Excel writes, is dropped), else Latin-1 with
+    a note in the summary."""
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            with open(table, newline="", encoding=encoding) as fh:
+                reader = csv.DictReader(fh)
+                header = [h.strip() for h in (reader.fieldnames or [])]
+                reader.fieldnames = header
+                rows = list(reader)
+        except UnicodeDecodeError:
+            continue
+        except csv.Error as exc:
+            raise FerdataError(
+                f"{table} is not a readable CSV ({exc}); save it as a plain comma-separated file"
+            ) from exc
+        if encoding != "utf-8-sig":
+            ing.notes.append(f"{table.name} is not UTF-8: read as Latin-1")
+        return header, rows
+    raise AssertionError("unreachable: Latin-1 decodes any bytes")
+
+
 def guess_image_root(table: Path, paths: list[str]) -> Path:
     """The folder the CSV's paths are relative to: its own, its parent, or an ``images`` folder beside either."""
     candidates = [table.parent, table.parent.parent, table.parent / "images", table.parent.parent / "images"]
@@ -136,36 +158,36 @@ def ingest_csv(source: Path, out_dir: Path, *, options: CsvOptions, seed: int = 
         raise FerdataError(f"csv dataset: {table} not found; give --from a CSV with a path and a label column")
     root = Path(options.images) if options.images else None
     ing = Ingest(options.name)
-    with open(table, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        path_col = _column(header, options.path_column, PATH_COLUMNS, "path", table)
-        label_col = _column(header, options.label_column, LABEL_COLUMNS, "label", table)
-        rows = list(reader)
-        root = root or guess_image_root(table, [(r.get(path_col) or "").strip() for r in rows[:50]])
-        split_col = options.split_column
-        subject_col = options.subject_column
-        seen: set[str] = set()
-        for n, row in enumerate(rows, 2):
-            rel = (row.get(path_col) or "").strip()
-            sid = f"{ing.dataset}-" + safe_id(str(Path(rel).with_suffix("")))
-            if sid in seen:
-                ing.reject(sid, rel, "duplicate_id", f"{table.name} line {n} repeats {rel!r}")
-                continue
-            seen.add(sid)
-            split = SPLIT_ALIASES.get((row.get(split_col) or "").strip().lower()) if split_col else None
-            if split_col and split is None:
-                ing.reject(sid, rel, "unknown_split", f"{table.name} line {n}: {row.get(split_col)!r}")
-                continue
-            raw = (row.get(label_col) or "").strip()
-            ing.add_checked(
-                root,
-                sid,
-                split,
-                rel,
-                canonical_label(raw),
-                raw_label=raw,
-                subject_id=(row.get(subject_col) or None) if subject_col else None,
-            )
+    header, rows = read_csv(table, ing)
+    path_col = _column(header, options.path_column, PATH_COLUMNS, "path", table)
+    label_col = _column(header, options.label_column, LABEL_COLUMNS, "label", table)
+    root = root or guess_image_root(table, [(r.get(path_col) or "").strip() for r in rows[:50]])
+    split_col = options.split_column
+    subject_col = options.subject_column
+    seen: set[str] = set()
+    for n, row in enumerate(rows, 2):
+        rel, why = normal_path((row.get(path_col) or "").strip(), root)
+        if rel is None:
+            ing.reject(f"{ing.dataset}-line{n}", None, "bad_path", f"{table.name} line {n}: {why}")
+            continue
+        sid = path_id(ing.dataset, rel)
+        if sid in seen:
+            ing.reject(sid, rel, "duplicate_path", f"{table.name} line {n} lists {rel!r} again")
+            continue
+        seen.add(sid)
+        split = SPLIT_ALIASES.get((row.get(split_col) or "").strip().lower()) if split_col else None
+        if split_col and split is None:
+            ing.reject(sid, rel, "unknown_split", f"{table.name} line {n}: {row.get(split_col)!r}")
+            continue
+        raw = (row.get(label_col) or "").strip()
+        ing.add_checked(
+            root,
+            sid,
+            split,
+            rel,
+            canonical_label(raw),
+            raw_label=raw,
+            subject_id=(row.get(subject_col) or None) if subject_col else None,
+        )
     _splits(ing, options, seed)
     return ing, root

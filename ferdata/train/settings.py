@@ -78,7 +78,7 @@ class TrainSettings(Settings):
     weight_decay: float = option(5e-4, "SGD weight decay", min=0.0)
     image_size: int = option(64, "faces are resized to this many pixels", min=8)
     weights: str = option("", "local initial weights (.pt state dict), never downloaded")
-    seed: int = option(0, "seed of the weights, augmentation and method state")
+    seed: int = option(0, "seed of the weights, augmentation and method state", min=0)
     workers: int = option(2, "DataLoader workers per rank (read, decode, augment); results do not depend on it", min=0)
     ls: LSOptions = option(factory=LSOptions)
     ldlva: LDLVAOptions = option(factory=LDLVAOptions)
@@ -98,7 +98,7 @@ class PriorSettings(Settings):
     folds: int = option(4, "subject-grouped folds; 0 writes an empty table (nothing needs the prior)", min=0)
     method: str = option("ce", "method of the fold models", choices=METHODS)
     epochs: int = option(12, "epochs of each fold model (the plan must have at least as many)", min=1)
-    seed: int = option(0, "seed of the fold assignment")
+    seed: int = option(0, "seed of the fold assignment", min=0)
     train: TrainSettings = option(factory=TrainSettings, param="train")
 
     def __post_init__(self) -> None:
@@ -124,7 +124,7 @@ class RegressSettings(Settings):
     weight_decay: float = option(5e-4, "SGD weight decay", min=0.0)
     image_size: int = option(64, "faces are resized to this many pixels", min=8)
     folds: int = option(4, "subject-grouped folds when fitting on this dataset", min=2)
-    seed: int = option(0, "seed of the folds, weights and augmentation")
+    seed: int = option(0, "seed of the folds, weights and augmentation", min=0)
     workers: int = option(2, "DataLoader workers", min=0)
 
 
