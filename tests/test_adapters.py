@@ -1,8 +1,7 @@
-import hashlib
-
 """Each adapter on a fixture that mimics its dataset's real layout, odd cases included."""
 
 import csv
+import hashlib
 import tarfile
 
 import cv2
