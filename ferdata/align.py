@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -233,17 +234,17 @@ def _align_one(job: tuple[str, str, object, object, str], settings: AlignSetting
     return {**row, "path": f"{ALIGNED_DIR}/{sample_id}.jpg"}
 
 
-def _init_worker() -> None:
-    """A worker process: one thread (one process per core already), and it dies with the stage's process
-    (Linux), so a killed ``ferdata align`` leaves no workers behind."""
+def _init_worker(parent: int) -> None:
+    """A worker process: it dies with the stage's process (Linux), so a killed ``ferdata align`` leaves
+    no workers behind; and one thread (one process per core already)."""
+    die_with_parent(parent)
     import torch
 
     torch.set_num_threads(1)
-    die_with_parent()
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to end this process when its parent ends (Linux; elsewhere nothing)."""
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to end this process when its parent ends (Linux); end now if it already has."""
     import ctypes
     import signal
     import sys
@@ -251,6 +252,8 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 WORK = ".align-work"
@@ -334,7 +337,11 @@ def align(
 
 def _align_chunks(run: Run, settings: AlignSettings, work: Path, todo: list[tuple[int, list[tuple]]]) -> None:
     """Align the chunks ``todo``, each committed as its own table under ``work`` when it is done."""
-    pool = ProcessPoolExecutor(settings.workers, initializer=_init_worker) if settings.workers > 1 and todo else None
+    pool = (
+        ProcessPoolExecutor(settings.workers, initializer=_init_worker, initargs=(os.getpid(),))
+        if settings.workers > 1 and todo
+        else None
+    )
     try:
         with tqdm(total=sum(len(c) for _, c in todo), desc="align", unit="face", leave=False, disable=None) as bar:
             for c, chunk in todo:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ferdata.core.classes import class_index
 from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Stage
@@ -108,6 +109,7 @@ def sample(data_dir: str | Path, settings: SampleSettings | None = None, **optio
             pd.Series(train["sample_id"].to_numpy(), index=video.index)
         ).to_numpy()  # no video: its own
         ids = train["sample_id"].to_numpy()
+        class_index(train["label"].to_numpy(), meta["classes"])  # a label outside the classes is an error here
         check_size(s, train["label"].to_numpy())
         frames = []
         for e in range(s.epochs):

@@ -68,9 +68,15 @@ def class_index(labels: np.ndarray, classes: list[str]) -> np.ndarray:
     lookup = np.full(len(CANONICAL), -1, np.int64)
     for i, name in enumerate(classes):
         lookup[CANONICAL.index(name)] = i
-    out = lookup[np.asarray(labels, np.int64)]
+    labels = np.asarray(labels, np.int64)
+    known = (labels >= 0) & (labels < len(CANONICAL))
+    out = np.where(known, lookup[np.clip(labels, 0, len(CANONICAL) - 1)], -1)
     if (out < 0).any():
-        raise FerdataError(f"labels outside the dataset's classes {classes}")
+        bad = sorted(set(labels[out < 0].tolist()))
+        raise FerdataError(
+            f"labels {bad} are outside the dataset's classes {classes} (canonical ids); "
+            "re-run the stage that wrote them"
+        )
     return out
 
 

@@ -158,7 +158,8 @@ def staging(path: Path, token: str) -> Path:
 
 def stale(path: Path) -> list[Path]:
     """The temporaries a killed writer of ``path`` may have left beside it."""
-    return [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.old")]
+    mine = (f".{path.name}.*.tmp", f"..{path.name}.*.tmp", f".{path.name}.old")  # staged, its atomic temp, set aside
+    return [p for pattern in mine for p in path.parent.glob(pattern)]
 
 
 def remove(path: Path) -> None:
@@ -189,17 +190,22 @@ def recover(folder: Path) -> list[str]:
     return done
 
 
+def _move(src: Path, dst: Path, old: Path) -> None:
+    """Put ``src`` at ``dst``; a folder cannot be replaced in one rename, so the old one steps aside."""
+    if dst.is_dir() and not dst.is_symlink():
+        remove(old)
+        dst.rename(old)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
 def _complete(journal: Path) -> None:
     plan = json.loads(journal.read_text())
     for src, dst in plan["moves"]:
         src, dst = Path(src), Path(dst)
         old = dst.with_name(f".{dst.name}.old")
         if src.exists():
-            if dst.is_dir() and not dst.is_symlink():
-                remove(old)
-                dst.rename(old)  # a folder cannot be replaced in one rename: the old one steps aside
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
+            _move(src, dst, old)
         remove(old)
     for path in plan["remove"]:
         remove(Path(path))
