@@ -39,6 +39,23 @@ FOLDER_HELP = {
 KW = inspect.Parameter.KEYWORD_ONLY
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ferdata import __version__
+
+        typer.echo(f"ferdata {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """ferdata: FER datasets made ambiguity-aware. Each command is one pipeline stage."""
+
+
 def fail_cleanly(fn: Callable[..., None]) -> Callable[..., None]:
     """Turn ferdata errors into one line on stderr and the error's exit code."""
 
@@ -289,6 +306,18 @@ def fork_cmd(
     source = data if data is not None else Path("data") / dataset_of(read_params(params_file))
     fork(source, to)
     typer.echo(f"{to} reads what it lacks from {source}")
+
+
+@app.command()
+@fail_cleanly
+def pipeline(
+    name: str = typer.Argument(..., help="a dataset with pipelines/<name>/params.yaml, or noise-sweep"),
+) -> None:
+    """Write pipelines/<name>/dvc.yaml from its template, for `dvc repro pipelines/<name>/dvc.yaml`."""
+    from ferdata.stages import write_pipeline
+
+    out = write_pipeline(name)
+    typer.echo(f"wrote {out}; fill in its params.yaml (download.source), then: dvc repro {out}")
 
 
 @app.command()

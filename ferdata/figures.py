@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +93,11 @@ def plot_sweep(table: pd.DataFrame, path: Path) -> Path:
     """Clean-test accuracy and noisy-label detection AUROC against the noise ratio, a line per method."""
     plt = pyplot()
 
-    acc = "test_acc_true_argmax" if table["test_acc_true_argmax"].notna().any() else "test_acc_clean_label"
+    acc = "test_accuracy_true" if table["test_accuracy_true"].notna().any() else "test_accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for method, rows in table.groupby("method", sort=True):
         axes[0].plot(rows["ratio"], rows[acc], marker="o", label=method)
-        axes[1].plot(rows["ratio"], rows["noise_auroc_given_prob"], marker="o", label=method)
+        axes[1].plot(rows["ratio"], rows["noise_auroc"], marker="o", label=method)
     axes[0].set(xlabel="symmetric noise ratio", ylabel=acc.replace("_", " "), title="Clean-test accuracy")
     axes[1].set(xlabel="symmetric noise ratio", ylabel="AUROC (1 - p[given label])", title="Noisy-label detection")
     for ax in axes:
@@ -194,14 +193,24 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def write_html(path: Path, *, title: str, metrics: dict[str, Any], figures: list[tuple[str, Path]]) -> Path:
-    """One self-contained page (figures inlined as data URIs, no script, nothing fetched)."""
+def write_html(
+    path: Path,
+    *,
+    title: str,
+    headline: str,
+    context: list[tuple[str, str]],
+    metrics: dict[str, float],
+    names: dict[str, tuple[str, str]],
+    figures: list[tuple[str, Path]],
+) -> Path:
+    """One self-contained page (figures inlined as data URIs, no script, nothing fetched): a headline,
+    what was run, every metric by name with its meaning, then the figures."""
+    about = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in context)
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        f"<tr><th>{html.escape(names[k][0])}</th><td class=v>{html.escape(_fmt(v))}</td>"
+        f"<td class=m>{html.escape(names[k][1])} <code>{html.escape(k)}</code></td></tr>"
         for k, v in metrics.items()
-        if not isinstance(v, (dict, list))
     )
-    extra = {k: v for k, v in metrics.items() if isinstance(v, (dict, list))}
     body = "".join(
         f"<figure><figcaption>{html.escape(caption)}</figcaption>"
         f'<img src="{_img(fig)}" alt="{html.escape(caption)}"></figure>'
@@ -212,15 +221,19 @@ def write_html(path: Path, *, title: str, metrics: dict[str, Any], figures: list
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+p.headline {{ font-size: 1.25rem; line-height: 1.5; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
-th, td {{ padding: .2rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }}
+th, td {{ padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }}
+td.v {{ font-variant-numeric: tabular-nums; font-weight: 600; }} td.m {{ color: #555; }}
+code {{ color: #888; font-size: .85em; }}
 figure {{ margin: 1.5rem 0; }} figcaption {{ font-weight: 600; margin-bottom: .4rem; }}
 img {{ max-width: 100%; border: 1px solid #eee; }}
-pre {{ background: #f6f6f6; padding: .6rem; overflow-x: auto; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+<p class=headline>{html.escape(headline)}</p>
+<table>{about}</table>
+<h2>Metrics</h2>
 <table>{rows}</table>
-<pre>{html.escape(json.dumps(extra, indent=1, sort_keys=True))}</pre>
 {body}
 </body></html>
 """

@@ -85,10 +85,48 @@ def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+# Every metric in metrics.json, in the order the report page shows it: (name, what it means).
+METRICS: dict[str, tuple[str, str]] = {
+    "test_accuracy_true": (
+        "Test accuracy vs the true distribution",
+        "share of test faces whose predicted class is the top class of their true label distribution",
+    ),
+    "test_accuracy": ("Test accuracy vs the clean label", "share of test faces whose predicted class is their label"),
+    "test_kl": ("Test KL to the truth", "mean KL(true distribution || prediction) on test faces; 0 is perfect"),
+    "soft_label_kl": (
+        "Soft-label KL to the truth",
+        "mean KL(true distribution || soft label) on training faces; 0 is perfect",
+    ),
+    "noise_auroc": (
+        "Noisy-label detection (AUROC)",
+        "how well 1 - p(given label) ranks flipped training labels above clean ones; 0.5 is chance",
+    ),
+    "noise_auroc_uncertainty": (
+        "Noisy-label detection by uncertainty (AUROC)",
+        "the same ranking by the soft label's uncertainty",
+    ),
+    "suspected_precision": (
+        "Precision of suspected_noisy",
+        "share of training labels the export flags suspected_noisy that were really flipped",
+    ),
+    "flips_recovered": (
+        "Flipped labels recovered",
+        "share of flipped training labels whose soft label's top class is the clean label",
+    ),
+    "train_accuracy": (
+        "Training soft labels on the clean label",
+        "share of training faces whose soft label's top class is their clean label",
+    ),
+    "val_accuracy_true": ("Validation accuracy vs the true distribution", "as the test figure, on validation faces"),
+    "val_accuracy": ("Validation accuracy vs the clean label", "as the test figure, on validation faces"),
+    "flipped_labels": ("Flipped training labels", "how many training labels the noise stage flipped"),
+}
+
+
 def compute_metrics(
     soft: pd.DataFrame, labels: pd.DataFrame, manifest: pd.DataFrame, classes: list[str]
-) -> dict[str, Any]:
-    """Accuracy per split, noisy-label detection and recovery, and fidelity to the true distributions."""
+) -> dict[str, float]:
+    """The metrics of ``METRICS`` that this dataset allows (true distributions, noise), by key."""
     df = soft.merge(labels[["sample_id", "clean_label", "flipped"]], on="sample_id").merge(
         manifest[["sample_id", "true_dist"]], on="sample_id"
     )
@@ -96,36 +134,33 @@ def compute_metrics(
     pred = dist.argmax(1)
     clean = class_index(df["clean_label"].to_numpy(), classes)
     given = class_index(df["label"].to_numpy(), classes)
-    out: dict[str, Any] = {"n": {s: int((df["split"] == s).sum()) for s in ("train", "val", "test")}}
-    for split in ("train", "val", "test"):
-        m = (df["split"] == split).to_numpy()
-        if m.any():
-            out[f"{split}_acc_clean_label"] = float((pred[m] == clean[m]).mean())
+    split = df["split"].to_numpy()
+    out: dict[str, float] = {}
+    for s in ("train", "val", "test"):
+        if (split == s).any():
+            out[f"{s}_accuracy"] = float((pred[split == s] == clean[split == s]).mean())
     has_true = df["true_dist"].notna().to_numpy()
     if has_true.any():
         true = np.stack(df.loc[has_true, "true_dist"].to_numpy()).astype(np.float64)
-        split = df.loc[has_true, "split"].to_numpy()
-        p = dist[has_true]
-        for s in ("train", "val", "test"):
-            m = split == s
+        p, where = dist[has_true], split[has_true]
+        for s, kl in (("train", "soft_label_kl"), ("val", None), ("test", "test_kl")):
+            m = where == s
             if m.any():
-                out[f"{s}_acc_true_argmax"] = float((p[m].argmax(1) == true[m].argmax(1)).mean())
-                out[f"{s}_kl_true"] = float(kl_divergence(true[m], p[m]).mean())
-    train = (df["split"] == "train").to_numpy()
+                if s != "train":
+                    out[f"{s}_accuracy_true"] = float((p[m].argmax(1) == true[m].argmax(1)).mean())
+                if kl:
+                    out[kl] = float(kl_divergence(true[m], p[m]).mean())
+    train = split == "train"
     flipped = df["flipped"].to_numpy(bool) & train
-    out["train_flipped"] = int(flipped.sum())
+    out["flipped_labels"] = int(flipped.sum())
     if flipped.any() and (train & ~flipped).any():
         p_given = dist[np.arange(len(df)), given]
-        out["noise_auroc_given_prob"] = auroc(1.0 - p_given[train], flipped[train])
+        suspected = df["suspected_noisy"].to_numpy() & train
+        out["noise_auroc"] = auroc(1.0 - p_given[train], flipped[train])
         out["noise_auroc_uncertainty"] = auroc(df["uncertainty"].to_numpy()[train], flipped[train])
-        out["noise_suspected_precision"] = (
-            float(flipped[df["suspected_noisy"].to_numpy() & train].mean())
-            if (df["suspected_noisy"] & train).any()
-            else 0.0
-        )
+        out["suspected_precision"] = float(flipped[suspected].mean()) if suspected.any() else 0.0
         out["flips_recovered"] = float((pred[flipped] == clean[flipped]).mean())
-    out["classes"] = classes
-    return out
+    return {k: out[k] for k in METRICS if k in out}
 
 
 def write_predictions(ids: pd.Series, truth: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> None:
@@ -149,8 +184,6 @@ def report(
         manifest, man_meta = run.read("manifest")
         classes = meta["classes"]
         metrics = compute_metrics(soft, labels, manifest, classes)
-        metrics["method"] = meta.get("method")
-        metrics["noise"] = meta.get("noise")
         write_json(metrics, run.output("metrics"))
         figures.plot_class_balance(labels, classes, run.output("fig_class_balance"))
         split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")
@@ -183,28 +216,59 @@ def report(
                     figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous")),
                 )
             )
+        dataset = man_meta.get("dataset", Path(data_dir).name)
+        noise = meta.get("noise") or {}
+        context = [
+            ("Dataset", f"{dataset}: {len(soft)} labelled faces, {len(classes)} classes ({', '.join(classes)})"),
+            ("Method", str(meta.get("method"))),
+            ("Injected noise", f"{float(noise.get('ratio') or 0):.0%} of training labels, {noise.get('mode')}"),
+            ("Settings hash", str(meta.get("settings_hash"))),
+        ]
         figures.write_html(
             run.output("report_page"),
-            title=f"ferdata report: {man_meta.get('dataset', Path(data_dir).name)} ({metrics['method']})",
+            title=f"ferdata report: {dataset} ({meta.get('method')})",
+            headline=headline(metrics, meta.get("method"), dataset),
+            context=context,
             metrics=metrics,
+            names=METRICS,
             figures=pictures,
         )
         return metrics
 
 
+def headline(metrics: dict[str, float], method: str | None, dataset: str) -> str:
+    """One sentence from the run's own numbers, for the top of the page."""
+    acc = metrics.get("test_accuracy_true", metrics.get("test_accuracy"))
+    what = "the true distribution's top class" if "test_accuracy_true" in metrics else "the clean label"
+    parts = [
+        f"{method} on {dataset} predicts {what} for {acc:.0%} of test faces"
+        if acc is not None
+        else f"{method} on {dataset}"
+    ]
+    if "noise_auroc" in metrics:
+        parts.append(
+            f"its soft labels rank the {metrics['flipped_labels']} flipped training labels above clean ones "
+            f"with AUROC {metrics['noise_auroc']:.2f} and restore the clean label for "
+            f"{metrics['flips_recovered']:.0%} of them"
+        )
+    if "soft_label_kl" in metrics:
+        parts.append(f"their mean KL to the true distribution is {metrics['soft_label_kl']:.2f}")
+    return "; ".join(parts) + "."
+
+
 def summarize(metrics: dict[str, Any]) -> str:
     """One line of headline numbers."""
-    keys = ("test_acc_true_argmax", "test_acc_clean_label", "noise_auroc_given_prob", "flips_recovered")
+    keys = ("test_accuracy_true", "test_accuracy", "noise_auroc", "flips_recovered")
     return "report: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
 
 
 SWEEP_COLUMNS = (
-    "test_acc_true_argmax",
-    "test_acc_clean_label",
-    "noise_auroc_given_prob",
+    "test_accuracy_true",
+    "test_accuracy",
+    "noise_auroc",
     "noise_auroc_uncertainty",
     "flips_recovered",
-    "train_kl_true",
+    "soft_label_kl",
 )
 
 
@@ -219,14 +283,12 @@ def collect_sweep(
         rows = []
         for path in sorted(reports_dir.glob("*/*/" + metrics_file)):
             metrics = json.loads(path.read_text())
-            noise = metrics.get("noise") or {}
-            rows.append(
-                {
-                    "method": metrics.get("method") or path.parent.name,
-                    "ratio": float(noise.get("ratio", 0.0)),
-                    **{c: metrics.get(c) for c in SWEEP_COLUMNS},
-                }
-            )
+            method, ratio = path.parent.name, path.parent.parent.name  # the sweep's layout: r<ratio>/<method>
+            try:
+                ratio = float(ratio.removeprefix("r"))
+            except ValueError:
+                raise FerdataError(f"{path}: expected <report folder>/r<ratio>/<method>/{metrics_file}") from None
+            rows.append({"method": method, "ratio": ratio, **{c: metrics.get(c) for c in SWEEP_COLUMNS}})
         if not rows:
             raise FerdataError(f"no */*/{metrics_file} under {reports_dir}; run the sweep's report stages first")
         table = pd.DataFrame(rows).sort_values(["method", "ratio"], kind="stable").reset_index(drop=True)

@@ -92,3 +92,25 @@ def _imports(path: Path | None) -> list[str]:
 
     visit(ast.parse(path.read_text()))
     return [m for m in found if m.split(".")[0] == "ferdata"]
+
+
+def write_pipeline(name: str, root: Path = Path(".")) -> Path:
+    """Write ``pipelines/<name>/dvc.yaml`` from its template (``pipelines/templates/``): ``noise-sweep``, or
+    any dataset with a ``pipelines/<name>/params.yaml``. Only the pipelines a user builds exist, so `dvc
+    metrics show`, `dvc exp show` and `dvc plots show` list nothing that was never run."""
+    from ferdata.core.errors import UsageError
+    from ferdata.core.io import atomic_file
+
+    pipelines = root / "pipelines"
+    known = sorted(p.parent.name for p in pipelines.glob("*/params.yaml"))
+    if name not in known:
+        raise UsageError(f"no pipelines/{name}/params.yaml: pipelines are {', '.join(known) or 'none here'}")
+    template = pipelines / "templates" / ("noise-sweep.yaml" if name == "noise-sweep" else "dataset.yaml")
+    header = (
+        f"# Written by `ferdata pipeline {name}` from {template.relative_to(root).as_posix()}: "
+        "edit the template, then run that again.\n"
+    )
+    out = pipelines / name / "dvc.yaml"
+    with atomic_file(out) as tmp:
+        tmp.write_text(header + template.read_text())
+    return out

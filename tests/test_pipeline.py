@@ -1,4 +1,6 @@
-"""The DVC pipeline end to end on a tiny synth set: runs, caches, and re-runs only what a change touches."""
+"""The DVC pipelines end to end on tiny data: the root pipeline runs, caches and re-runs only what a change
+touches; the experiment recipe of the README (exp run, exp show, metrics/params/plots diff); the noise
+sweep and a dataset pipeline written by `ferdata pipeline`."""
 
 from __future__ import annotations
 
@@ -42,6 +44,18 @@ def _dvc(repo: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def _ferdata(repo: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "ferdata.cli", *args], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True
+    )
+
+
 def _ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", output))
 
@@ -56,6 +70,7 @@ def repo(tmp_path_factory) -> Path:
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")  # metrics and plot data in git, data in DVC
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(repo, "init", "-q")
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # plots.html_template: the offline page
@@ -97,19 +112,20 @@ def test_repro_runs_caches_and_reruns_only_downstream_of_noise(repo):
 @pytest.mark.slow
 def test_noise_sweep_collects_one_table(repo):
     _dvc(repo, "repro")  # the base dataset (cached by the test above when it ran first)
-    shutil.copytree(ROOT / "pipelines", repo / "pipelines", symlinks=True)
+    shutil.copytree(ROOT / "pipelines", repo / "pipelines")
+    _ferdata(repo, "pipeline", "noise-sweep")
     sweep = yaml.safe_load((repo / "pipelines/noise-sweep/params.yaml").read_text())
-    sweep["sweep"].update(ratios=[0.0, 0.2], methods=["ce", "ls"])
+    sweep["sweep"].update(ratios=[0.0, 0.2], methods=["ls"])
     sweep["train"].update(TINY_PARAMS["train"])
     (repo / "pipelines/noise-sweep/params.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     out = _dvc(repo, "repro", "pipelines/noise-sweep/dvc.yaml")
-    assert out.count("Running stage 'pipelines/noise-sweep/dvc.yaml:train@") == 4
+    assert out.count("Running stage 'pipelines/noise-sweep/dvc.yaml:train@") == 2
     table = (repo / "reports/sweep/synth-summary/sweep.csv").read_text().splitlines()
-    assert table[0].startswith("method,ratio,test_acc_true_argmax") and len(table) == 5
+    assert table[0].startswith("method,ratio,test_accuracy_true") and len(table) == 3
     assert (repo / "reports/sweep/synth-summary/noise_recovery.png").stat().st_size > 10_000
     assert (repo / "data/sweep/synth/r0.2/ls/base.json").is_file()
     assert not (repo / "data/sweep/synth/r0.2/shards").exists()  # images are shared, not copied
-    labels = ferdata.load_soft_labels(repo / "data/sweep/synth/r0.2/ce/softlabels.parquet")
+    labels = ferdata.load_soft_labels(repo / "data/sweep/synth/r0.2/ls/softlabels.parquet")
     assert labels.attrs["noise"]["ratio"] == 0.2
 
 
@@ -140,8 +156,11 @@ def _ferplus_fixture(root: Path, n_train: int = 48, n_val: int = 12) -> None:
 def test_dataset_pipeline_template_on_a_ferplus_layout(tmp_path_factory):
     repo = tmp_path_factory.mktemp("ferplus-pipeline")
     shutil.copytree(Path(ferdata.__file__).parent, repo / "ferdata", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "pipelines", repo / "pipelines", symlinks=True)
-    assert (repo / "pipelines/ferplus/dvc.yaml").is_symlink()
+    shutil.copytree(ROOT / "pipelines", repo / "pipelines")
+    assert not (repo / "pipelines/ferplus/dvc.yaml").exists()  # written on demand: nothing unbuilt is listed
+    _ferdata(repo, "pipeline", "ferplus")
+    dvc_yaml = repo / "pipelines/ferplus/dvc.yaml"
+    assert not dvc_yaml.is_symlink() and (ROOT / "pipelines/templates/dataset.yaml").read_text() in dvc_yaml.read_text()
     _ferplus_fixture(repo / "raw-ferplus")
     params = yaml.safe_load((repo / "pipelines/ferplus/params.yaml").read_text())
     params["download"]["source"] = str(repo / "raw-ferplus")
@@ -158,3 +177,40 @@ def test_dataset_pipeline_template_on_a_ferplus_layout(tmp_path_factory):
     va = pd.read_parquet(repo / "data/ferplus/va.parquet")
     assert set(va["source"]) == {"circumplex"} and va["valence"].between(-1, 1).all()
     assert "didn't change" in _dvc(repo, "repro", "pipelines/ferplus/dvc.yaml")
+
+
+def _experiments(shown: list) -> dict[str, dict]:
+    """``dvc exp show --json``: every experiment's name -> its metrics of reports/synth/metrics.json."""
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                metrics = ((rev.get("data") or {}).get("metrics") or {}).get("reports/synth/metrics.json") or {}
+                found[rev.get("name") or rev["rev"]] = metrics.get("data") or {}
+    return found
+
+
+@pytest.mark.slow
+def test_the_readme_experiment_recipe(repo):
+    """dvc exp run for two methods, then exp show, metrics/params diff (no warning), plots diff offline."""
+    import json
+
+    _dvc(repo, "repro")  # the baseline (built by the first test when it ran)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "baseline")
+    for method in ("ce", "ldlva"):
+        out = _dvc(repo, "exp", "run", "-n", method, "-S", f"train.method={method}", "-S", "train.epochs=1")
+        assert {"train", "export", "report"} <= _ran(out) <= {"sample", "train", "export", "report"}, out
+    experiments = _experiments(json.loads(_dvc(repo, "exp", "show", "--json")))
+    assert {"ce", "ldlva"} <= set(experiments), experiments
+    for name in ("ce", "ldlva"):
+        assert {"test_accuracy_true", "noise_auroc", "soft_label_kl"} <= set(experiments[name]), experiments[name]
+    table = _dvc(repo, "exp", "show", "--only-changed", "--md")
+    assert "noise_auroc" in table and "train.method" in table and "ldlva" in table
+    for command in (("metrics", "diff", "ce", "ldlva"), ("params", "diff", "ce", "ldlva")):
+        out = _dvc(repo, *command)
+        assert "WARNING" not in out and "failed" not in out.lower(), out
+    assert "train.method" in _dvc(repo, "params", "diff", "ce", "ldlva")
+    _dvc(repo, "plots", "diff", "ce", "ldlva", "-o", "compare")
+    page = (repo / "compare/index.html").read_text()
+    assert page.count("vegaEmbed('#") == 3 and not re.search(r"<script[^>]*\bsrc\s*=", page)

@@ -30,14 +30,18 @@ def test_report_stage(trained_dir, tmp_path):
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
-    for key in ("test_acc_true_argmax", "train_kl_true", "noise_auroc_given_prob", "flips_recovered"):
+    from ferdata.report import METRICS
+
+    for key in ("test_accuracy_true", "soft_label_kl", "noise_auroc", "flips_recovered"):
         assert key in saved
-    assert saved["train_flipped"] > 0 and 0 <= saved["noise_auroc_given_prob"] <= 1
+    assert set(saved) <= set(METRICS) and all(isinstance(v, (int, float)) for v in saved.values())  # metrics only
+    assert saved["flipped_labels"] > 0 and 0 <= saved["noise_auroc"] <= 1
     for name in ("va.png", "uncertainty.png", "ambiguous.png"):
         assert (tmp_path / name).stat().st_size > 5_000, name
     page = (tmp_path / "index.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == 5  # every figure inlined
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing fetched
+    assert "Noisy-label detection (AUROC)" in page and "predicts the true distribution" in page
 
 
 def test_report_is_deterministic(trained_dir, tmp_path):
@@ -57,18 +61,11 @@ def test_collect_sweep_makes_one_table_and_a_curve(tmp_path):
             out = tmp_path / "sweep" / f"r{ratio}" / method
             out.mkdir(parents=True)
             (out / "metrics.json").write_text(
-                json.dumps(
-                    {
-                        "method": method,
-                        "noise": {"ratio": ratio},
-                        "test_acc_true_argmax": acc,
-                        "noise_auroc_given_prob": 0.9 if ratio else None,
-                    }
-                )
+                json.dumps({"test_accuracy_true": acc, "noise_auroc": 0.9 if ratio else None})
             )
     table = collect_sweep(tmp_path / "sweep", tmp_path / "summary")
     assert list(table["method"]) == ["ce", "ce", "ldlva", "ldlva"] and list(table["ratio"]) == [0.0, 0.3, 0.0, 0.3]
-    assert (tmp_path / "summary/sweep.csv").read_text().startswith("method,ratio,test_acc_true_argmax")
+    assert (tmp_path / "summary/sweep.csv").read_text().startswith("method,ratio,test_accuracy_true")
     assert (tmp_path / "summary/noise_recovery.png").stat().st_size > 10_000
     with pytest.raises(FerdataError, match="no \\*/\\*/metrics.json"):
         collect_sweep(tmp_path / "summary")

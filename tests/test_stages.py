@@ -15,7 +15,7 @@ from ferdata.core.tables import TABLES
 from ferdata.stages import STAGES, code_files
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = ("dvc.yaml", "pipelines/dataset.yaml", "pipelines/noise-sweep/dvc.yaml")
+PIPELINES = ("dvc.yaml", "pipelines/templates/dataset.yaml", "pipelines/templates/noise-sweep.yaml")
 FOLDER_FLAGS = {"data": "--data", "models": "--models", "reports": "--reports"}
 
 
@@ -149,7 +149,10 @@ def test_the_check_fails_when_a_table_is_left_out():
 
 
 def test_stage_params_cover_the_sections_their_settings_read():
-    for pipeline, params_key in (("dvc.yaml", None), ("pipelines/dataset.yaml", "pipelines/${dataset}/params.yaml")):
+    for pipeline, params_key in (
+        ("dvc.yaml", None),
+        ("pipelines/templates/dataset.yaml", "pipelines/${dataset}/params.yaml"),
+    ):
         for name, body in _stages(pipeline).items():
             listed = set()
             for entry in body.get("params") or []:

@@ -354,7 +354,7 @@ def train(
         fitted = fit(data, cfg, rank=rank, world=world)
         if rank == 0:
             run.write(fitted.learned, "learned", {"classes": data.classes, "method": cfg.method})
-            write_json({"config": asdict(cfg), "epochs": fitted.log}, run.output("train_log"))
+            write_json({"epochs": fitted.log}, run.output("train_log"))  # plot data; the settings are params
             save_checkpoint(fitted.model, fitted.method, run.output("model"), {**asdict(cfg), "classes": data.classes})
         leave_distributed()
         return {"epochs": fitted.log}
