@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Run, Stage
 from ferdata.core.tables import TABLES
 
-DETECTORS = ("landmarks", "mtcnn", "insightface", "none")
+DETECTORS = ("auto", "landmarks", "mtcnn", "insightface", "none")
 ALIGNED_DIR = TABLES["aligned_faces"].file
 
 
@@ -38,9 +38,9 @@ class AlignSettings(Settings):
 
     section = "align"
     detector: str = option(
-        "landmarks",
-        "landmarks (the dataset's own 5 points), mtcnn or insightface (detect them), "
-        "none (already aligned: resize only)",
+        "auto",
+        "landmarks (the dataset's own 5 points), mtcnn or insightface (detect them), none (already aligned: "
+        "resize only), auto (landmarks when every face has them, else mtcnn)",
         choices=DETECTORS,
     )
     size: int = option(112, "output size in pixels (a multiple of 112 or 128 unless detector is none)", min=16)
@@ -295,13 +295,13 @@ def align(
     if not 1 <= index <= parts:
         raise UsageError(f"--part {index}/{parts}: use i/n with 1 <= i <= n")
     with STAGE.start(settings, options, data=data_dir, lock=parts == 1) as run:  # parts run side by side
-        s: AlignSettings = run.settings
+        manifest, meta = run.read("manifest")
+        s = choose_detector(run.settings, manifest, Path(data_dir))
         if s.detector in ("mtcnn", "insightface"):  # fail before any work when the model files are missing
             from ferdata.detect import find_insightface_model, find_weights
 
             (find_weights if s.detector == "mtcnn" else find_insightface_model)(s.weights or None)
         data_dir = Path(data_dir)
-        manifest, meta = run.read("manifest")
         root = image_root(run.input("manifest").parent, meta)
         work = _work_dir(data_dir, s, manifest)
         jobs = [
@@ -332,7 +332,24 @@ def align(
         faces.rename(staged)
         run.write(table, "aligned", {"classes": meta["classes"], "size": s.size, "detector": s.detector})
         run.then_remove.append(work)  # the work folder goes with the publication, not before
-        return table
+    if not (table["status"] == "ok").any():  # published, so its reasons can be read; but nothing can go on
+        raise FerdataError(
+            f"no face of {data_dir} could be aligned ({summarize(table)}); read the reason column of "
+            f"{data_dir / TABLES['aligned'].file}, then change align.detector (mtcnn for photos, none "
+            "for aligned crops) and run `ferdata align` again"
+        )
+    return table
+
+
+def choose_detector(settings: AlignSettings, manifest: pd.DataFrame, data_dir: Path) -> AlignSettings:
+    """The settings with ``auto`` made concrete: the dataset's own landmarks when every face has them, else
+    MTCNN (its weights are part of the set-up); a note says which."""
+    if settings.detector != "auto":
+        return settings
+    has = manifest["landmarks"].map(lambda v: v is not None and bool(np.isfinite(np.asarray(v, float)).all()))
+    chosen = "landmarks" if len(has) and has.all() else "mtcnn"
+    tqdm.write(f"align {data_dir}: detector auto -> {chosen} ({int(has.sum())}/{len(has)} faces have landmarks)")
+    return replace(settings, detector=chosen)
 
 
 def _align_chunks(run: Run, settings: AlignSettings, work: Path, todo: list[tuple[int, list[tuple]]]) -> None:

@@ -80,13 +80,36 @@ def one_line(exc: FerdataError) -> str:
     return text
 
 
-def read_params(path: Path | None) -> Params:
-    """The params file, checked whole against every stage's settings."""
+def read_params(path: Path | None, *, dataset: str | None = None, quiet: bool = False) -> Params:
+    """The params file, checked whole against every stage's settings. The default ./params.yaml is one
+    dataset's pipeline: for another dataset it does not apply (its settings would leak, e.g. synth's
+    landmarks detector and 30% noise onto faces of yours), and its defaults do."""
     from ferdata.stages import check
 
     params = load_params(path)
     check(params)
+    if path is None and dataset and params.get("dataset") and dataset != params["dataset"]:
+        if quiet:
+            return Params()
+        typer.echo(
+            f"note: ./params.yaml is the {params['dataset']} pipeline's; {dataset} takes the stages' "
+            "defaults (give --params to use a params file)",
+            err=True,
+        )
+        return Params()
     return params
+
+
+def dataset_in(folder: Path) -> str | None:
+    """The dataset a folder holds, from its manifest's metadata (None before `ferdata download`)."""
+    from ferdata.core.io import locate, read_meta
+    from ferdata.core.tables import TABLES
+
+    manifest = locate(folder, TABLES["manifest"].file)
+    try:
+        return read_meta(manifest).get("dataset") if manifest.is_file() else None
+    except Exception:  # an unreadable manifest is the stage's to report
+        return None
 
 
 def dataset_of(params: Params) -> str:
@@ -137,10 +160,14 @@ def stage_command(stage: Stage, *, name: str | None = None) -> Callable[[Callabl
 
         @fail_cleanly
         def command(**kwargs: Any) -> None:
-            params = read_params(kwargs.pop("params_file"))
+            path = kwargs.pop("params_file")
+            params = read_params(path)
+            places = {f: kwargs.pop(f) or Path(f) / dataset_of(params) for f in folders}
+            here = kwargs.get("name") or (dataset_in(places["data"]) if "data" in places else None)
+            if here:  # the dataset this command works on: the default params file may not be its
+                params = read_params(path, dataset=here, quiet="name" in kwargs)  # download names its dataset
             given = {f.name: kwargs.pop(f"setting_{f.name}") for f in fields}
             settings = resolve(stage.settings, params, given) if stage.settings is not None else None
-            places = {f: kwargs.pop(f) or Path(f) / dataset_of(params) for f in folders}
             fn(settings=settings, folders=places, params=params, **kwargs)
 
         command.__signature__ = inspect.Signature(signature)
@@ -173,7 +200,7 @@ def download(
     from ferdata.download import download as run
 
     name = name or dataset_of(params)
-    options = resolve(dataset_options(name), params, section=name)
+    options = resolve(dataset_options(name, settings.adapter), params, section=name)
     out = data if data is not None else Path("data") / name
     typer.echo(f"download {name}: " + summarize(run(name, out, settings, options)))
 
@@ -266,7 +293,7 @@ def report(settings, folders, params) -> None:
     from ferdata.report import report as run
     from ferdata.report import summarize
 
-    typer.echo(summarize(run(folders["data"], folders["reports"], settings)))
+    typer.echo(summarize(run(folders["data"], folders["reports"], settings, models_dir=folders["models"])))
 
 
 @stage_command(STAGES["sweep"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.core.errors import FerdataError, UsageError
-from ferdata.core.settings import Settings, option, resolve
+from ferdata.core.settings import Settings, configure, option, resolve
 from ferdata.core.stage import Run, Stage
 from ferdata.core.tables import TABLES
 from ferdata.fetch import ARCHIVE_SUFFIXES, download_url, extract, is_archive, is_url, verify
@@ -36,6 +36,11 @@ class DownloadSettings(Settings):
 
     section = "download"
     source: str = option("", "archive, folder or http(s) URL of a real dataset", flag="--from")
+    adapter: str = option(
+        "",
+        "the adapter that reads it when the dataset's name is not one (folder or csv, for "
+        "faces of yours under a name of yours)",
+    )
     sha256: str = option("", "expected sha256 of the archive")
     seed: int = option(0, "seed of the synth generator and of every split the adapter carves", min=0)
     dedupe: bool = option(True, "reject byte-identical copies of an earlier image (every real dataset)")
@@ -52,13 +57,19 @@ STAGE = Stage(
 )
 
 
-def dataset_options(name: str) -> type[Settings]:
-    """The options class of dataset ``name`` (its params section)."""
+def dataset_options(name: str, adapter: str = "") -> type[Settings]:
+    """The options class of dataset ``name`` (its params section): its adapter's, ``adapter`` when given."""
     from ferdata.adapters import ADAPTERS
 
-    if name not in known_datasets():
-        raise UsageError(f"unknown dataset {name!r}: known datasets are {', '.join(known_datasets())}")
-    return SynthSettings if name == "synth" else ADAPTERS[name].options
+    which = adapter or name
+    if which not in known_datasets():
+        if adapter:
+            raise UsageError(f"unknown download.adapter {adapter!r}: known adapters are {', '.join(known_datasets())}")
+        raise UsageError(
+            f"unknown dataset {name!r}: known datasets are {', '.join(known_datasets())}; for faces "
+            "of yours under another name, set download.adapter (folder or csv)"
+        )
+    return SynthSettings if which == "synth" else ADAPTERS[which].options
 
 
 def download_synth(run: Run, cfg: SynthSettings) -> pd.DataFrame:
@@ -98,7 +109,7 @@ def download_real(name: str, out_dir: Path, settings: DownloadSettings, options:
     """Ingest a real dataset from a URL, an archive or a folder through its adapter."""
     from ferdata.adapters import ADAPTERS
 
-    adapter = ADAPTERS[name]
+    adapter = ADAPTERS[settings.adapter or name]
     source = settings.source
     if not source:
         raise UsageError(
@@ -217,12 +228,15 @@ def download(
     """Fetch dataset ``name`` into ``out_dir``; write its manifest and rejected rows there. ``dataset`` holds
     the dataset's own options (``SynthSettings`` for synth, the adapter's ``Options``, or a mapping of
     them); ``options`` change fields of ``settings`` (``seed=3``)."""
-    cls = dataset_options(name)
+    settings = configure(DownloadSettings, settings, options)
+    cls = dataset_options(name, settings.adapter)
     if not isinstance(dataset, Settings):
         dataset = resolve(cls, {name: dict(dataset or {})}, section=name)
-    with STAGE.start(settings, options, extra=dataset, data=out_dir) as run:
+    if getattr(dataset, "name", None) == "":  # the generic adapters name their samples after the dataset
+        dataset = replace(dataset, name=name)
+    with STAGE.start(settings, extra=dataset, data=out_dir) as run:
         out_dir = Path(out_dir)
-        if name == "synth":
+        if name == "synth" and not settings.adapter:
             df = download_synth(run, dataset)
             df.attrs["rejected"] = pd.DataFrame(columns=["sample_id", "path", "reason", "detail"])
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferdata.core.classes import CANONICAL, class_index, normalised_entropy
+from ferdata.core.classes import class_index, normalised_entropy
 from ferdata.core.errors import FerdataError
 from ferdata.core.io import file_sha256
 from ferdata.core.settings import Settings, option
@@ -61,18 +61,22 @@ def soft_label_table(
     method: str,
     margin: float,
 ) -> pd.DataFrame:
-    """Assemble the softlabels table from per-sample arrays (given labels as canonical ids)."""
+    """Assemble the softlabels table from per-sample arrays (given labels as canonical ids); ``label`` and
+    ``predicted`` become positions into ``classes``, the order of every distribution."""
     dist = dist / dist.sum(1, keepdims=True)
     given_idx = class_index(given, classes)
     top = dist.argmax(1)
+    names = np.asarray(classes, dtype=object)
     va = va.set_index("sample_id").reindex(ids)
     return pd.DataFrame(
         {
             "sample_id": ids,
             "split": splits,
-            "label": given,
+            "label": given_idx,
+            "label_name": names[given_idx],
             "distribution": list(dist.astype(np.float32)),
-            "predicted": np.array([CANONICAL.index(classes[i]) for i in top], np.int64),
+            "predicted": top,
+            "predicted_name": names[top],
             "confidence": (1.0 - normalised_entropy(dist)).astype(np.float32),
             "uncertainty": np.asarray(uncertainty, np.float32),
             "suspected_noisy": suspect_noisy(dist, given_idx, margin),

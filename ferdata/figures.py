@@ -37,6 +37,21 @@ def save_png(fig, path: Path) -> Path:
     return path
 
 
+def plot_curves(epochs: list[dict[str, float]], path: Path) -> Path:
+    """Training loss and validation accuracy per epoch (the trainer's log)."""
+    plt = pyplot()
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 3.2))
+    x = [e["epoch"] for e in epochs]
+    loss.plot(x, [e["loss"] for e in epochs], marker="o", color="#1f77b4")
+    acc.plot(x, [e["val_acc"] for e in epochs], marker="o", color="#2ca02c")
+    loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    acc.set(xlabel="epoch", ylabel="accuracy (given labels)", title="Validation accuracy", ylim=(0, 1))
+    for ax in (loss, acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
 def plot_class_balance(labels: pd.DataFrame, classes: list[str], path: Path) -> Path:
     """Grouped bars: given-label counts per split, and the clean training labels beside them."""
     plt = pyplot()
@@ -162,23 +177,37 @@ def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Pa
 
 
 def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], path: Path) -> Path:
-    """The most ambiguous training faces (highest normalised entropy) beside their distributions."""
+    """The most ambiguous training faces beside their soft labels, two faces a row: the given label in
+    red, the clean one (before injected noise) outlined, flipped labels said so in the title."""
     plt = pyplot()
-    n = len(soft)
-    fig, axes = plt.subplots(n, 2, figsize=(7, 1.6 * n), gridspec_kw={"width_ratios": [1, 2.6]}, squeeze=False)
-    for row, (ax_img, ax_bar) in enumerate(axes):
-        rec = soft.iloc[row]
-        ax_img.imshow(images[row])
+    n, per_row = len(soft), 2
+    rows = -(-n // per_row)
+    fig, axes = plt.subplots(
+        rows, 2 * per_row, figsize=(13, 2.3 * rows), squeeze=False, gridspec_kw={"width_ratios": [1, 1.9] * per_row}
+    )
+    for k in range(rows * per_row):
+        ax_img, ax_bar = axes[k // per_row, 2 * (k % per_row)], axes[k // per_row, 2 * (k % per_row) + 1]
         ax_img.set_axis_off()
+        if k >= n:
+            ax_bar.set_axis_off()
+            continue
+        rec = soft.iloc[k]
+        ax_img.imshow(images[k])
         dist = np.asarray(rec["distribution"], np.float64)
-        given = int(class_index(np.array([rec["label"]]), classes)[0])
-        colours = ["#d62728" if i == given else "#1f77b4" for i in range(len(classes))]
-        ax_bar.barh(np.arange(len(classes)), dist, color=colours)
-        ax_bar.set_yticks(np.arange(len(classes)), classes, fontsize=7)
+        given = int(rec["label"])
+        clean = int(rec["clean"]) if "clean" in rec and pd.notna(rec["clean"]) else given
+        bars = ax_bar.barh(
+            np.arange(len(classes)), dist, color=["#d62728" if i == given else "#1f77b4" for i in range(len(classes))]
+        )
+        bars[clean].set_edgecolor("black")
+        bars[clean].set_linewidth(2)
+        ax_bar.set_yticks(np.arange(len(classes)), classes, fontsize=10)
         ax_bar.invert_yaxis()
         ax_bar.set_xlim(0, 1)
-        ax_bar.tick_params(axis="x", labelsize=7)
-        ax_bar.set_title(f"{rec['sample_id']}  (given: {classes[given]}, red)", fontsize=7, loc="left")
+        ax_bar.tick_params(axis="x", labelsize=9)
+        flipped = f"flipped from {classes[clean]}" if clean != given else "not flipped"
+        ax_bar.set_title(f"given {classes[given]} ({flipped})", fontsize=10, loc="left")
+    fig.suptitle("Red: the given label; outlined: the clean label", fontsize=11)
     fig.tight_layout()
     return save_png(fig, path)
 

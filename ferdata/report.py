@@ -18,7 +18,7 @@ from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Stage
 from ferdata.core.tables import TABLES
 
-FIGURES = ("fig_class_balance", "fig_confusion", "fig_va", "fig_uncertainty", "fig_ambiguous")
+FIGURES = ("fig_curves", "fig_class_balance", "fig_confusion", "fig_va", "fig_uncertainty", "fig_ambiguous")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ STAGE = Stage(
     __name__,
     ReportSettings,
     reads=("softlabels", "labels", "manifest", "va", "shards"),
+    may_read=("train_log",),  # the training curves, when the models folder is given
     writes=("metrics", "predictions", "report_page", *FIGURES),
 )
 
@@ -133,7 +134,7 @@ def compute_metrics(
     dist = np.stack(df["distribution"].to_numpy()).astype(np.float64)
     pred = dist.argmax(1)
     clean = class_index(df["clean_label"].to_numpy(), classes)
-    given = class_index(df["label"].to_numpy(), classes)
+    given = df["label"].to_numpy(np.int64)  # soft labels hold positions into classes
     split = df["split"].to_numpy()
     out: dict[str, float] = {}
     for s in ("train", "val", "test"):
@@ -164,21 +165,27 @@ def compute_metrics(
 
 
 def write_predictions(ids: pd.Series, truth: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> None:
-    """The evaluated faces as ``sample_id, actual, predicted`` (class names): DVC's confusion plot data."""
-    names = np.asarray(classes, dtype=object)
+    """The evaluated faces as ``sample_id, actual, predicted``: DVC's confusion plot data. Classes are
+    written ``0 neutral``, ``1 happy``, ... so that DVC's alphabetical axes keep the canonical order."""
+    names = np.asarray([f"{i} {c}" for i, c in enumerate(classes)], dtype=object)
     table = pd.DataFrame({"sample_id": ids.to_numpy(), "actual": names[truth], "predicted": names[pred]})
     with atomic_file(path) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def report(
-    data_dir: str | Path, reports_dir: str | Path, settings: ReportSettings | None = None, **options: Any
+    data_dir: str | Path,
+    reports_dir: str | Path,
+    settings: ReportSettings | None = None,
+    *,
+    models_dir: str | Path | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, the figures (class balance, confusion, VA scatter, uncertainty by
     flipped/clean, the most ambiguous faces) and one self-contained ``index.html`` under ``reports_dir``."""
     from ferdata import figures
 
-    with STAGE.start(settings, options, data=data_dir, reports=reports_dir) as run:
+    with STAGE.start(settings, options, data=data_dir, reports=reports_dir, models=models_dir) as run:
         soft, meta = run.read("softlabels")
         labels, _ = run.read("labels")
         manifest, man_meta = run.read("manifest")
@@ -192,11 +199,14 @@ def report(
         if len(rows) and rows["true_dist"].notna().all():
             truth, what = np.stack(rows["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
         else:
-            truth, what = class_index(rows["label"].to_numpy(), classes), f"{split} label"
+            truth, what = rows["label"].to_numpy(np.int64), f"{split} label"
         title = f"{split.capitalize()} confusion ({what})"
         figures.plot_confusion(confusion(truth, pred, len(classes)), classes, title, run.output("fig_confusion"))
         write_predictions(rows["sample_id"], truth, pred, classes, run.output("predictions"))
         pictures = [("Class balance per split", run.output("fig_class_balance")), (title, run.output("fig_confusion"))]
+        if "models" in run.folders and run.input("train_log").is_file():
+            log = json.loads(run.input("train_log").read_text())
+            pictures.insert(0, ("Training curves", figures.plot_curves(log["epochs"], run.output("fig_curves"))))
         va, _ = run.read("va")
         pictures.append(("Valence/arousal by clean label", figures.plot_va(va, labels, classes, run.output("fig_va"))))
         pictures.append(
@@ -206,6 +216,8 @@ def report(
             )
         )
         ambiguous = figures.most_ambiguous(soft, run.settings.gallery)
+        clean = labels.set_index("sample_id")["clean_label"].reindex(ambiguous["sample_id"])
+        ambiguous = ambiguous.assign(clean=class_index(clean.to_numpy(), classes))
         if len(ambiguous):
             from ferdata.core.shards import load_images
 

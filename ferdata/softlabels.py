@@ -20,7 +20,8 @@ def load_soft_labels(path: str | Path) -> pd.DataFrame:
     df, meta = read_table(path, "softlabels", hint="run `ferdata export` to write it")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise FerdataError(
-            f"{path} has soft-label schema {meta.get('schema_version')}, this ferdata reads {SCHEMA_VERSION}"
+            f"{path} has soft-label schema {meta.get('schema_version')}, this ferdata reads {SCHEMA_VERSION}; "
+            "re-run `ferdata export` with this version"
         )
     classes = meta.get("classes")
     if not classes:

@@ -38,8 +38,16 @@ def sections() -> dict[str, type[Settings]]:
 
 
 def check(params: Mapping[str, Any]) -> None:
-    """Reject a params file with an unknown section or key, or a bad value, naming it."""
-    check_params(params, sections())
+    """Reject a params file with an unknown section or key, or a bad value, naming it. A dataset of the
+    user's (``dataset: myfaces`` with ``download.adapter: folder``) has its adapter's options section."""
+    known = sections()
+    name, adapter = (
+        params.get("dataset"),
+        (params.get("download") or {}).get("adapter") if isinstance(params.get("download"), Mapping) else None,
+    )
+    if isinstance(name, str) and isinstance(adapter, str) and adapter:
+        known[name] = dataset_options(name, adapter)
+    check_params(params, known)
 
 
 def code_files(module: str, root: Path | None = None) -> set[str]:

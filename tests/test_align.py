@@ -1,9 +1,12 @@
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 
 from ferdata.align import align, read_image, warp_to_template
+from ferdata.core.errors import FerdataError
 from ferdata.core.io import read_table, write_table
+from ferdata.detect import find_weights
 from ferdata.synth import TEMPLATE, SynthSettings, generate
 
 
@@ -49,7 +52,7 @@ def test_bad_images_are_flagged_not_dropped(data_dir):
     (data_dir / manifest["path"].iloc[0]).write_bytes(b"truncated")
     manifest.loc[1, "landmarks"] = None
     write_table(manifest, data_dir / "manifest.parquet", "manifest", {"classes": meta["classes"]})
-    table = align(data_dir, size=112, workers=2)
+    table = align(data_dir, size=112, workers=2, detector="landmarks")
     assert len(table) == len(manifest)
     status = table.set_index("sample_id")["status"]
     assert status[manifest["sample_id"].iloc[0]] == "unreadable"
@@ -61,12 +64,40 @@ def test_bad_images_are_flagged_not_dropped(data_dir):
     assert all(cv2.imread(str(data_dir / p)).shape == (112, 112, 3) for p in ok["path"])
 
 
+def test_auto_takes_the_landmarks_when_every_face_has_them_else_mtcnn(data_dir, capsys):
+    table = align(data_dir, workers=1)
+    assert set(table["detector"]) == {"landmarks"} and "detector auto -> landmarks (48/48" in capsys.readouterr().out
+    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
+    manifest["landmarks"] = None
+    write_table(manifest, data_dir / "manifest.parquet", "manifest", meta)
+    try:
+        find_weights()
+    except FerdataError:
+        pytest.skip("pip install --no-deps facenet-pytorch==2.6.0")
+    table = align(data_dir, workers=1, part=(1, 2))
+    assert "detector auto -> mtcnn (0/48" in capsys.readouterr().out
+
+
+def test_no_face_aligned_is_an_error_after_the_table_is_published(data_dir):
+    manifest, meta = read_table(data_dir / "manifest.parquet", "manifest")
+    manifest["landmarks"] = None
+    write_table(manifest, data_dir / "manifest.parquet", "manifest", meta)
+    with pytest.raises(
+        FerdataError, match=r"no face of .* could be aligned \(aligned 0/48 faces \(no_landmarks 48\)\)"
+    ):
+        align(data_dir, workers=1, detector="landmarks")
+    table, _ = read_table(data_dir / "aligned.parquet", "aligned")
+    assert set(table["status"]) == {"no_landmarks"}  # published: its reasons can be read
+
+
 def test_unknown_detector(data_dir):
     import pytest
 
     from ferdata.core.errors import FerdataError
 
-    with pytest.raises(FerdataError, match="align.detector 'dlib': use one of landmarks, mtcnn, insightface, none"):
+    with pytest.raises(
+        FerdataError, match="align.detector 'dlib': use one of auto, landmarks, mtcnn, insightface, none"
+    ):
         align(data_dir, detector="dlib")
     with pytest.raises(FerdataError, match="multiple of 112 or 128"):
         align(data_dir, size=100)

@@ -20,7 +20,10 @@ def test_unknown_dataset_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["download", "imagenet", "--data", str(tmp_path)])
     assert result.exit_code == 2
     known = "affectnet, affwild2, ckplus, csv, fer2013, ferg, ferplus, folder, jaffe, rafdb, sfew, synth"
-    assert result.output.strip().splitlines() == [f"error: unknown dataset 'imagenet': known datasets are {known}"]
+    assert result.output.strip().splitlines() == [
+        f"error: unknown dataset 'imagenet': known datasets are {known}; for faces of yours under another name, set "
+        "download.adapter (folder or csv)"
+    ]
 
 
 def test_missing_input_table_is_one_line(tmp_path):

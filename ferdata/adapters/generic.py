@@ -30,7 +30,7 @@ class FolderOptions(Settings):
     """The ``folder`` section of its params.yaml."""
 
     section = "folder"
-    name: str = option("folder", "dataset name: the prefix of every sample id")
+    name: str = option("", "the prefix of every sample id (default: the dataset's name)")
     val_fraction: float = option(
         0.1, "share of images (or subjects) in val when the folder has no val split", min=0.0, below=1.0
     )
@@ -50,7 +50,7 @@ class CsvOptions(Settings):
     label_column: str = option("", "column of class names (default: label, emotion, expression, class)")
     split_column: str = option("", "column of train/val/test (optional)")
     subject_column: str = option("", "column of subject ids, so splits keep a person together (optional)")
-    name: str = option("csv", "dataset name: the prefix of every sample id")
+    name: str = option("", "the prefix of every sample id (default: the dataset's name)")
     val_fraction: float = option(
         0.1, "share of images (or subjects) in val when the table has no val split", min=0.0, below=1.0
     )
@@ -73,7 +73,7 @@ def ingest_folder(source: Path, out_dir: Path, *, options: FolderOptions, seed: 
         raise FerdataError(
             f"folder dataset: {source} is not a folder; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg"
         )
-    ing = Ingest(options.name)
+    ing = Ingest(options.name or "custom")
     top = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     while len(top) == 1 and top[0].name.lower() not in SPLIT_ALIASES and canonical_label(top[0].name) is None:
         source = top[0]  # an archive's single top folder
@@ -157,7 +157,7 @@ def ingest_csv(source: Path, out_dir: Path, *, options: CsvOptions, seed: int = 
     if not table.is_file():
         raise FerdataError(f"csv dataset: {table} not found; give --from a CSV with a path and a label column")
     root = Path(options.images) if options.images else None
-    ing = Ingest(options.name)
+    ing = Ingest(options.name or "custom")
     header, rows = read_csv(table, ing)
     path_col = _column(header, options.path_column, PATH_COLUMNS, "path", table)
     label_col = _column(header, options.label_column, LABEL_COLUMNS, "label", table)

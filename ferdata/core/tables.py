@@ -4,8 +4,13 @@ Stages name their inputs and outputs by kind (``TABLES["labels"]``), never by fi
 is renamed in one place and the DVC stage check (tests/test_stages.py) reads the same names.
 
 Distribution columns (``true_dist``, ``distribution``) and ``votes`` hold one value per class of the
-table's class list, stored as JSON in the file metadata under ``ferdata.classes``. Label columns hold
-canonical class ids (see :mod:`ferdata.core.classes`).
+table's class list, stored as JSON in the file metadata under ``ferdata.classes``. Label columns of the
+internal tables hold canonical class ids (see :mod:`ferdata.core.classes`); the exported soft labels,
+read by other projects, hold positions into their own ``classes`` instead (``distribution[label]`` is the
+given label's probability) beside the class names.
+
+Lists are plain ``list<float>`` except ``bbox`` (4) and ``landmarks`` (10), fixed-size lists that hold no
+nulls inside (a missing box is a null list).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: softlabels label/predicted are positions into the file's classes
 
 FOLDERS = ("data", "models", "reports", "repo")  # data/<ds>, models/<ds>, reports/<ds>, the repository root
 
@@ -200,9 +205,11 @@ TABLES: dict[str, Table] = _tables(
             [
                 _id,
                 pa.field("split", pa.string(), nullable=False),
-                pa.field("label", pa.int16()),
+                pa.field("label", pa.int16()),  # position in the file's classes
+                pa.field("label_name", pa.string()),
                 pa.field("distribution", pa.list_(_f32), nullable=False),
-                pa.field("predicted", pa.int16(), nullable=False),
+                pa.field("predicted", pa.int16(), nullable=False),  # position in the file's classes
+                pa.field("predicted_name", pa.string(), nullable=False),
                 pa.field("confidence", _f32, nullable=False),
                 pa.field("uncertainty", _f32, nullable=False),
                 pa.field("suspected_noisy", pa.bool_(), nullable=False),
@@ -215,6 +222,7 @@ TABLES: dict[str, Table] = _tables(
     Table("metrics", "metrics.json", "report", folder="reports"),
     Table("predictions", "predictions.csv", "report", folder="reports"),  # DVC's confusion plot data
     Table("report_page", "index.html", "report", folder="reports"),
+    Table("fig_curves", "training_curves.png", "report", folder="reports"),
     Table("fig_class_balance", "class_balance.png", "report", folder="reports"),
     Table("fig_confusion", "confusion.png", "report", folder="reports"),
     Table("fig_va", "va.png", "report", folder="reports"),

@@ -174,8 +174,12 @@ def _learned(df: pd.DataFrame, meta: dict[str, Any], where: Where | None) -> tup
 def _softlabels(df: pd.DataFrame, meta: dict[str, Any], where: Where | None) -> tuple[pd.DataFrame, list]:
     gxe = _gxe()
     data, exp = _distributions(df, meta, ("confidence", "uncertainty"))
-    data["predicted"] = df["predicted"]
-    exp.append(gxe.ExpectColumnValuesToBeInSet(column="predicted", value_set=_class_ids(meta)))
+    positions = list(range(len(meta["classes"])))
+    data["predicted"], data["label"] = df["predicted"], df["label"]
+    exp += [
+        gxe.ExpectColumnValuesToBeInSet(column="predicted", value_set=positions),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=positions),
+    ]
     return data, exp
 
 
