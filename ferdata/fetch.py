@@ -35,7 +35,10 @@ def verify(path: Path, *, sha256: str | None = None, size: int | None = None) ->
     if size is not None and path.stat().st_size != size:
         raise FerdataError(f"{path} has {path.stat().st_size} bytes, expected {size}: delete it and download again")
     if sha256:
-        got = file_sha256(path)
+        with tqdm(
+            total=path.stat().st_size, desc=f"sha256 {path.name}", unit="B", unit_scale=True, leave=False, disable=None
+        ) as bar:
+            got = file_sha256(path, progress=bar.update)
         if got != sha256.lower():
             raise FerdataError(
                 f"{path} has sha256 {got}, expected {sha256.lower()}: the file is corrupt or not the "

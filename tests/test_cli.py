@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
@@ -97,3 +98,38 @@ def test_the_command_line_does_not_import_torch():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
     )
+
+
+def test_the_root_params_do_not_leak_onto_another_dataset(tmp_path, monkeypatch):
+    """From a folder whose params.yaml is synth's (landmarks, 30% noise), stages on faces of yours take their
+    own defaults: MTCNN (the faces have no landmarks) and no noise."""
+    import shutil
+    from pathlib import Path
+
+    import cv2
+
+    from ferdata.detect import find_weights
+    from ferdata.synth import SynthSettings, generate
+
+    try:
+        find_weights()
+    except Exception:
+        pytest.skip("pip install --no-deps facenet-pytorch==2.6.0")
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    faces = generate(SynthSettings(n_subjects=6, videos_per_subject=4, frames_per_video=1, image_size=128), 2)
+    for i, face in enumerate(faces):
+        (tmp_path / "mine" / ("happy", "sad")[i % 2]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "mine" / ("happy", "sad")[i % 2] / f"{i}.png"), face.image)
+    for argv in (
+        ["download", "folder", "--from", "mine", "--data", "data/mine"],
+        ["align", "--data", "data/mine"],
+        ["shard", "--data", "data/mine"],
+        ["noise", "--data", "data/mine"],
+    ):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        if argv[0] == "align":
+            assert "detector auto -> mtcnn (0/24 faces have landmarks)" in result.output
+            assert "note: ./params.yaml is the synth pipeline's; folder takes the stages' defaults" in result.output
+    assert "flipped 0/" in result.output

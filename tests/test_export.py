@@ -95,3 +95,38 @@ def test_settings_hash_follows_every_setting_upstream(trained_dir, tmp_path, mon
     assert hashes[4:] == hashes[:2]  # back to ratio 0.25: the first two hashes again
     _, meta = read_table(copy / "softlabels.parquet", "softlabels")
     assert meta["settings"] == {"margin": 0.3} and meta["stage"] == "export"
+
+
+def test_reading_soft_labels_needs_numpy_pandas_pyarrow_only(trained_dir):
+    """`pip install ferdata` (no pipeline extra) is enough to load the soft labels: nothing heavier imports."""
+    import subprocess
+    import sys
+
+    heavy = [
+        "torch",
+        "dvc",
+        "typer",
+        "great_expectations",
+        "albumentations",
+        "cv2",
+        "yaml",
+        "tqdm",
+        "scipy",
+        "matplotlib",
+        "insightface",
+        "webdataset",
+    ]
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {heavy!r}:
+            raise ImportError("not installed: " + name)
+sys.meta_path.insert(0, Block())
+import ferdata
+df = ferdata.load_soft_labels({str(trained_dir / "softlabels.parquet")!r})
+print(len(df), df.attrs["classes"][df["label"].iloc[0]] == df["label_name"].iloc[0])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["48", "True"]

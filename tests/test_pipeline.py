@@ -129,54 +129,62 @@ def test_noise_sweep_collects_one_table(repo):
     assert labels.attrs["noise"]["ratio"] == 0.2
 
 
-def _ferplus_fixture(root: Path, n_train: int = 48, n_val: int = 12) -> None:
-    """A FER+ folder layout (label.csv + PNGs) with vote counts and grey faces drawn by the test."""
-    import csv
-
+def _own_faces(
+    root: Path, classes: tuple[str, ...] = ("neutral", "happy", "sad", "anger"), per_class: int = 12
+) -> None:
+    """A folder of face photos of four classes (no fear, surprise, disgust or contempt): <root>/<class>/*.png."""
     import cv2
-    import numpy as np
 
-    rng = np.random.default_rng(0)
-    for folder, n, offset in (("FER2013Train", n_train, 0), ("FER2013Valid", n_val, 28_000)):
-        (root / folder).mkdir(parents=True)
-        with open(root / folder / "label.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            for i in range(n):
-                name = f"fer{offset + i:07d}.png"
-                votes = [0] * 10
-                top = i % 4
-                votes[top] = 6
-                votes[(top + 1) % 8] = 4
-                writer.writerow([name, "(0, 0, 48, 48)", *votes])
-                face = np.full((48, 48), 40 + 50 * top, np.uint8) + rng.integers(0, 30, (48, 48), dtype=np.uint8)
-                cv2.imwrite(str(root / folder / name), face)
+    from ferdata.synth import SynthSettings, generate
+
+    faces = generate(SynthSettings(n_subjects=8, videos_per_subject=6, frames_per_video=1, image_size=96), 5)
+    for i, face in enumerate(faces):
+        cls = classes[i % len(classes)]
+        if i < per_class * len(classes):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / cls / f"img{i:03d}.png"), face.image)
 
 
 @pytest.mark.slow
-def test_dataset_pipeline_template_on_a_ferplus_layout(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("ferplus-pipeline")
+def test_your_own_faces_through_the_custom_pipeline(tmp_path_factory):
+    """`ferdata pipeline custom` on a folder of four classes: soft labels whose label indexes the file's own
+    class list, with nothing of the synth root params.yaml (landmarks, 30% noise) applied."""
+    import numpy as np
+
+    from ferdata.core.classes import CANONICAL
+
+    repo = tmp_path_factory.mktemp("custom-pipeline")
     shutil.copytree(Path(ferdata.__file__).parent, repo / "ferdata", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "pipelines", repo / "pipelines")
-    assert not (repo / "pipelines/ferplus/dvc.yaml").exists()  # written on demand: nothing unbuilt is listed
-    _ferdata(repo, "pipeline", "ferplus")
-    dvc_yaml = repo / "pipelines/ferplus/dvc.yaml"
-    assert not dvc_yaml.is_symlink() and (ROOT / "pipelines/templates/dataset.yaml").read_text() in dvc_yaml.read_text()
-    _ferplus_fixture(repo / "raw-ferplus")
-    params = yaml.safe_load((repo / "pipelines/ferplus/params.yaml").read_text())
-    params["download"]["source"] = str(repo / "raw-ferplus")
-    params["align"]["workers"] = 1
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # the synth pipeline's, which must not leak
+    _own_faces(repo / "my-faces")
+    params = yaml.safe_load((repo / "pipelines/custom/params.yaml").read_text())
+    params["download"]["source"] = str(repo / "my-faces")
+    params["align"].update(detector="none", workers=1)  # the faces are already framed
     params["prior"].update(folds=2, epochs=1)
     params["train"].update(epochs=2, batch_size=8, image_size=32)
-    (repo / "pipelines/ferplus/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "pipelines/custom/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(repo, "init", "-q")
-    out = _dvc(repo, "repro", "pipelines/ferplus/dvc.yaml")
+    _ferdata(repo, "pipeline", "custom")
+    dvc_yaml = repo / "pipelines/custom/dvc.yaml"
+    assert not dvc_yaml.is_symlink() and (ROOT / "pipelines/templates/dataset.yaml").read_text() in dvc_yaml.read_text()
+    out = _dvc(repo, "repro", "pipelines/custom/dvc.yaml")
     assert out.count("Running stage") == 10
-    soft = ferdata.load_soft_labels(repo / "data/ferplus/softlabels.parquet")
-    assert len(soft) == 60 and soft.attrs["method"] == "ldlva"
-    va = pd.read_parquet(repo / "data/ferplus/va.parquet")
-    assert set(va["source"]) == {"circumplex"} and va["valence"].between(-1, 1).all()
-    assert "didn't change" in _dvc(repo, "repro", "pipelines/ferplus/dvc.yaml")
+    soft = ferdata.load_soft_labels(repo / "data/custom/softlabels.parquet")
+    classes = soft.attrs["classes"]
+    assert classes == ["neutral", "happy", "sad", "anger"] and len(soft) == 48 and soft.attrs["method"] == "ldlva"
+    labels = pd.read_parquet(repo / "data/custom/labels.parquet").set_index("sample_id").loc[soft["sample_id"]]
+    given = [CANONICAL[i] for i in labels["label"]]
+    assert [classes[i] for i in soft["label"]] == given == soft["label_name"].tolist()  # label indexes classes
+    dist = np.stack(soft["distribution"].to_numpy())
+    p_given = dist[np.arange(len(soft)), soft["label"].to_numpy()]
+    assert np.allclose(p_given, [d[classes.index(g)] for d, g in zip(dist, given)])
+    assert (soft["predicted"].to_numpy() == dist.argmax(1)).all()
+    assert not labels["flipped"].any()  # noise 0: not synth's 0.3
+    aligned = pd.read_parquet(repo / "data/custom/aligned.parquet")
+    assert set(aligned["detector"]) == {"none"} and soft["sample_id"].str.startswith("custom-").all()
+    assert "didn't change" in _dvc(repo, "repro", "pipelines/custom/dvc.yaml")
 
 
 def _experiments(shown: list) -> dict[str, dict]:

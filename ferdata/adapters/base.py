@@ -220,11 +220,12 @@ def require_root(source: Path, markers: Sequence[str], dataset: str, where: str)
 
 
 def images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder``, sorted, any case of suffix."""
+    """Image files below ``folder``, sorted, any case of suffix (a progress bar counts them)."""
+    from tqdm import tqdm
+
+    found = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p for p in tqdm(found, desc=f"scan {folder.name}", unit=" files", leave=False, disable=None) if p.is_file()
     )
 
 

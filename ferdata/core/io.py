@@ -282,10 +282,12 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
+def file_sha256(path: str | Path, *, progress: Callable[[int], Any] | None = None) -> str:
+    """sha256 of a file's bytes (``progress`` is told how many bytes each block added)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+            if progress is not None:
+                progress(len(block))
     return digest.hexdigest()
