@@ -12,13 +12,17 @@ plan, backbone and seed, and measure
     the one-hot given label;
   - the share of flipped labels whose exported top class is the clean label.
 
-Usage (after `dvc repro` has built data/synth):
-    python bench/noise_robustness.py --ratios 0,0.1,0.2,0.3 --methods ce,ls,ldlva,arbex,akt
+Usage (after `dvc repro` has built data/synth): every method at 0 and 30% noise, LDLVA once with the
+dataset's own VA (synth: rated VA, see synth.rated_va) and once with pseudo VA (circumplex from the
+out-of-fold CE prior), beside cleanlab on the same out-of-fold predictions:
+    python bench/noise_robustness.py --ratios 0,0.3 --methods ce ls ldlva arbex akt --va dataset,circumplex
+    python bench/noise_robustness.py --methods ldlva ldlva:neighbour_mode=forward --va dataset  # bank vs forward
 
 On real faces with crowd votes (FER+; no VA, so pseudo VA from out-of-fold CE posteriors per ratio):
     ferdata download ferplus --from ../shared/realdata/ferplus-dev.tar.gz --data /tmp/ferplus
     ferdata align --data /tmp/ferplus --detector none --size 64 && ferdata shard --data /tmp/ferplus
     python bench/noise_robustness.py --data /tmp/ferplus --va circumplex --ratios 0,0.3 \
+        --set train.backbone=resnet18 --methods ldlva:lambda_lr=20 ldlva:lambda_lr=100 \
         --out reports/bench/noise_robustness_ferplus.json
 """
 
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ferdata.core.classes import class_index
 from ferdata.core.io import fork, locate, read_table
@@ -44,7 +49,7 @@ from ferdata.report import auroc, kl_divergence
 from ferdata.sample import sample
 from ferdata.train.loop import train
 from ferdata.train.prior import prior
-from ferdata.train.settings import TrainSettings
+from ferdata.train.settings import NEEDS_KNN, TrainSettings
 from ferdata.va import va
 
 
@@ -120,35 +125,75 @@ def cleanlab_scores(data: Path, oof: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def method_variant(base: TrainSettings, spec: str) -> TrainSettings:
+    """``ldlva`` or ``ldlva:lambda_lr=100:neighbour_mode=forward``: a method with some of its options changed."""
+    name, *changes = spec.split(":")
+    cfg = replace(base, method=name)
+    if changes:
+        opts = getattr(cfg, name)
+        kinds = {f: type(getattr(opts, f)) for f in vars(opts)}
+        values = {k: kinds[k](v) for k, v in (c.split("=", 1) for c in changes)}
+        cfg = replace(cfg, **{name: replace(opts, **values)})
+    return cfg
+
+
+def apply_sets(params: dict, sets: list[str]) -> dict:
+    """``train.backbone=resnet18``-style overrides of the params mapping."""
+    for item in sets:
+        path, value = item.split("=", 1)
+        *parents, key = path.split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = yaml.safe_load(value)
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data/synth"), help="a built dataset folder (shards, manifest)")
-    ap.add_argument("--ratios", default="0,0.1,0.2,0.3")
-    ap.add_argument("--methods", default="ce,ls,ldlva,arbex,akt")
+    ap.add_argument("--ratios", default="0,0.3")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["ce", "ls", "ldlva", "arbex", "akt"],
+        help="methods, each optionally with options: ldlva:lambda_lr=100:neighbour_mode=forward",
+    )
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument(
         "--folds", type=int, default=4, help="out-of-fold CE folds for cleanlab and circumplex VA (0 skips)"
     )
     ap.add_argument(
         "--va",
-        choices=("dataset", "circumplex"),
-        default="dataset",
-        help="dataset: the folder's own va/knn tables; circumplex: pseudo VA from out-of-fold CE posteriors, per ratio",
+        default="dataset,circumplex",
+        help="VA sources LDLVA is run with, side by side: dataset (the folder's own va/knn tables, e.g. synth's "
+        "rated VA) and/or circumplex (pseudo VA from out-of-fold CE posteriors, per ratio); the other methods "
+        "read no VA and run once",
     )
     ap.add_argument("--per-video", type=int, default=6)
     ap.add_argument("--per-class", type=int, default=0, help="samples per class per epoch (0: the largest class)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="train settings (the train section)")
+    ap.add_argument("--set", action="append", default=[], help="override a setting: --set train.backbone=resnet18")
     ap.add_argument("--k", type=int, default=8, help="neighbours per face of the circumplex VA graph")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/noise_robustness.json"))
     args = ap.parse_args(argv)
-    base = resolve(TrainSettings, load_params(args.params), {"epochs": args.epochs, "seed": args.seed})
+    params = apply_sets(dict(load_params(args.params)), args.set)
+    base = resolve(TrainSettings, params, {"epochs": args.epochs, "seed": args.seed})
+    sources = args.va.split(",")
     results = []
 
     def record(row: dict) -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
         save(results, args.out)
+
+    def run(spec: str, data: Path, work: Path, ratio: float, source: str) -> None:
+        cfg = method_variant(base, spec)
+        start = time.time()
+        learned = train_method(data, work / spec.replace(":", "_").replace("=", "-") / source, cfg)
+        row = {"ratio": ratio, "method": spec, "va": source if cfg.method in NEEDS_KNN else "-"}
+        record({**row, **evaluate(learned, data), "seconds": round(time.time() - start, 1)})
 
     with tempfile.TemporaryDirectory(prefix="ferdata-bench-") as tmp:
         for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -162,31 +207,31 @@ def main(argv: list[str] | None = None) -> int:
                 per_video=args.per_video,
                 per_class=args.per_class,
             )
-            probs = None
-            if args.folds > 1 and (ratio > 0 or args.va == "circumplex"):
+            if args.folds > 1 and (ratio > 0 or "circumplex" in sources):
                 start = time.time()
                 oof = prior(data, folds=args.folds, method="ce", epochs=args.epochs, seed=args.seed, train=base)
-                seconds = round(time.time() - start, 1)
-                probs = oof
                 if ratio > 0:
+                    scores = cleanlab_scores(data, oof)
                     record(
-                        {"ratio": ratio, "method": "cleanlab(oof ce)", **cleanlab_scores(data, oof), "seconds": seconds}
+                        {
+                            "ratio": ratio,
+                            "method": "cleanlab(oof ce)",
+                            "va": "-",
+                            **scores,
+                            "seconds": round(time.time() - start, 1),
+                        }
                     )
-            if args.va == "circumplex":
-                if probs is None:
-                    raise SystemExit("--va circumplex needs --folds >= 2")
-                va(data, source="circumplex", k=args.k)  # reads the fork's prior table
-            for method in args.methods.split(","):
-                cfg = replace(base, method=method)
-                start = time.time()
-                record(
-                    {
-                        "ratio": ratio,
-                        "method": method,
-                        **evaluate(train_method(data, work / method, cfg), data),
-                        "seconds": round(time.time() - start, 1),
-                    }
-                )
+            elif "circumplex" in sources:
+                raise SystemExit("--va circumplex needs --folds >= 2")
+            for spec in args.methods:
+                if spec.split(":")[0] not in NEEDS_KNN:
+                    run(spec, data, work, ratio, "-")
+            for source in sources:  # dataset first: circumplex replaces the fork's va/knn tables
+                if source == "circumplex":
+                    va(data, source="circumplex", k=args.k)  # reads the fork's prior table
+                for spec in args.methods:
+                    if spec.split(":")[0] in NEEDS_KNN:
+                        run(spec, data, work, ratio, source)
     print_table(results)
     return 0
 
@@ -213,10 +258,10 @@ def print_table(results: list[dict]) -> None:
         "flips_recovered",
         "seconds",
     )
-    print(f"{'ratio':>5} {'method':<16}" + "".join(f"{c:>18}" for c in cols))
+    print(f"{'ratio':>5} {'method':<28} {'va':<10}" + "".join(f"{c:>12}" for c in cols))
     for r in results:
-        cells = "".join(f"{r[c]:>18.3f}" if isinstance(r.get(c), float) else f"{'-':>18}" for c in cols)
-        print(f"{r['ratio']:>5.2f} {r['method']:<16}" + cells)
+        cells = "".join(f"{r[c]:>12.3f}" if isinstance(r.get(c), float) else f"{'-':>12}" for c in cols)
+        print(f"{r['ratio']:>5.2f} {r['method']:<28} {r.get('va', '-'):<10}" + cells)
 
 
 if __name__ == "__main__":

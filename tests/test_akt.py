@@ -1,10 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ferdata.core.errors import FerdataError
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import Batch, MethodContext, build_method
-from ferdata.train.methods.akt import attention_map, symmetric_kl
+from ferdata.train.methods.akt import adaptive_targets, attention_map, symmetric_kl
 
 C = 4
 
@@ -34,6 +35,36 @@ def test_forward_backward_reaches_both_branches():
     method.eval()
     model.eval()
     feats, fused = method.infer(model, x)
-    assert feats.shape == (4, model.embed_dim) and torch.allclose(fused.sum(1), torch.ones(4), atol=1e-5)
+    assert (
+        feats.shape[0] == 4
+        and feats.shape[1] > model.embed_dim
+        and torch.allclose(fused.sum(1), torch.ones(4), atol=1e-5)
+    )
     with pytest.raises(FerdataError, match="strong view"):
         method.batch_loss(model, Batch(index=torch.arange(4), x=x, y=torch.zeros(4, dtype=torch.long)))
+
+
+def test_adaptive_target_leaves_the_label_only_where_both_branches_agree_against_it():
+    y = torch.tensor([0, 0, 0])
+    att = F.normalize(torch.ones(3, 4), dim=1)
+    p_a = torch.tensor([[0.05, 0.9, 0.05, 0.0], [0.05, 0.9, 0.05, 0.0], [0.9, 0.05, 0.05, 0.0]])
+    p_b = torch.tensor([[0.05, 0.9, 0.05, 0.0], [0.05, 0.05, 0.9, 0.0], [0.9, 0.05, 0.05, 0.0]])
+    t, beta = adaptive_targets(p_a, p_b, att, att, y)
+    assert beta[0] > 0.8 and t[0].argmax() == 1  # agree against the label: the target moves
+    assert beta[1] < beta[0] / 2 and t[1].argmax() == 0  # they disagree with each other: it stays
+    assert beta[2] <= 0.1 + 1e-6 and t[2].argmax() == 0  # they agree with the label: nothing to move
+    assert torch.allclose(t.sum(1), torch.ones(3))
+    far = F.normalize(torch.eye(4)[:3], dim=1)  # the branches look at different places (feature space)
+    _, beta_far = adaptive_targets(p_a, p_b, far, far.roll(1, 0), y)
+    assert beta_far[0] < 1e-6
+    _, cold = adaptive_targets(p_a, p_b, att, att, y, ramp=0.0)
+    assert (cold == 0).all()  # before the warm-up, the given labels
+
+
+def test_both_branches_start_from_the_given_weights(tmp_path):
+    src = build_backbone("small_cnn", C)
+    path = tmp_path / "w.pt"
+    torch.save(src.state_dict(), path)
+    method = build_method("akt", MethodContext(C, 256, torch.zeros(2, dtype=torch.long), weights=str(path)))
+    first = "body.0.0.weight"
+    assert torch.equal(method.branch.state_dict()[first], src.state_dict()[first])

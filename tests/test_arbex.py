@@ -37,19 +37,77 @@ def test_one_hot_prediction_gives_no_nan():
 
 def test_forward_backward_and_loss_terms():
     method, model = _arbex(), build_backbone("small_cnn", C)
+    method.set_total_steps(10)
+    method.steps = 5  # half-way: the correction and the anchor/centre terms count half
     loss = method.batch_loss(
         model, Batch(index=torch.arange(4), x=torch.randn(4, 3, 32, 32), y=torch.tensor([0, 1, 2, 3]))
     )
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and method.steps == 6
     assert method.anchors.grad.abs().sum() > 0 and method.correction_head.weight.grad.abs().sum() > 0
-    # anchors of different classes closer than the margin cost something; far apart they cost nothing
-    method.anchors.data[:] = 0
-    assert method.anchor_loss().item() == pytest.approx(1.0)
-    method.anchors.data[:] = torch.arange(C)[:, None, None] * 10.0
-    assert method.anchor_loss().item() == 0.0
-    e = method.anchors[2, 0].detach()[None]
-    assert method.center_loss(e, torch.tensor([2])).item() == 0.0
+    assert method.classifier[0].weight.grad.abs().sum() > 0  # the MLP head predicts, not the backbone's
+    assert model.head.weight.grad is None
+
+
+def test_anchor_term_separates_anchors_from_the_first_step():
+    method = _arbex()
+    loss = method.anchor_loss()
+    assert loss.item() < 0  # not a dead hinge: every pair of different classes contributes
+    loss.backward()
+    assert method.anchors.grad.abs().sum() > 0
+    with torch.no_grad():
+        method.anchors -= 0.1 * method.anchors.grad
+    assert method.anchor_loss().item() < loss.item()  # a step down the term moves anchors apart
+
+
+def test_trust_rises_over_the_whole_run_and_scales_the_terms():
+    method, model = _arbex(anchor_weight=0.0, center_weight=0.0), build_backbone("small_cnn", C)
+    method.set_total_steps(4)
+    batch = Batch(index=torch.arange(2), x=torch.randn(2, 3, 32, 32), y=torch.tensor([0, 1]))
+    method.eval()  # same outputs at every step; the steps still count in training mode only
+    model.eval()
+    first = method.batch_loss(model, batch)
+    assert method.steps == 0  # eval mode: no step counted
+    with torch.no_grad():
+        p = torch.softmax(method.classifier(model.forward_features(batch.x)), 1)
+    assert first.item() == pytest.approx(torch.nn.functional.nll_loss(torch.log(p), batch.y).item(), rel=1e-5)
+    method.train()
+    method.batch_loss(model, batch)
+    assert method.steps == 1
+
+
+def test_centre_term_is_confidence_weighted_min_distance():
+    method = _arbex(anchors_per_class=2)
+    with torch.no_grad():
+        method.anchors.zero_()
+        method.anchors[1, 1, 0] = 3.0
+    e = torch.zeros(1, 256)
+    e[0, 0] = 4.0
+    dist = method.anchor_distances(e)
+    value = method.center_loss(dist, torch.tensor([1]), torch.tensor([0.5]))
+    assert value.item() == pytest.approx(0.5 * 1.0 / 16.0)  # nearest anchor 1 away, sqrt(256) = 16
+
+
+def test_a_faces_distribution_does_not_depend_on_its_batch():
+    method = _arbex().eval()
+    e = torch.randn(5, 256)
+    alone = method.attentive(e[:1])
+    together = method.attentive(e)[:1]
+    assert torch.allclose(alone, together, atol=1e-6)
+
+
+def test_prediction_is_primary_unless_asked():
+    model = build_backbone("small_cnn", C).eval()
+    x = torch.randn(3, 3, 32, 32)
+    primary = _arbex().eval()
+    e, p = primary.infer(model, x)
+    assert torch.allclose(p, torch.softmax(primary.classifier(e), 1))
+    corrected = _arbex(predict="corrected").eval()
+    corrected.load_state_dict(primary.state_dict())
+    _, q = corrected.infer(model, x)
+    assert torch.allclose(q, corrected.corrected(e, corrected.classifier(e), 1.0), atol=1e-6)
+    soft, unc = primary.soft_labels(e, p, torch.zeros(3, dtype=torch.long))
+    assert torch.allclose(soft, q, atol=1e-6) and unc.shape == (3,)
 
 
 def test_bad_option():

@@ -5,9 +5,9 @@ import torch
 from ferdata.core.errors import UsageError
 from ferdata.core.io import read_table
 from ferdata.train.backbones import build_backbone
-from ferdata.train.loop import train
+from ferdata.train.loop import neighbour_positions, train
 from ferdata.train.methods import Batch, MethodContext, build_method
-from ferdata.train.methods.ldlva import discriminative_loss, local_similarity
+from ferdata.train.methods.ldlva import center_loss, centre_push, local_similarity, update_centers
 from ferdata.train.settings import LDLVAOptions, TrainSettings
 
 N, K, C = 12, 3, 4
@@ -61,6 +61,7 @@ def test_one_hot_neighbours_give_no_nan():
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor([1e4, 0, 0, 0]))  # a saturated, one-hot prediction
+    method.start_epoch(torch.zeros(N, model.embed_dim), torch.eye(C)[torch.zeros(N, dtype=torch.long)])
     loss = method.batch_loss(model, Batch(index=index, x=torch.randn(4, 3, 32, 32), y=labels[index]))
     assert torch.isfinite(loss)
 
@@ -78,8 +79,9 @@ def test_forward_backward_reaches_every_part(mode):
     assert torch.isfinite(loss)
     assert method.logit.grad[index].abs().sum() > 0 and method.logit.grad[[1, 2]].abs().sum() == 0
     assert method.calibration[0].weight.grad.abs().sum() > 0
-    assert method.centers.grad.abs().sum() > 0
     assert model.body[0][0].weight.grad.abs().sum() > 0
+    assert method.centers.abs().sum() > 0  # moved by their own rule from zero; not an optimiser parameter
+    assert all(p is not method.centers for p in method.parameters())
 
 
 def test_lambda_falls_for_a_label_the_model_rejects():
@@ -96,17 +98,66 @@ def test_lambda_falls_for_a_label_the_model_rejects():
     assert method.lambdas(index).item() < before
 
 
-def test_discriminative_loss_pushes_centres_apart():
-    feats, labels = torch.zeros(2, 4), torch.tensor([0, 1])
-    close = discriminative_loss(feats, labels, torch.zeros(2, 4))
-    far = discriminative_loss(feats, labels, torch.tensor([[0.0, 0, 0, 0], [10.0, 0, 0, 0]]))
-    assert close.item() == pytest.approx(1.0)  # no pull, exp(0) push
-    assert far.item() == pytest.approx(0.5 * (0 + 100) / 2 + np.exp(-100 / 4), rel=1e-5)
+def test_center_term_is_weighted_by_trust_and_trains_only_the_features():
+    feats = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    labels, centers = torch.tensor([0, 1]), torch.zeros(2, 2)
+    trust = torch.tensor([1.0, 0.25], requires_grad=True)
+    loss = center_loss(feats, labels, trust, centers)
+    assert loss.item() == pytest.approx(0.5 * (1.0 * 1.0 + 0.25 * 4.0) / 2)
+    loss.backward()
+    assert trust.grad is None and torch.allclose(feats.grad, torch.tensor([[0.5, 0.0], [0.0, 0.25]]))
+
+
+def test_centres_move_towards_trusted_features_then_apart():
+    centers = torch.zeros(2, 4)
+    feats = torch.tensor([[4.0, 0, 0, 0], [4.0, 0, 0, 0], [0, 0, 0, 0]])
+    update_centers(centers, feats, torch.tensor([0, 0, 1]), torch.tensor([1.0, 0.0, 1.0]))
+    # pull: alpha * (1 * 4) / (2 + 1) / 3 on class 0; then a push that separates the two centres further
+    assert centers[0, 0].item() > 0.5 * 4 / 3 / 3 and centers[1, 0].item() < 0
+    before = centre_push(torch.zeros(2, 4))
+    assert before.item() == pytest.approx(1.0) and centre_push(centers) < before
+
+
+def test_a_face_with_fewer_training_neighbours_keeps_k_for_the_others():
+    import pandas as pd
+
+    knn = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c", "d"],
+            "neighbours": [["b", "c", "d"], ["a", "x", "y"], ["a", "b", "d"], ["c", "b", "a"]],
+        }
+    )
+    pos = neighbour_positions(knn, ["a", "b", "c", "d"])
+    assert pos.tolist() == [[1, 2, 3], [0, -1, -1], [0, 1, 3], [2, 1, 0]]
+    method = build_method(
+        "ldlva", MethodContext(C, 8, torch.tensor([0, 1, 2, 3]), pos, torch.zeros(4, 2), LDLVAOptions())
+    )
+    probs = torch.eye(C)
+    method.eval()
+    d = method.aggregate(torch.arange(4), torch.zeros(4, 8), torch.zeros(4, 3, 8), probs[method.knn])
+    assert torch.allclose(d[1], probs[0])  # only its one training neighbour counts
+    assert torch.allclose(d[0], probs[[1, 2, 3]].mean(0), atol=1e-6)  # the others average all three
 
 
 def test_bad_neighbour_mode():
     with pytest.raises(UsageError, match="train.ldlva.neighbour_mode 'psychic': use one of bank, forward"):
         LDLVAOptions(neighbour_mode="psychic")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["bank", "forward"])
+def test_every_neighbour_mode_runs_on_cuda(mode):
+    device = torch.device("cuda")
+    model = build_backbone("small_cnn", C).to(device)
+    method, labels = _method(mode, dim=model.embed_dim)
+    method.to(device)
+    images = torch.randn(N, 3, 32, 32, device=device)
+    method.start_epoch(
+        torch.randn(N, model.embed_dim, device=device), torch.softmax(torch.randn(N, C, device=device), 1)
+    )
+    index = torch.tensor([0, 5, 7, 9], device=device)
+    batch = Batch(index=index, x=images[index], y=labels.to(device)[index], fetch=lambda pos: images[pos])
+    method.batch_loss(model, batch).backward()
 
 
 def test_ldlva_trains_end_to_end(trained_dir, tmp_path):

@@ -56,3 +56,25 @@ def test_contempt_is_optional():
     cfg = SynthSettings(n_subjects=3, videos_per_subject=6, frames_per_video=2, contempt=True)
     assert cfg.classes == CANONICAL
     assert all(len(f.true_dist) == 8 for f in generate(cfg, 2))
+
+
+def test_rated_va_reads_the_face_not_the_true_distribution():
+    from dataclasses import replace
+
+    from ferdata.core.classes import VA_CENTROIDS
+    from ferdata.synth import PROTOTYPES, va_reading
+
+    w, b = va_reading()
+    for c in CANONICAL:  # each prototype face reads as its class's circumplex centroid
+        assert np.allclose(np.array(PROTOTYPES[c]) @ w + b, VA_CENTROIDS[c], atol=1e-6)
+    centroids = np.array([VA_CENTROIDS[c] for c in BASIC7])
+
+    def residual_sd(noise: float) -> float:
+        faces = list(generate(replace(CFG, va_noise=noise), SEED))
+        oracle = np.stack([f.true_dist @ centroids for f in faces])
+        rated = np.array([[f.valence, f.arousal] for f in faces])
+        return float((rated - oracle).std())
+
+    quiet, default = residual_sd(0.0), residual_sd(SynthSettings().va_noise)
+    assert 0.05 < quiet < 0.25  # no rater noise: still the drawn face (expression noise, resting face)
+    assert default > quiet + 0.05  # rater noise of realistic size on top

@@ -9,8 +9,9 @@ internal tables hold canonical class ids (see :mod:`ferdata.core.classes`); the 
 read by other projects, hold positions into their own ``classes`` instead (``distribution[label]`` is the
 given label's probability) beside the class names.
 
-Lists are plain ``list<float>`` except ``bbox`` (4) and ``landmarks`` (10), fixed-size lists that hold no
-nulls inside (a missing box is a null list).
+Lists are plain ``list<float>``, ``bbox`` (4 values) and ``landmarks`` (10) included: a missing box is a
+null list, and a fixed-size list column holding nulls is unreadable by pyarrow < 26 ("Expected all lists
+to be of size=4"), so fixed-size lists are not used; the suites check the lengths instead.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ TABLES: dict[str, Table] = _tables(
                 pa.field("video_id", pa.string()),
                 pa.field("subject_id", pa.string()),
                 pa.field("frame", pa.int32()),
-                pa.field("bbox", pa.list_(_f32, 4)),
-                pa.field("landmarks", pa.list_(_f32, 10)),
+                pa.field("bbox", pa.list_(_f32)),
+                pa.field("landmarks", pa.list_(_f32)),
                 pa.field("valence", _f32),
                 pa.field("arousal", _f32),
                 pa.field("votes", pa.list_(pa.int32())),

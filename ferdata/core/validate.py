@@ -48,6 +48,10 @@ def _manifest(df: pd.DataFrame, meta: dict[str, Any], where: Where | None) -> tu
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=_class_ids(meta)),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
     ]
+    for col, width in (("bbox", 4), ("landmarks", 10)):  # plain lists (see tables.py): null or this long
+        if col in df:
+            data[f"_{col}_width"] = [v is None or len(v) == width for v in df[col]]
+            exp.append(gxe.ExpectColumnValuesToBeInSet(column=f"_{col}_width", value_set=[True]))
     if where is not None:
         root = Path(meta.get("root", "."))
         data["_path_exists"] = [where(str(root / p)).is_file() for p in df["path"]]

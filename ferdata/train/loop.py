@@ -164,7 +164,8 @@ def infer_all(
 
 
 def neighbour_positions(knn: pd.DataFrame, ids: list[str]) -> torch.Tensor:
-    """The KNN graph as (N, K) positions in the training table ``ids`` (unlabelled neighbours dropped)."""
+    """The KNN graph as (N, K) positions in the training table ``ids``; a neighbour outside it (val, test,
+    unlabelled) is -1, so every face keeps its own K places and the method masks the empty ones."""
     position = {sid: i for i, sid in enumerate(ids)}
     graph = knn.set_index("sample_id")
     missing = [s for s in ids if s not in graph.index]
@@ -172,11 +173,11 @@ def neighbour_positions(knn: pd.DataFrame, ids: list[str]) -> torch.Tensor:
         raise FerdataError(
             f"{len(missing)} training faces have no neighbours in knn.parquet, e.g. {missing[0]!r}; re-run `ferdata va`"
         )
-    rows = [[position[n] for n in graph.at[sid, "neighbours"] if n in position] for sid in ids]
-    width = min(len(r) for r in rows)
-    if width == 0:
-        raise FerdataError("a training face has no labelled neighbour in knn.parquet; re-run `ferdata va`")
-    return torch.tensor([r[:width] for r in rows], dtype=torch.long)
+    rows = [[position.get(n, -1) for n in graph.at[sid, "neighbours"]] for sid in ids]
+    width = max(len(r) for r in rows)
+    if not any(p >= 0 for r in rows for p in r):
+        raise FerdataError("no training face has a training neighbour in knn.parquet; re-run `ferdata va`")
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 @dataclass
@@ -214,7 +215,7 @@ def method_context(data: TrainData, cfg: TrainSettings, train_rows: pd.DataFrame
     if cfg.method in NEEDS_KNN:
         knn = neighbour_positions(data.knn, ids)
         va = torch.tensor(data.va.set_index("sample_id").loc[ids, ["valence", "arousal"]].to_numpy(np.float32))
-    return MethodContext(len(data.classes), embed_dim, labels, knn, va, cfg.method_options(), cfg.backbone)
+    return MethodContext(len(data.classes), embed_dim, labels, knn, va, cfg.method_options(), cfg.backbone, cfg.weights)
 
 
 @dataclass
@@ -239,7 +240,11 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
     ctx = method_context(data, cfg, train_rows, model.embed_dim)
     method = build_method(cfg.method, ctx)
     objective = Objective(model, method).to(device)
-    net = torch.nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
+    net = (
+        torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=not method.uses_backbone_head)
+        if world > 1
+        else objective
+    )
     members = member_table(data.shards)
     faces = ShardFaces(data.shards, labels["sample_id"], size=cfg.image_size, members=members)
     train_faces = ShardFaces(data.shards, ids, size=cfg.image_size, members=members)
@@ -286,6 +291,7 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
             None if strong is None else to_input(strong, device),
         )
 
+    method.set_total_steps(sum(steps))
     log = []
     for epoch in range(cfg.epochs):
         method.set_epoch(epoch, cfg.epochs)

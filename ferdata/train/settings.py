@@ -34,7 +34,9 @@ class LDLVAOptions(Settings):
     temperature: float = option(0.5, "temperature of the VA similarity exp(-L1 / T)", above=0.0)
     calib_floor: float = option(-1.3, "lower clamp of the calibration MLP's logit")
     init_logit: float = option(0.5, "initial logit of every sample's trust lambda")
-    lambda_lr: float = option(20.0, "learning rate of the per-sample trust (its own SGD)", min=0.0)
+    lambda_lr: float = option(
+        100.0, "learning rate of the per-sample trust (its own SGD); chosen on real faces, see ldlva.py", min=0.0
+    )
     disc_weight: float = option(0.01, "weight of the discriminative (centre) loss", min=0.0)
     neighbour_mode: str = option(
         "bank", "bank (memory bank, CPU-friendly) or forward (re-forward the K neighbours)", choices=("bank", "forward")
@@ -50,10 +52,15 @@ class ARBExOptions(Settings):
     delta: float = option(1.0, "temperature of the anchor similarity", above=0.0)
     tokens: int = option(8, "tokens the embedding is cut into for self-attention", min=1)
     heads: int = option(4, "attention heads", min=1)
-    anchor_weight: float = option(0.1, "weight of the anchor loss", min=0.0)
-    center_weight: float = option(0.01, "weight of the center loss", min=0.0)
-    anchor_margin: float = option(1.0, "distance below which anchors of different classes are pushed apart", min=0.0)
-    warmup_epochs: int = option(3, "epochs over which the correction is ramped in", min=0)
+    anchor_weight: float = option(0.1, "weight of the anchor loss (anchors of different classes apart)", min=0.0)
+    center_weight: float = option(1.0, "weight of the centre loss (embeddings to their class's anchors)", min=0.0)
+    anchor_init: float = option(0.1, "sd of the anchors' random start (0: the official zeros)", min=0.0)
+    head_layers: int = option(0, "hidden blocks of the primary head (3: the official MLP; 0: linear)", min=0, max=4)
+    predict: str = option(
+        "primary",
+        "prediction for val/test: primary (the head, as the paper evaluates) or corrected",
+        choices=("primary", "corrected"),
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class AKTOptions(Settings):
     section = "train.akt"
     attention_weight: float = option(1.0, "weight of the attention-consistency loss", min=0.0)
     kl_weight: float = option(1.0, "weight of the symmetric KL between the branches", min=0.0)
+    warmup_epochs: int = option(5, "epochs over which the adaptive targets are ramped in (0: from the start)", min=0)
 
 
 @dataclass(frozen=True)

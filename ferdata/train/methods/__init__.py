@@ -29,6 +29,7 @@ class MethodContext:
     va: torch.Tensor | None = None  # (N, 2) valence, arousal
     options: Settings | None = None  # the method's section of the train settings (train.ldlva, ...)
     backbone: str = "small_cnn"
+    weights: str = ""  # the backbone's initial weights (a second branch starts from them too)
 
 
 def build_method(name: str, ctx: MethodContext) -> Method:
@@ -43,7 +44,7 @@ def build_method(name: str, ctx: MethodContext) -> Method:
     if name == "arbex":
         return ARBEx(ctx.num_classes, ctx.embed_dim, **opts)
     if name == "akt":
-        return AKT(ctx.num_classes, ctx.backbone, **opts)
+        return AKT(ctx.num_classes, ctx.backbone, weights=ctx.weights, **opts)
     if ctx.knn is None or ctx.va is None:
         raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
     return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, **opts)

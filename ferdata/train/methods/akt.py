@@ -1,14 +1,30 @@
-"""Ambiguous knowledge transfer: two sub-networks on a weak and a strong view of each face.
+"""Ambiguous knowledge transfer: two sub-networks on a weak and a strong view of each face, with
+uncertainty-adaptive targets.
 
 Branch A (the exported backbone) sees the weakly augmented "original" view, branch B (same
-architecture, its own weights) the strongly augmented "ambiguous" view of the same geometry. Loss:
-cross-entropy of both branches on the given label, an attention-consistency loss between their spatial
-attention maps (channel-mean of squared activations, L2-normalised, mean squared difference), and a
-symmetric KL between their posteriors. The soft label is the fused posterior (p_A + p_B) / 2 on the
-clean image.
+architecture, its own weights, the same initial weights as A) the strongly augmented "ambiguous" view of
+the same geometry. Each face's target adapts to what the two branches say about it:
+
+    pbar_i  = (sg(p_A) + sg(p_B)) / 2                          the branches' fused posterior
+    agree_i = 1 - JS(p_A, p_B) / log 2                         1 when the branches agree (label space)
+    rho_i   = 1 - cos(attention_A, attention_B)                0 when they look at the same places (feature space)
+    beta_i  = r * agree_i * (1 - rho_i) * (1 - pbar_i[y_i])    how far the target leaves the given label
+    t_i     = (1 - beta_i) onehot(y_i) + beta_i pbar_i         the face's target
+    loss    = softCE(t, p_A) + softCE(t, p_B) + w_att |attention_A - attention_B|^2 + w_kl symKL(p_A, p_B)
+
+So a face keeps its given label while the branches are unsure or disagree with each other (their
+uncertainty says nothing can be learnt from them about this face) and moves towards their fused
+belief only where both branches, from different views, agree against the label; r ramps from 0 to 1
+over the first ``warmup_epochs`` epochs, since untrained branches agree on nothing useful. Why this
+form: the abstract promises learning that adapts to uncertainty from feature- and label-space bias;
+agree_i is the label-space term, rho_i the feature-space term, and the product keeps the target on the
+given label unless both say otherwise. The soft label of a training face is its target t at r = 1 on
+the clean image; its uncertainty is beta_i, the share of the target moved off the given label.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +32,7 @@ from torch import nn
 
 from ferdata.core.errors import FerdataError
 from ferdata.train.backbones import build_backbone
-from ferdata.train.methods.base import Batch, Method
+from ferdata.train.methods.base import Batch, Method, soft_cross_entropy
 
 
 def attention_map(feature_map: torch.Tensor) -> torch.Tensor:
@@ -30,16 +46,56 @@ def symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return ((p * (lp - lq)).sum(1) + (q * (lq - lp)).sum(1)).mean()
 
 
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence per row, in nats (at most log 2)."""
+    m = (p + q) / 2
+    lm = torch.log(m.clamp_min(1e-12))
+    kl_pm = (p * (torch.log(p.clamp_min(1e-12)) - lm)).sum(1)
+    kl_qm = (q * (torch.log(q.clamp_min(1e-12)) - lm)).sum(1)
+    return (kl_pm + kl_qm) / 2
+
+
+def adaptive_targets(
+    p_a: torch.Tensor,
+    p_b: torch.Tensor,
+    att_a: torch.Tensor,
+    att_b: torch.Tensor,
+    y: torch.Tensor,
+    ramp: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, beta): each face's target and how far it moved off the given label (no gradients)."""
+    p_a, p_b, att_a, att_b = p_a.detach(), p_b.detach(), att_a.detach(), att_b.detach()
+    fused = (p_a + p_b) / 2
+    agree = (1 - js_divergence(p_a, p_b) / math.log(2)).clamp(0, 1)
+    rho = (1 - (att_a * att_b).sum(1)).clamp(0, 1)
+    onehot = F.one_hot(y, p_a.shape[1]).to(fused.dtype)
+    beta = ramp * agree * (1 - rho) * (1 - (fused * onehot).sum(1))
+    return (1 - beta[:, None]) * onehot + beta[:, None] * fused, beta
+
+
 class AKT(Method):
-    """Two-branch training with attention consistency and a symmetric-KL soft-label loss."""
+    """Two-branch training with attention consistency, a symmetric-KL term and adaptive targets."""
 
     name = "akt"
     needs_strong_view = True
 
-    def __init__(self, num_classes: int, backbone: str, *, attention_weight: float = 1.0, kl_weight: float = 1.0):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str,
+        *,
+        weights: str | None = None,
+        attention_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        warmup_epochs: int = 5,
+    ):
         super().__init__()
-        self.branch = build_backbone(backbone, num_classes)
-        self.attention_weight, self.kl_weight = attention_weight, kl_weight
+        self.branch = build_backbone(backbone, num_classes, weights=weights or None)
+        self.attention_weight, self.kl_weight, self.warmup_epochs = attention_weight, kl_weight, warmup_epochs
+        self.epoch, self.epochs = 0, 1
+
+    def ramp(self) -> float:
+        return min(1.0, self.epoch / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
 
     @staticmethod
     def _run(net: nn.Module, x: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,13 +108,37 @@ class AKT(Method):
             raise FerdataError("ferdata bug: akt got a batch without its strong view")
         fmap_a, logits_a = self._run(model, batch.x, True)
         fmap_b, logits_b = self._run(self.branch, batch.x_strong, True)
-        ce = F.cross_entropy(logits_a, batch.y) + F.cross_entropy(logits_b, batch.y)
-        attention = (attention_map(fmap_a) - attention_map(fmap_b)).pow(2).sum(1).mean()
-        kl = symmetric_kl(torch.softmax(logits_a, 1), torch.softmax(logits_b, 1))
-        return ce + self.attention_weight * attention + self.kl_weight * kl
+        p_a, p_b = torch.softmax(logits_a, 1), torch.softmax(logits_b, 1)
+        att_a, att_b = attention_map(fmap_a), attention_map(fmap_b)
+        target, _ = adaptive_targets(p_a, p_b, att_a, att_b, batch.y, self.ramp())
+        ce = soft_cross_entropy(target, logits_a) + soft_cross_entropy(target, logits_b)
+        attention = (att_a - att_b).pow(2).sum(1).mean()
+        return ce + self.attention_weight * attention + self.kl_weight * symmetric_kl(p_a, p_b)
+
+    def _both(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        fmap_a, logits_a = self._run(model, x, False)
+        fmap_b, logits_b = self._run(self.branch, x, False)
+        return (
+            fmap_a,
+            attention_map(fmap_a),
+            attention_map(fmap_b),
+            torch.softmax(logits_a, 1),
+            torch.softmax(logits_b, 1),
+        )
 
     def infer(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap, logits_a = self._run(model, x, False)
-        _, logits_b = self._run(self.branch, x, False)
-        fused = (torch.softmax(logits_a, 1) + torch.softmax(logits_b, 1)) / 2
-        return fmap.mean(dim=(2, 3)), fused
+        """Features: branch A's embedding, then both branches' attention maps (for the soft labels);
+        prediction: the fused posterior."""
+        fmap_a, att_a, att_b, p_a, p_b = self._both(model, x)
+        feats = torch.cat([fmap_a.mean(dim=(2, 3)), att_a, att_b, p_a, p_b], dim=1)
+        return feats, (p_a + p_b) / 2
+
+    @torch.no_grad()
+    def soft_labels(
+        self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adaptive target at full ramp on the clean image; uncertainty: beta."""
+        c = probs.shape[1]
+        hw = (feats.shape[1] - 2 * c - self.branch.embed_dim) // 2
+        att_a, att_b, p_a, p_b = feats[:, self.branch.embed_dim :].split([hw, hw, c, c], dim=1)
+        return adaptive_targets(p_a, p_b, att_a, att_b, labels, 1.0)

@@ -33,6 +33,7 @@ class Method(nn.Module):
     name = "base"
     needs_epoch_outputs = False  # True: start_epoch gets every training sample's current outputs
     needs_strong_view = False  # True: batches carry a strongly augmented second view
+    uses_backbone_head = True  # False: the method predicts with a head of its own (DDP must allow unused ones)
 
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -48,6 +49,9 @@ class Method(nn.Module):
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Told at the start of every epoch (0-based) for warm-up schedules."""
         self.epoch, self.epochs = epoch, epochs
+
+    def set_total_steps(self, total: int) -> None:
+        """Told once before training: how many optimiser steps the run takes (for per-step schedules)."""
 
     def start_epoch(self, feats: torch.Tensor, probs: torch.Tensor) -> None:
         """With needs_epoch_outputs: the current features and predictions of every training sample."""
