@@ -12,11 +12,16 @@ from ferdata.core.io import read_table
 from ferdata.core.tables import SCHEMA_VERSION
 
 
-def load_soft_labels(path: str | Path) -> pd.DataFrame:
+def load_soft_labels(path: str | Path, *, repo: str | None = None, rev: str | None = None) -> pd.DataFrame:
     """Load a soft-label parquet, check its schema version and distributions; metadata in ``df.attrs``.
 
-    ``df.attrs["classes"]`` names the classes in the order of each ``distribution``.
+    ``df.attrs["classes"]`` names the classes in the order of each ``distribution``. With ``repo`` (a git
+    URL or folder of a git+DVC repository) and/or ``rev`` (a commit, tag or branch), ``path`` is the file's
+    path inside that repository and it is read at that revision through ``dvc.api`` (needs ``pip install
+    dvc``; the light install reads local files only).
     """
+    if repo is not None or rev is not None:
+        return _load_versioned(str(path), repo=repo, rev=rev)
     df, meta = read_table(path, "softlabels", hint="run `ferdata export` to write it")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise FerdataError(
@@ -32,4 +37,25 @@ def load_soft_labels(path: str | Path) -> pd.DataFrame:
     if len(df) and np.abs(dists.sum(1) - 1.0).max() > 1e-5:
         raise FerdataError(f"{path}: some distributions do not sum to 1")
     df.attrs.update(meta)
+    return df
+
+
+def _load_versioned(path: str, *, repo: str | None, rev: str | None) -> pd.DataFrame:
+    """The soft labels at ``path`` of ``repo`` at ``rev``, fetched through DVC into a temporary file."""
+    import tempfile
+
+    try:
+        import dvc.api
+    except ImportError as exc:
+        raise FerdataError("loading soft labels by repo/rev needs DVC: pip install dvc") from exc
+    where = f"{path} at {rev or 'HEAD'} of {repo or 'this repository'}"
+    with tempfile.TemporaryDirectory(prefix="ferdata-softlabels-") as tmp:
+        local = Path(tmp) / Path(path).name
+        try:
+            with dvc.api.open(path, repo=repo, rev=rev, mode="rb") as src:
+                local.write_bytes(src.read())
+        except Exception as exc:  # dvc raises many kinds (missing rev, path, cache): one line for all
+            raise FerdataError(f"cannot read {where}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        df = load_soft_labels(local)
+    df.attrs["source"] = where
     return df

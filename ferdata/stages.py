@@ -119,6 +119,28 @@ def write_pipeline(name: str, root: Path = Path(".")) -> Path:
         "edit the template, then run that again.\n"
     )
     out = pipelines / name / "dvc.yaml"
+    text = header + template.read_text()
+    if name != "noise-sweep":
+        text += artifacts_block(name)
     with atomic_file(out) as tmp:
-        tmp.write_text(header + template.read_text())
+        tmp.write_text(text)
     return out
+
+
+def artifacts_block(name: str) -> str:
+    """The ``artifacts:`` of a dataset pipeline: its soft labels and model, fetched elsewhere as
+    ``dvc artifacts get <repo> pipelines/<name>:<name>-softlabels`` (versions: annotated git tags
+    ``pipelines/<name>=<name>-softlabels@v1.0.0``)."""
+    return (
+        "artifacts:\n"
+        f"  {name}-softlabels:\n"
+        f"    path: ../../data/{name}/softlabels.parquet\n"
+        "    type: dataset\n"
+        f"    desc: soft labels of {name} (ferdata.load_soft_labels reads them)\n"
+        f"    labels: [soft-labels, {name}, ferdata]\n"
+        f"  {name}-model:\n"
+        f"    path: ../../models/{name}/model.pt\n"
+        "    type: model\n"
+        f"    desc: the backbone (and method state) that produced {name}-softlabels\n"
+        f"    labels: [model, {name}, ferdata]\n"
+    )

@@ -130,3 +130,46 @@ print(len(df), df.attrs["classes"][df["label"].iloc[0]] == df["label_name"].iloc
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["48", "True"]
+
+
+def _git(repo, *args):
+    import subprocess
+
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_load_soft_labels_by_revision_of_another_repository(trained_dir, tmp_path):
+    """Two committed versions of the soft labels in a git+DVC repository, each loaded by its rev."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo, rel = tmp_path / "other", "data/ds/softlabels.parquet"
+    (repo / "data/ds").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@example.org")
+    _git(repo, "config", "user.name", "t")
+    env_dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*env_dvc, "init", "-q"], cwd=repo, check=True, capture_output=True)
+    shutil.copy(trained_dir / "softlabels.parquet", repo / rel)
+    revs = []
+    for version in (1, 2):
+        if version == 2:  # a second version: every distribution uniform
+            df, meta = read_table(repo / rel, "softlabels")
+            df["distribution"] = [np.full(len(meta["classes"]), 1 / len(meta["classes"]), np.float32)] * len(df)
+            (repo / rel).unlink()
+            write_table(df, repo / rel, "softlabels", meta)
+        subprocess.run([*env_dvc, "add", "-q", rel], cwd=repo, check=True, capture_output=True)
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", f"v{version}")
+        revs.append(
+            subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        )
+    first = ferdata.load_soft_labels(rel, repo=str(repo), rev=revs[0])
+    second = ferdata.load_soft_labels(rel, repo=str(repo), rev=revs[1])
+    assert len(first) == len(second) and first.attrs["classes"] == second.attrs["classes"]
+    assert np.allclose(np.stack(second["distribution"].to_numpy()), 1 / len(second.attrs["classes"]))
+    assert not np.allclose(np.stack(first["distribution"].to_numpy()), np.stack(second["distribution"].to_numpy()))
+    assert revs[0] in first.attrs["source"]
+    with pytest.raises(FerdataError, match="cannot read data/ds/softlabels.parquet at nope of "):
+        ferdata.load_soft_labels(rel, repo=str(repo), rev="nope")

@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -178,3 +180,56 @@ def test_align_killed_mid_run_resumes_and_publishes_nothing_half_done(data_dir):
     finally:
         mod.CHUNK = mod_chunk
     assert len(table) == 48 and pd.read_parquet(data_dir / "aligned.parquet").shape[0] == 48
+
+
+def test_every_table_reads_the_same_in_polars_and_duckdb(trained_dir):
+    """Each table kind the pipeline writes opens, with the same values, in pyarrow, polars and DuckDB
+    (issue 17: bbox/landmarks are plain lists, so no reader trips over a null fixed-size list)."""
+    import duckdb
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    paths = sorted(trained_dir.glob("*.parquet")) + sorted((trained_dir / "models").glob("*.parquet"))
+    kinds = {p.stem for p in paths}
+    assert {"manifest", "aligned", "shard_index", "va", "knn", "labels", "plan", "learned", "softlabels"} <= kinds
+    for path in paths:
+        arrow = pq.read_table(path)
+        polars = pl.read_parquet(path)
+        assert polars.columns == arrow.column_names and polars.height == arrow.num_rows, path.name
+        assert polars.to_arrow().to_pylist() == arrow.to_pylist(), path.name
+        rows = duckdb.sql(f"select * from read_parquet('{path}')").fetchall()
+        assert [tuple(r.values()) for r in arrow.to_pylist()] == [tuple(r) for r in rows], path.name
+
+
+FLOOR_READER = """
+import json, sys
+import pyarrow, pyarrow.parquet as pq
+out = {p: pq.read_table(p).to_pylist() for p in sys.argv[1:]}
+print(json.dumps({"version": pyarrow.__version__, "tables": out}, default=str))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("FERDATA_FLOOR_PYTHON"), reason="FERDATA_FLOOR_PYTHON not set (.ci/run sets it)")
+def test_every_table_reads_the_same_with_the_floor_pyarrow(trained_dir, tmp_path):
+    """A Python holding pyproject's lowest pyarrow (.ci/run builds it) reads every table we write, same values,
+    a manifest with faces lacking a box and landmarks (FER+) included."""
+    import json
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    manifest, meta = read_table(trained_dir / "manifest.parquet", "manifest")
+    manifest["bbox"] = [None, *manifest["bbox"].iloc[1:]]
+    manifest["landmarks"] = [None] * len(manifest)
+    write_table(manifest, tmp_path / "manifest.parquet", "manifest", meta, validate=False)  # paths point elsewhere
+    paths = [str(tmp_path / "manifest.parquet")] + [
+        str(p) for p in sorted(trained_dir.glob("*.parquet")) + sorted((trained_dir / "models").glob("*.parquet"))
+    ]
+    proc = subprocess.run(
+        [os.environ["FERDATA_FLOOR_PYTHON"], "-c", FLOOR_READER, *paths], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    floor = json.loads(proc.stdout)
+    assert floor["version"].startswith("16.")
+    for p in paths:
+        assert floor["tables"][p] == json.loads(json.dumps(pq.read_table(p).to_pylist(), default=str)), p

@@ -160,3 +160,21 @@ def test_the_readme_experiment_recipe(repo):
     _dvc(repo, "plots", "diff", "ce", "ldlva", "-o", "compare")
     page = (repo / "compare/index.html").read_text()
     assert page.count("vegaEmbed('#") == 3 and not re.search(r"<script[^>]*\bsrc\s*=", page)
+
+
+@pytest.mark.slow
+def test_soft_labels_are_fetched_by_artifact_name_and_version(repo, tmp_path):
+    """The README's recipe for another project: push, tag a version, `dvc artifacts get` it by name."""
+    _dvc(repo, "repro")  # cached by the tests above when they ran first
+    _dvc(repo, "remote", "add", "-d", "-f", "store", str(tmp_path / "remote"))
+    _dvc(repo, "push", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "soft labels v1")
+    _git(repo, "tag", "-a", "synth-softlabels@v1.0.0", "-m", "synth soft labels v1.0.0")
+    out = tmp_path / "fetched.parquet"
+    _dvc(repo, "artifacts", "get", str(repo), "synth-softlabels", "--rev", "v1.0.0", "-o", str(out))
+    soft = ferdata.load_soft_labels(out)
+    assert len(soft) == 48 and out.read_bytes() == (repo / "data/synth/softlabels.parquet").read_bytes()
+    model = tmp_path / "model.pt"
+    _dvc(repo, "get", str(repo), "models/synth/model.pt", "--rev", "synth-softlabels@v1.0.0", "-o", str(model))
+    assert model.stat().st_size > 0

@@ -57,6 +57,9 @@ def test_your_own_faces_through_the_custom_pipeline(tmp_path_factory):
     out = _dvc(repo, "repro", "pipelines/custom/dvc.yaml")
     assert out.count("Running stage") == 10
     soft = ferdata.load_soft_labels(repo / "data/custom/softlabels.parquet")
+    artifacts = yaml.safe_load(dvc_yaml.read_text())["artifacts"]
+    for name in ("custom-softlabels", "custom-model"):  # the paths are the pipeline's outputs
+        assert (dvc_yaml.parent / artifacts[name]["path"]).resolve().is_file()
     classes = soft.attrs["classes"]
     assert classes == ["neutral", "happy", "sad", "anger"] and len(soft) == 48 and soft.attrs["method"] == "ldlva"
     labels = pd.read_parquet(repo / "data/custom/labels.parquet").set_index("sample_id").loc[soft["sample_id"]]
