@@ -362,6 +362,28 @@ def validate(
     typer.echo(f"{path}: {kind} table, {rows} rows, passes {checked}")
 
 
+@app.command()
+@fail_cleanly
+def describe(
+    path: str = typer.Argument(..., help="a softlabels.parquet (a path inside --repo when --repo/--rev are given)"),
+    repo: str | None = typer.Option(None, "--repo", help="git URL or folder of a git+DVC repository"),
+    rev: str | None = typer.Option(None, "--rev", help="git revision (commit, tag, branch) to read it at"),
+    metrics: Path | None = typer.Option(
+        None, "--metrics", help="metrics.json to show beside it (default: reports/<dataset>/metrics.json if present)"
+    ),
+) -> None:
+    """Print what produced a soft-label file: dataset, method, noise, VA source, settings, model, metrics."""
+    import json
+
+    from ferdata.softlabels import describe_soft_labels, load_soft_labels
+
+    df = load_soft_labels(path, repo=repo, rev=rev)
+    if metrics is None and repo is None and rev is None:
+        metrics = Path("reports") / str(df.attrs.get("dataset")) / "metrics.json"
+        metrics = metrics if metrics.is_file() else None
+    typer.echo(describe_soft_labels(df, json.loads(metrics.read_text()) if metrics else None))
+
+
 def main() -> None:
     app()
 

@@ -37,7 +37,7 @@ STAGE = Stage(
     "Write the soft labels as versioned parquet.",
     __name__,
     ExportSettings,
-    reads=("labels", "va", "learned", "model"),
+    reads=("manifest", "labels", "va", "learned", "model"),
     writes=("softlabels",),
 )
 
@@ -93,7 +93,8 @@ def export(
     """Write the soft labels of ``data_dir`` from what the trained method learned for every labelled face."""
     with STAGE.start(settings, options, data=data_dir, models=models_dir) as run:
         labels, meta = run.read("labels")
-        va, _ = run.read("va")
+        _, manifest_meta = run.read("manifest")
+        va, va_meta = run.read("va")
         learned, learned_meta = run.read("learned")
         checkpoint = run.input("model")
         if not checkpoint.is_file():
@@ -124,6 +125,9 @@ def export(
                 "method": learned_meta["method"],
                 "model_hash": file_sha256(checkpoint),
                 "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
+                "dataset": manifest_meta.get("dataset"),
+                "va_source": va_meta.get("source"),
+                "train": learned_meta.get("settings", {}),  # what the model was trained with
             },
         )
         return table

@@ -59,3 +59,33 @@ def _load_versioned(path: str, *, repo: str | None, rev: str | None) -> pd.DataF
         df = load_soft_labels(local)
     df.attrs["source"] = where
     return df
+
+
+def describe_soft_labels(df: pd.DataFrame, metrics: dict | None = None) -> str:
+    """A card a person reads: what produced these soft labels (from the file's metadata) and, when given,
+    the run's metrics (reports/<dataset>/metrics.json)."""
+    a = df.attrs
+    noise = a.get("noise") or {}
+    train = a.get("train") or {}
+    lines = [
+        f"# Soft labels: {a.get('dataset') or '?'} ({a.get('method')})",
+        "",
+        f"- source: {a.get('source', 'local file')}",
+        f"- faces: {len(df)} ({', '.join(f'{k} {v}' for k, v in df['split'].value_counts().sort_index().items())})",
+        f"- classes: {', '.join(a.get('classes', []))}",
+        f"- method: {a.get('method')}; backbone {train.get('backbone', '?')}, {train.get('epochs', '?')} epochs, "
+        f"seed {train.get('seed', '?')}",
+        f"- injected noise: {noise.get('ratio', 0) or 0:.0%} {noise.get('mode', '')} (seed {noise.get('seed')})",
+        f"- valence/arousal source: {a.get('va_source') or '?'}",
+        f"- suspected noisy labels: {int(df['suspected_noisy'].sum())}; mean confidence {df['confidence'].mean():.3f}",
+        f"- model sha256: {a.get('model_hash')}",
+        f"- ferdata {a.get('version')}, soft-label schema {a.get('schema_version')}, "
+        f"settings hash {a.get('settings_hash')}",
+    ]
+    if train.get(str(a.get("method"))):
+        options = ", ".join(f"{k} {v}" for k, v in train[str(a.get("method"))].items())
+        lines.append(f"- {a.get('method')} options: {options}")
+    if metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    return "\n".join(lines)

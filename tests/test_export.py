@@ -173,3 +173,29 @@ def test_load_soft_labels_by_revision_of_another_repository(trained_dir, tmp_pat
     assert revs[0] in first.attrs["source"]
     with pytest.raises(FerdataError, match="cannot read data/ds/softlabels.parquet at nope of "):
         ferdata.load_soft_labels(rel, repo=str(repo), rev="nope")
+
+
+def test_a_soft_label_file_says_what_produced_it(trained_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ferdata.cli import app
+
+    df = ferdata.load_soft_labels(trained_dir / "softlabels.parquet")
+    assert df.attrs["dataset"] == "synth" and df.attrs["va_source"] == "provided"
+    assert df.attrs["train"]["epochs"] == 2 and df.attrs["train"]["method"] == "ce"
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"noise_auroc": 0.8123}))
+    result = CliRunner().invoke(app, ["describe", str(trained_dir / "softlabels.parquet"), "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.output
+    card = result.output
+    assert card.startswith("# Soft labels: synth (ce)")
+    for text in (
+        "injected noise: 25% symmetric",
+        "valence/arousal source: provided",
+        "2 epochs",
+        "| noise_auroc | 0.8123 |",
+    ):
+        assert text in card, card
+    assert df.attrs["model_hash"] in card
