@@ -10,12 +10,11 @@ pieces: :func:`sgd`, :func:`run_epoch` and :func:`predict`.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from ferdata.core.stage import Run
 from ferdata.loader import PlanBatches, ShardFaces, batches, in_order
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method
+from ferdata.train.methods.base import evaluating
 from ferdata.train.settings import TRAIN as STAGE
 from ferdata.train.settings import TrainSettings
 
@@ -71,19 +71,6 @@ def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
         images = torch.from_numpy(np.ascontiguousarray(images))
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - MEAN) / STD
-
-
-@contextlib.contextmanager
-def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
-    """Eval mode for ``modules`` inside the block, their previous modes after it."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferdata.core.errors import UsageError
-from ferdata.train.methods.base import Batch, Method, confidence
+from ferdata.train.methods.base import Batch, Method, confidence, evaluating
 
 
 def mlp_head(embed_dim: int, num_classes: int, *, layers: int = 1, dropout: float = 0.5) -> nn.Sequential:
@@ -159,9 +159,7 @@ class ARBEx(Method):
         self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q for every training sample (eval mode); uncertainty: its normalised entropy."""
-        was_training = self.training
-        self.eval()
-        q = torch.cat([self.corrected(e, self.classifier(e), 1.0) for e in feats.split(1024)])
-        self.train(was_training)
+        with evaluating(self):
+            q = torch.cat([self.corrected(e, self.classifier(e), 1.0) for e in feats.split(1024)])
         q = q / q.sum(1, keepdim=True)
         return q, 1.0 - confidence(q)

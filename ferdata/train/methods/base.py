@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferdata.core.classes import normalised_entropy
+
+
+@contextlib.contextmanager
+def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for ``modules`` inside the block, their previous modes after it."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 @dataclass

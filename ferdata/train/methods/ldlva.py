@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferdata.core.errors import FerdataError
-from ferdata.train.methods.base import Batch, Method, soft_cross_entropy
+from ferdata.train.methods.base import Batch, Method, evaluating, soft_cross_entropy
 
 CENTER_STEP = 0.5  # alpha, the centres' own step size (official code)
 CENTER_PUSH = 0.1  # scale of the push between centres (official code)
@@ -186,10 +186,10 @@ class LDLVA(Method):
         self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """t_i for every training sample from the final model's outputs; uncertainty 1 - lambda_i."""
-        was_training = self.training
-        self.eval()
         index = torch.arange(len(feats), device=feats.device)
-        d = torch.cat([self.aggregate(i, feats[i], feats[self.knn[i]], probs[self.knn[i]]) for i in index.split(1024)])
+        with evaluating(self):
+            d = torch.cat(
+                [self.aggregate(i, feats[i], feats[self.knn[i]], probs[self.knn[i]]) for i in index.split(1024)]
+            )
         t = self.targets(index, labels, d)
-        self.train(was_training)
         return t, 1.0 - self.lambdas()
