@@ -61,7 +61,8 @@ class ShardFaces(ShardReader, tud.Dataset):
 
     Give a DataLoader ``batch_sampler=`` of ``Request``s (``PlanBatches``, ``in_order``) and
     ``collate_fn=as_batch`` (or use ``batches``): each worker returns a whole batch as uint8 tensors
-    (shared memory, not pickled arrays), ``{"position", "image"}`` plus ``"strong"`` for two views.
+    (shared memory, not pickled arrays), ``{"position", "image", "seed"}`` plus ``"strong"`` for two
+    views; ``seed`` is the request's, for augmentation made later on the training device.
     Augmentation is reseeded per request, so a batch's pixels do not depend on which worker, or how
     many, made it."""
 
@@ -80,7 +81,10 @@ class ShardFaces(ShardReader, tud.Dataset):
             request = Request(np.asarray(request, np.int64))
         check_augment(request.augment)
         weak, strong = self._transforms(request.augment, request.seed)
-        out: dict[str, torch.Tensor] = {"position": torch.as_tensor(np.asarray(request.positions, np.int64))}
+        out: dict[str, torch.Tensor] = {
+            "position": torch.as_tensor(np.asarray(request.positions, np.int64)),
+            "seed": torch.tensor(request.seed, dtype=torch.int64),
+        }
         for j, i in enumerate(request.positions):
             views = make_views(self.image(int(i)), request.augment, weak, strong)
             for name, view in views.items():

@@ -68,3 +68,28 @@ def test_both_branches_start_from_the_given_weights(tmp_path):
     method = build_method("akt", MethodContext(C, 256, torch.zeros(2, dtype=torch.long), weights=str(path)))
     first = "body.0.0.weight"
     assert torch.equal(method.branch.state_dict()[first], src.state_dict()[first])
+
+
+def test_checkpoint_reloads_both_branches_and_predicts_as_training_did(trained_dir, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from ferdata.core.shards import shard_paths
+    from ferdata.loader import ShardFaces
+    from ferdata.train.loop import load_trained, to_input, train
+    from ferdata.train.settings import TrainSettings
+
+    train(trained_dir, tmp_path, TrainSettings(method="akt", epochs=2, batch_size=8, image_size=32, lr=0.01))
+    raw = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert any(k.startswith("branch.") for k in raw["method_state"])
+    trained = load_trained(tmp_path / "model.pt", torch.device("cpu"))
+    assert torch.equal(trained.method.branch.head.weight, raw["method_state"]["branch.head.weight"])
+    learned = pd.read_parquet(tmp_path / "learned.parquet")
+    test = learned[learned["split"] != "train"]
+    faces = ShardFaces(shard_paths(trained_dir / "shards"), test["sample_id"], size=32)
+    images = faces.images(np.arange(len(test)))
+    probs = trained.predict(images).numpy()
+    assert np.allclose(probs, np.stack(test["distribution"]), atol=1e-5)  # both branches, fused
+    with torch.no_grad():
+        branch_a = torch.softmax(trained.model(to_input(images, torch.device("cpu"))), 1).numpy()
+    assert not np.allclose(branch_a, probs, atol=1e-3)  # branch A alone is not what training predicted

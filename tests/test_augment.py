@@ -45,3 +45,57 @@ def test_strong_view_keeps_the_weak_geometry():
         w = weak[0].astype(float).mean(2) > 127
         s = strong[0].astype(float).mean(2)
         assert s[w].mean() > s[~w].mean()  # the block is where the weak view put it
+
+
+# --- BatchAugment: the same families on whole batches on the training device (kornia) ----------------
+
+
+def _halves(n=64, size=32):
+    """Faces bright on the left half, dark on the right: a flip swaps the halves."""
+    import torch
+
+    x = torch.zeros(n, 3, size, size)
+    x[..., : size // 2] = 1.0
+    return x
+
+
+def test_batch_views_repeat_with_their_seed_and_keep_shape():
+    import torch
+
+    from ferdata.augment import BatchAugment
+
+    aug, x = BatchAugment(), torch.rand(8, 3, 32, 32)
+    for mode in ("weak", "strong", "two_view"):
+        a, b, c = aug(x, mode, 5), aug(x, mode, 5), aug(x, mode, 6)
+        assert set(a) == ({"image", "strong"} if mode == "two_view" else {"image"})
+        assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["image"], c["image"])
+        assert all(v.shape == x.shape and v.dtype == x.dtype and 0 <= v.min() and v.max() <= 1 for v in a.values())
+    assert torch.equal(aug(x, "none", 1)["image"], x)
+
+
+def test_batch_flip_and_affine_keep_what_they_should():
+    import torch
+
+    from ferdata.augment import BatchAugment
+
+    aug = BatchAugment()
+    flat = torch.full((16, 3, 32, 32), 0.4)
+    assert torch.allclose(aug(flat, "weak", 0)["image"], flat, atol=1e-5)  # reflected borders add no black
+    view = aug(_halves(), "weak", 0)["image"]
+    left, right = view[..., :16].mean((1, 2, 3)), view[..., 16:].mean((1, 2, 3))
+    flipped = right > left
+    assert 0 < int(flipped.sum()) < 64  # some flipped, some not (p = 0.5)
+    assert torch.all((left - right).abs() > 0.5)  # a small affine never moves the face's halves across
+
+
+def test_two_view_strong_keeps_the_weak_geometry():
+    import torch
+
+    from ferdata.augment import BatchAugment
+
+    aug = BatchAugment()
+    views = aug(_halves(), "two_view", 1)
+    assert torch.equal(views["image"], aug(_halves(), "weak", 1)["image"])  # the weak view is the weak pipeline's
+    weak_side = views["image"][..., :16].mean((1, 2, 3)) > views["image"][..., 16:].mean((1, 2, 3))
+    strong_side = views["strong"][..., :16].mean((1, 2, 3)) > views["strong"][..., 16:].mean((1, 2, 3))
+    assert torch.equal(weak_side, strong_side)  # colour changes, the bright half stays where it was

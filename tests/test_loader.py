@@ -98,12 +98,13 @@ def test_same_seed_same_batches_whatever_the_workers(shards_dir):
     a, b, c = run(0), run(2), run(0, seed=1)
     assert len(a) == len(b) == len(epochs[1]) // 8
     for x, y in zip(a, b):
-        assert set(x) == {"position", "image", "strong"}
+        assert set(x) == {"position", "image", "strong", "seed"}
         assert all(torch.equal(x[k], y[k]) for k in x)
     assert not torch.equal(a[0]["image"], c[0]["image"])  # another seed, other augmentations
     assert torch.equal(a[0]["position"], c[0]["position"])  # ...of the same planned faces
     w = run(0, augment="weak")[0]
-    assert set(w) == {"position", "image"} and w["image"].dtype == torch.uint8 and w["image"].shape == (8, 32, 32, 3)
+    assert set(w) == {"position", "image", "seed"}
+    assert w["image"].dtype == torch.uint8 and w["image"].shape == (8, 32, 32, 3)
 
 
 def test_shard_faces_errors_name_the_fix(shards_dir, tmp_path):

@@ -95,3 +95,19 @@ def test_a_non_finite_loss_stops_training_and_publishes_nothing(trained_dir, tmp
     assert [p.name for p in tmp_path.iterdir()] == [".ferdata.lock"]  # the lock file only: nothing published
     with pytest.raises(UsageError, match="train.lr must be a finite number"):
         TrainSettings(lr=float("nan"))
+
+
+def test_bf16_with_augmentation_on_the_device_trains(trained_dir, tmp_path, monkeypatch):
+    """The GPU path (autocast body, kornia views of two_view batches) run on the CPU: a CUDA run does the same
+    on its device."""
+    import pandas as pd
+
+    from ferdata.train import loop
+
+    engine = loop.Engine(torch.device("cpu"), "bf16", augment_on_device=True)
+    monkeypatch.setattr(loop, "make_engine", lambda cfg: engine)
+    out = train(trained_dir, tmp_path, TrainSettings(method="akt", epochs=2, batch_size=8, image_size=32, lr=0.01))
+    assert all(np.isfinite(e["loss"]) for e in out["epochs"]) and engine._augment is not None
+    learned = pd.read_parquet(tmp_path / "learned.parquet")
+    assert np.allclose(np.stack(learned["distribution"]).sum(1), 1)
+    assert np.isfinite(learned["uncertainty"]).all()

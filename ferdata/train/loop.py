@@ -32,12 +32,13 @@ from ferdata.core.shards import member_table, shard_paths
 from ferdata.core.stage import Run
 from ferdata.loader import PlanBatches, ShardFaces, batches, in_order
 from ferdata.train.backbones import build_backbone
-from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method
+from ferdata.train.engine import Engine, to_input
+from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method, build_predictor
 from ferdata.train.methods.base import evaluating
 from ferdata.train.settings import TRAIN as STAGE
 from ferdata.train.settings import TrainSettings
 
-MEAN, STD = 0.5, 0.25
+__all__ = ["Engine", "fit", "load_checkpoint", "load_trained", "predict", "run_epoch", "sgd", "to_input", "train"]
 
 
 def select_device() -> torch.device:
@@ -63,14 +64,6 @@ def leave_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> normalised float N x 3 x H x W on ``device``."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - MEAN) / STD
 
 
 @torch.no_grad()
@@ -102,9 +95,11 @@ def run_epoch(
     *,
     desc: str = "",
     quiet: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """One pass: for every batch the loss, its gradients and a step of every optimiser; the mean loss.
-    A non-finite loss stops training before the step that would spread it into the weights."""
+    """One pass: for every batch the loss, its gradients and a step of every optimiser (through the fp16
+    grad ``scaler`` when given); the mean loss. A non-finite loss stops training before the step that
+    would spread it into the weights."""
     total, seen = 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         loss = step_loss(batch)
@@ -116,9 +111,15 @@ def run_epoch(
             )
         for o in optimizers:
             o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in optimizers:
-            o.step()
+        if scaler is None:
+            loss.backward()
+            for o in optimizers:
+                o.step()
+        else:
+            scaler.scale(loss).backward()
+            for o in optimizers:
+                scaler.step(o)
+            scaler.update()
         sched.step()
         n = len(batch["position"])
         total, seen = total + value * n, seen + n
@@ -215,18 +216,37 @@ class Fitted:
     learned: pd.DataFrame | None
 
 
-def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, quiet: bool = False) -> Fitted:
-    """Train ``cfg.method`` on the first ``cfg.epochs`` epochs of the plan."""
+def make_engine(cfg: TrainSettings) -> Engine:
+    """The run's device, precision, compile and augmentation place from the train settings."""
+    return Engine.create(
+        select_device(), precision=cfg.precision, compile=cfg.compile, augment_device=cfg.augment_device
+    )
+
+
+def fit(
+    data: TrainData,
+    cfg: TrainSettings,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    quiet: bool = False,
+    engine: Engine | None = None,
+) -> Fitted:
+    """Train ``cfg.method`` on the first ``cfg.epochs`` epochs of the plan (on ``engine``, by default the
+    one ``cfg`` asks for)."""
     classes, labels = data.classes, data.labels.reset_index(drop=True)
+    engine = engine or make_engine(cfg)
+    device = engine.device
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = select_device()
     model = build_backbone(cfg.backbone, len(classes), weights=cfg.weights or None)
+    if cfg.weights and rank == 0 and not quiet:
+        tqdm.write(model.load_report.line())
     train_rows = labels[labels["split"] == "train"].reset_index(drop=True)
     ids = train_rows["sample_id"].tolist()
     ctx = method_context(data, cfg, train_rows, model.embed_dim)
     method = build_method(cfg.method, ctx)
-    objective = Objective(model, method).to(device)
+    objective = engine.prepare(Objective(model, method))
     net = (
         torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=not method.uses_backbone_head)
         if world > 1
@@ -243,10 +263,11 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
     position = pd.Series(np.arange(len(ids)), index=ids)
     plan = data.plan[data.plan["sample_id"].isin(position.index)]
     epochs = [position[plan.loc[plan["epoch"] == e, "sample_id"]].to_numpy(np.int64) for e in range(cfg.epochs)]
+    augment = "two_view" if method.needs_strong_view else "weak"
     sampler = PlanBatches(
         epochs,
         batch_size=cfg.batch_size,
-        augment="two_view" if method.needs_strong_view else "weak",
+        augment="none" if engine.augment_on_device else augment,  # the engine augments on the device
         seed=cfg.seed,
         rank=rank,
         world=world,
@@ -270,15 +291,11 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
     )
 
     def step_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        index, strong = batch["position"], batch.get("strong")
-        return net(
-            index.to(device),
-            to_input(batch["image"], device),
-            targets[index].to(device),
-            None if strong is None else to_input(strong, device),
-        )
+        index, views = batch["position"], engine.views(batch, augment)
+        return net(index.to(device), views["image"], targets[index].to(device), views.get("strong"))
 
     method.set_total_steps(sum(steps))
+    scaler = engine.scaler()
     log = []
     for epoch in range(cfg.epochs):
         method.set_epoch(epoch, cfg.epochs)
@@ -294,6 +311,7 @@ def fit(data: TrainData, cfg: TrainSettings, *, rank: int = 0, world: int = 1, q
             sched,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             quiet=quiet or rank != 0,
+            scaler=scaler,
         )
         _, val_probs = infer_all(model, method, val_loader, device)
         val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if len(val_pos) else float("nan")
@@ -363,13 +381,49 @@ def save_checkpoint(model: torch.nn.Module, method: Method, path: Path, meta: di
         tmp.write_bytes(buf.getvalue())
 
 
-def load_checkpoint(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the backbone saved at ``path`` (loaded with weights_only=True) and its metadata."""
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FerdataError(f"{path} not found: run `ferdata train` first")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = json.loads(ckpt["meta"])
+    ckpt["meta"] = json.loads(ckpt["meta"])
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the backbone saved at ``path`` (loaded with weights_only=True) and its metadata."""
+    ckpt = _read_checkpoint(path)
+    meta = ckpt["meta"]
     model = build_backbone(meta["backbone"], len(meta["classes"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device or select_device()).eval(), meta
+
+
+@dataclass
+class Trained:
+    """A trained model reloaded with its method: predicts as training's val/test predictions did (AKT
+    with both branches, ARBEx with its own head)."""
+
+    model: torch.nn.Module
+    method: Method
+    meta: dict[str, Any]
+    device: torch.device
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Class distributions (N, C) for uint8 N x H x W x 3 faces of the training size."""
+        return self.method.infer(self.model, to_input(images, self.device))[1]
+
+
+def load_trained(path: str | Path, device: torch.device | None = None) -> Trained:
+    """The model and method saved at ``path``, in eval mode, ready to predict."""
+    ckpt = _read_checkpoint(path)
+    meta = ckpt["meta"]
+    device = device or select_device()
+    model = build_backbone(meta["backbone"], len(meta["classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    name = meta["method"]
+    method = build_predictor(name, len(meta["classes"]), model.embed_dim, meta["backbone"], meta.get(name) or {})
+    if method.state_dict():  # the predictor has weights of its own (ARBEx's heads, AKT's branch B)
+        method.load_state_dict(ckpt["method_state"])
+    return Trained(model.to(device).eval(), method.to(device).eval(), meta, device)

@@ -22,6 +22,7 @@ from ferdata.core.shards import member_table, shard_paths
 from ferdata.core.stage import Run
 from ferdata.loader import PlanBatches, ShardFaces, batches, in_order
 from ferdata.train.backbones import build_backbone
+from ferdata.train.engine import Engine
 from ferdata.train.loop import predict, run_epoch, select_device, sgd, to_input
 from ferdata.train.settings import REGRESS as STAGE
 from ferdata.train.settings import RegressSettings
@@ -38,12 +39,11 @@ class Faces:
         return ShardFaces(self.shards, ids, size=size, members=self.members)
 
 
-def fit_regressor(
-    faces: ShardFaces, targets: np.ndarray, cfg: RegressSettings, device: torch.device
-) -> torch.nn.Module:
+def fit_regressor(faces: ShardFaces, targets: np.ndarray, cfg: RegressSettings, engine: Engine) -> torch.nn.Module:
     """Train a regressor on ``faces`` (MSE on tanh outputs) through the training loop."""
     torch.manual_seed(cfg.seed)
-    model = build_backbone(cfg.backbone, 2).to(device)
+    device = engine.device
+    model = engine.prepare(build_backbone(cfg.backbone, 2))
     epochs = [np.random.default_rng([cfg.seed, e]).permutation(len(faces)) for e in range(cfg.epochs)]
     sampler = PlanBatches(epochs, batch_size=cfg.batch_size, augment="weak", seed=cfg.seed)
     if sampler.steps(0) < 1:
@@ -61,9 +61,10 @@ def fit_regressor(
         return torch.nn.functional.mse_loss(out, y[batch["position"]].to(device))
 
     model.train()
+    scaler = engine.scaler()
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
-        run_epoch(loader, step_loss, [opt], sched, desc=f"va regressor {epoch + 1}/{cfg.epochs}")
+        run_epoch(loader, step_loss, [opt], sched, desc=f"va regressor {epoch + 1}/{cfg.epochs}", scaler=scaler)
     return model.eval()
 
 
@@ -92,7 +93,8 @@ def regressed_va(run: Run, ids: list[str]) -> np.ndarray:
     """Pseudo VA for ``ids``: from a regressor fitted on ``source``, or out of fold when that is this
     dataset (each training face predicted by a model that never saw its subject)."""
     cfg: RegressSettings = run.settings
-    device = select_device()
+    engine = Engine.create(select_device(), precision=cfg.precision)
+    device = engine.device
     here = run.folders["data"]
     src = Path(cfg.source) if cfg.source else here
     fit_rows = annotated(run, src)
@@ -103,7 +105,7 @@ def regressed_va(run: Run, ids: list[str]) -> np.ndarray:
     faces = Faces(shards, member_table(shards)).of(ids, cfg.image_size)
     everything = np.arange(len(ids))
     if run.input("manifest", folder=src).resolve() != run.input("manifest").resolve():
-        model = fit_regressor(fit_faces.of(fit_rows["sample_id"].tolist(), cfg.image_size), targets, cfg, device)
+        model = fit_regressor(fit_faces.of(fit_rows["sample_id"].tolist(), cfg.image_size), targets, cfg, engine)
         return apply_regressor(model, faces, everything, cfg, device)
     fold = fold_groups(group_of(fit_rows), folds=cfg.folds, seed=cfg.seed)
     where = {sid: i for i, sid in enumerate(ids)}
@@ -112,7 +114,7 @@ def regressed_va(run: Run, ids: list[str]) -> np.ndarray:
     out = np.zeros((len(ids), 2), np.float32)
     for f in range(cfg.folds):
         train_ids = fit_rows["sample_id"][fold != f].tolist()
-        model = fit_regressor(fit_faces.of(train_ids, cfg.image_size), targets[fold != f], cfg, device)
+        model = fit_regressor(fit_faces.of(train_ids, cfg.image_size), targets[fold != f], cfg, engine)
         held = fit_pos[(fold == f) & (fit_pos >= 0)]
         out[held] = apply_regressor(model, faces, held, cfg, device)
         out[others] += apply_regressor(model, faces, others, cfg, device) / cfg.folds

@@ -15,7 +15,12 @@ from ferdata.core.stage import Stage
 
 METHODS = ("ce", "ls", "ldlva", "arbex", "akt")
 NEEDS_KNN = ("ldlva",)  # methods that read the VA table and the KNN graph
-BACKBONES = ("small_cnn", "resnet18")
+BACKBONES = ("small_cnn", "resnet18", "resnet18_tv", "resnet50_tv")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AUGMENT_DEVICES = ("auto", "cpu", "cuda")
+BACKBONE_HELP = (
+    "small_cnn (CPU), resnet18 (GPU, from scratch), resnet18_tv or resnet50_tv (torchvision's, for pretrained weights)"
+)
 
 
 @dataclass(frozen=True)
@@ -79,15 +84,24 @@ class TrainSettings(Settings):
 
     section = "train"
     method: str = option("ce", "ce, ls, ldlva, arbex or akt", choices=METHODS)
-    backbone: str = option("small_cnn", "small_cnn or resnet18", choices=BACKBONES)
+    backbone: str = option("small_cnn", BACKBONE_HELP, choices=BACKBONES)
     epochs: int = option(20, "epochs (the plan must have at least as many)", min=1)
     batch_size: int = option(64, "faces per step and rank", min=1)
     lr: float = option(0.05, "peak learning rate (one-cycle schedule)", above=0.0)
     weight_decay: float = option(5e-4, "SGD weight decay", min=0.0)
     image_size: int = option(64, "faces are resized to this many pixels", min=8)
-    weights: str = option("", "local initial weights (.pt state dict), never downloaded")
+    weights: str = option("", "local initial weights (.pt/.pth/.safetensors state dict), never downloaded")
     seed: int = option(0, "seed of the weights, augmentation and method state", min=0)
     workers: int = option(2, "DataLoader workers per rank (read, decode, augment); results do not depend on it", min=0)
+    precision: str = option(
+        "auto", "auto (bf16 or fp16 on CUDA, fp32 on a CPU), bf16, fp16 or fp32 (the backbone body)", choices=PRECISIONS
+    )
+    compile: bool = option(False, "torch.compile the backbone body")
+    augment_device: str = option(
+        "auto",
+        "auto (the GPU when training on one), cpu (albumentations in the workers) or cuda (kornia)",
+        choices=AUGMENT_DEVICES,
+    )
     ls: LSOptions = option(factory=LSOptions)
     ldlva: LDLVAOptions = option(factory=LDLVAOptions)
     arbex: ARBExOptions = option(factory=ARBExOptions)
@@ -125,7 +139,7 @@ class RegressSettings(Settings):
 
     section = "regress"
     source: str = option("", "dataset folder with annotated VA to fit on (default: this one, out of fold)")
-    backbone: str = option("small_cnn", "small_cnn or resnet18", choices=BACKBONES)
+    backbone: str = option("small_cnn", BACKBONE_HELP, choices=BACKBONES)
     epochs: int = option(10, "epochs of each regressor", min=1)
     batch_size: int = option(64, "faces per step", min=1)
     lr: float = option(0.02, "peak learning rate (one-cycle schedule)", above=0.0)
@@ -134,6 +148,9 @@ class RegressSettings(Settings):
     folds: int = option(4, "subject-grouped folds when fitting on this dataset", min=2)
     seed: int = option(0, "seed of the folds, weights and augmentation", min=0)
     workers: int = option(2, "DataLoader workers", min=0)
+    precision: str = option(
+        "auto", "auto (bf16 or fp16 on CUDA, fp32 on a CPU), bf16, fp16 or fp32", choices=PRECISIONS
+    )
 
 
 TRAIN = Stage(

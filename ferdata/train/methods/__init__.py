@@ -15,7 +15,7 @@ from ferdata.train.methods.ce import CrossEntropy
 from ferdata.train.methods.ldlva import LDLVA
 from ferdata.train.settings import METHODS, NEEDS_KNN
 
-__all__ = ["METHODS", "NEEDS_KNN", "Batch", "Method", "MethodContext", "build_method"]
+__all__ = ["METHODS", "NEEDS_KNN", "Batch", "Method", "MethodContext", "build_method", "build_predictor"]
 
 
 @dataclass
@@ -48,3 +48,14 @@ def build_method(name: str, ctx: MethodContext) -> Method:
     if ctx.knn is None or ctx.va is None:
         raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
     return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, **opts)
+
+
+def build_predictor(name: str, num_classes: int, embed_dim: int, backbone: str, options: dict) -> Method:
+    """The method as far as prediction needs it, to load a checkpoint's ``method_state`` into: ARBEx's
+    heads and anchors, AKT's second branch. The others (ce, ls, ldlva) predict with the backbone's head;
+    LDLVA's per-sample training state (trust, bank, centres) is not needed to predict."""
+    if name == "arbex":
+        return ARBEx(num_classes, embed_dim, **options)
+    if name == "akt":
+        return AKT(num_classes, backbone, **options)
+    return CrossEntropy()
