@@ -214,6 +214,8 @@ class Fitted:
     method: Method
     log: list[dict[str, float]]
     learned: pd.DataFrame | None
+    train_seconds: float = 0.0  # wall time of the training passes alone (bench/train_throughput.py)
+    train_samples: int = 0  # faces those passes stepped on, all ranks
 
 
 def make_engine(cfg: TrainSettings) -> Engine:
@@ -296,7 +298,7 @@ def fit(
 
     method.set_total_steps(sum(steps))
     scaler = engine.scaler()
-    log = []
+    log, seconds = [], 0.0
     for epoch in range(cfg.epochs):
         method.set_epoch(epoch, cfg.epochs)
         if train_eval is not None:
@@ -313,6 +315,7 @@ def fit(
             quiet=quiet or rank != 0,
             scaler=scaler,
         )
+        seconds += time.time() - start
         _, val_probs = infer_all(model, method, val_loader, device)
         val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if len(val_pos) else float("nan")
         log.append({"epoch": epoch + 1, "loss": loss, "val_acc": val_acc})  # no timings: the log is a DVC output
@@ -325,7 +328,7 @@ def fit(
     if rank == 0:
         every = batches(faces, in_order(np.arange(len(faces)), 256), workers=cfg.workers, pin_memory=pin)
         learned = learned_distributions(model, method, every, labels, targets, device)
-    return Fitted(model, method, log, learned)
+    return Fitted(model, method, log, learned, seconds, sum(steps) * cfg.batch_size * world)
 
 
 def learned_distributions(
@@ -368,7 +371,7 @@ def train(
             write_json({"epochs": fitted.log}, run.output("train_log"))  # plot data; the settings are params
             save_checkpoint(fitted.model, fitted.method, run.output("model"), {**asdict(cfg), "classes": data.classes})
         leave_distributed()
-        return {"epochs": fitted.log}
+        return {"epochs": fitted.log, "train_seconds": fitted.train_seconds, "train_samples": fitted.train_samples}
 
 
 def save_checkpoint(model: torch.nn.Module, method: Method, path: Path, meta: dict[str, Any]) -> None:
