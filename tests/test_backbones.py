@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ferdata.core.errors import FerdataError
-from ferdata.train.backbones import build_backbone
+from ferdata.train.backbones import build_backbone, load_weights
 
 
 def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
@@ -58,8 +58,9 @@ def test_torchvision_checkpoint_loads_every_tensor_and_replaces_the_head(name, t
     state = _state(torchvision_shapes(depths, bottleneck))
     assert len(state) == count  # torchvision's resnet18 / resnet50 state dicts have 122 / 320 entries
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "w.pth")
-    model = build_backbone(name, 7, weights=tmp_path / "w.pth")
-    report = model.load_report
+    model = build_backbone(name, 7)
+    report = load_weights(model, name, tmp_path / "w.pth")
+    assert report.line().startswith(f"initial weights {tmp_path / 'w.pth'}: {count - 2} tensors matched, head replaced")
     assert len(report.matched) == count - 2 and report.head == ["fc.weight", "fc.bias"]
     assert not report.missing and not report.unexpected
     own = model.state_dict()
@@ -119,6 +120,6 @@ def test_a_checkpoint_of_another_network_is_a_one_line_error(tmp_path):
 def test_our_own_checkpoints_still_load_body_only(tmp_path):
     src = build_backbone("resnet18", 5)
     torch.save(src.state_dict(), tmp_path / "w.pt")
-    model = build_backbone("resnet18", 7, weights=tmp_path / "w.pt")
-    assert model.load_report.head == ["head.weight", "head.bias"]
+    model = build_backbone("resnet18", 7)
+    assert load_weights(model, "resnet18", tmp_path / "w.pt").head == ["head.weight", "head.bias"]
     assert np.allclose(model.body[0][0].weight.detach(), src.body[0][0].weight.detach())

@@ -83,3 +83,31 @@ def test_device_augmentation_views(shards_dir):
     assert torch.equal(one["strong"], two["strong"])  # seeded by the request
     plain = Engine(CPU).views(batch, "weak")  # the workers' path: the loader already augmented
     assert torch.equal(plain["image"], to_input(batch["image"], CPU))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["ce", "ldlva", "arbex", "akt"])
+def test_cuda_default_path_trains_every_method(trained_dir, tmp_path, method):
+    """On a GPU the defaults are autocast (bf16 or fp16), channels_last and kornia views on the device."""
+    import pandas as pd
+
+    from ferdata.train.loop import make_engine, train
+    from ferdata.train.settings import TrainSettings
+
+    cfg = TrainSettings(method=method, epochs=2, batch_size=8, image_size=32, lr=0.01)
+    engine = make_engine(cfg)
+    assert engine.precision in ("bf16", "fp16") and engine.augment_on_device
+    out = train(trained_dir, tmp_path, cfg)
+    assert all(np.isfinite(e["loss"]) for e in out["epochs"])
+    learned = pd.read_parquet(tmp_path / "learned.parquet")
+    assert np.allclose(np.stack(learned["distribution"]).sum(1), 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batch_augment_is_seeded_on_the_device():
+    from ferdata.augment import BatchAugment
+
+    aug = BatchAugment().cuda()
+    x = torch.rand(16, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    a, b = aug(x, "two_view", 9), aug(x, "two_view", 9)
+    assert a["image"].is_cuda and all(torch.equal(a[k], b[k]) for k in a)

@@ -334,5 +334,5 @@ def build_backbone(name: str, num_classes: int, *, weights: str | Path | None = 
         raise UsageError(f"unknown train.backbone {name!r}: use one of {', '.join(NETWORKS)}")
     model = NETWORKS[name](num_classes)
     if weights:
-        model.load_report = load_weights(model, name, weights)
+        load_weights(model, name, weights)
     return model

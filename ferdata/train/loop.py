@@ -31,7 +31,7 @@ from ferdata.core.io import atomic_file, write_json
 from ferdata.core.shards import member_table, shard_paths
 from ferdata.core.stage import Run
 from ferdata.loader import PlanBatches, ShardFaces, batches, in_order
-from ferdata.train.backbones import build_backbone
+from ferdata.train.backbones import build_backbone, load_weights
 from ferdata.train.engine import Engine, to_input
 from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method, build_predictor
 from ferdata.train.methods.base import evaluating
@@ -241,9 +241,11 @@ def fit(
     device = engine.device
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_backbone(cfg.backbone, len(classes), weights=cfg.weights or None)
-    if cfg.weights and rank == 0 and not quiet:
-        tqdm.write(model.load_report.line())
+    model = build_backbone(cfg.backbone, len(classes))
+    if cfg.weights:
+        report = load_weights(model, cfg.backbone, cfg.weights)
+        if rank == 0 and not quiet:
+            tqdm.write(report.line())
     train_rows = labels[labels["split"] == "train"].reset_index(drop=True)
     ids = train_rows["sample_id"].tolist()
     ctx = method_context(data, cfg, train_rows, model.embed_dim)
