@@ -357,6 +357,9 @@ BAD_OPTIONS = [
     ["train", "--image-size", "0"],
     ["train", "--lr", "-1"],
     ["train", "--workers", "-1"],
+    ["train", "--precision", "fp8"],
+    ["train", "--augment-device", "tpu"],
+    ["train", "--backbone", "resnet34_tv"],
     ["download", "synth", "--seed", "-1"],
     ["export", "--margin", "-5"],
     ["export", "--margin", "nan"],
@@ -372,6 +375,21 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("argv", BAD_OPTIONS, ids=" ".join)
 def test_bad_option_values_exit_2_with_one_line(tmp_path, argv):
     one_line(RUN.invoke(app, [*argv, "--data", str(tmp_path / "d")]), 2)
+
+
+def test_bad_initial_weights_and_a_missing_gpu_are_one_line(trained_dir, tmp_path):
+    import torch
+
+    junk = tmp_path / "w.pth"
+    junk.write_bytes(b"not a checkpoint")
+    argv = ["train", "--data", str(trained_dir), "--models", str(tmp_path / "m"), "--epochs", "2"]
+    line = one_line(RUN.invoke(app, [*argv, "--backbone", "resnet18_tv", "--weights", str(junk)]), 1)
+    assert str(junk) in line and "not a weights-only torch checkpoint" in line
+    line = one_line(RUN.invoke(app, [*argv, "--weights", str(tmp_path / "none.safetensors")]), 1)
+    assert "not found" in line and "Pretrained backbones" in line
+    if not torch.cuda.is_available():
+        assert "needs a GPU" in one_line(RUN.invoke(app, [*argv, "--augment-device", "cuda"]), 2)
+    assert not (tmp_path / "m" / "model.pt").exists()
 
 
 def test_validate_on_a_file_that_is_not_parquet(tmp_path):
