@@ -106,7 +106,7 @@ def test_bf16_with_augmentation_on_the_device_trains(trained_dir, tmp_path, monk
 
     engine = loop.Engine(torch.device("cpu"), "bf16", augment_on_device=True)
     monkeypatch.setattr(loop, "make_engine", lambda cfg: engine)
-    out = train(trained_dir, tmp_path, TrainSettings(method="akt", epochs=2, batch_size=8, image_size=32, lr=0.01))
+    out = train(trained_dir, tmp_path, TrainSettings(method="akt", epochs=1, batch_size=8, image_size=32, lr=0.01))
     assert all(np.isfinite(e["loss"]) for e in out["epochs"]) and engine._augment is not None
     learned = pd.read_parquet(tmp_path / "learned.parquet")
     assert np.allclose(np.stack(learned["distribution"]).sum(1), 1)
