@@ -80,11 +80,11 @@ def step_rate(backbone: str, size: int, batch: int, steps: int, engine: Engine) 
     return steps * batch / (time.perf_counter() - start)
 
 
-def plan_epochs(data: Path, n: int) -> tuple[ShardFaces, list[np.ndarray]]:
+def plan_epochs(data: Path, n: int, size: int) -> tuple[ShardFaces, list[np.ndarray]]:
     """The training faces and enough shuffled passes over them for ``n`` samples, as one loader epoch."""
     labels, _ = read_table(locate(data, "labels.parquet"), "labels")
     ids = labels.loc[labels["split"] == "train", "sample_id"].tolist()
-    faces = ShardFaces(shard_paths(locate(data, "shards")), ids)
+    faces = ShardFaces(shard_paths(locate(data, "shards")), ids, size=size)
     rng = np.random.default_rng(0)
     order = np.concatenate([rng.permutation(len(ids)) for _ in range(n // len(ids) + 1)])[:n]
     return faces, [order]
@@ -94,7 +94,6 @@ def loader_rate(
     faces: ShardFaces,
     order: list[np.ndarray],
     *,
-    size: int,
     batch: int,
     workers: int,
     augment: str,
@@ -102,7 +101,6 @@ def loader_rate(
     device: torch.device,
 ) -> float:
     """Faces/s through the loader (and the device augmentation when given), after the first batch."""
-    faces = ShardFaces(faces.shards, faces.ids, size=size)
     sampler = PlanBatches(order, batch_size=batch, augment="none" if device_aug else augment, seed=0)
     seen, start = 0, None
     for b in batches(faces, sampler, workers=workers, pin_memory=device.type == "cuda"):
@@ -160,29 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         res[f"step_{p}_img_s"] = step_rate(backbone, args.size, batch, steps, Engine(device, p))
         print(f"step alone {p}: {res[f'step_{p}_img_s']:.0f} img/s", file=sys.stderr)
 
-    faces, order = plan_epochs(args.data, n)
-    aug = BatchAugment().to(device)
+    faces, order = plan_epochs(args.data, n, args.size)
+    places = {"workers": None, "device": BatchAugment().to(device)}
     for mode in ("none", "weak", "strong", "two_view"):
-        res[f"loader_workers_{mode}_img_s"] = loader_rate(
-            faces,
-            order,
-            size=args.size,
-            batch=batch,
-            workers=args.workers,
-            augment=mode,
-            device_aug=None,
-            device=device,
-        )
-        if mode != "none":
-            res[f"loader_device_{mode}_img_s"] = loader_rate(
-                faces,
-                order,
-                size=args.size,
-                batch=batch,
-                workers=args.workers,
-                augment=mode,
-                device_aug=aug,
-                device=device,
+        for place, aug in places.items():
+            if mode == "none" and aug is not None:
+                continue  # nothing to augment on the device
+            res[f"loader_{place}_{mode}_img_s"] = loader_rate(
+                faces, order, batch=batch, workers=args.workers, augment=mode, device_aug=aug, device=device
             )
         print(f"loader {mode} done", file=sys.stderr)
 

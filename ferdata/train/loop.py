@@ -386,22 +386,10 @@ def save_checkpoint(model: torch.nn.Module, method: Method, path: Path, meta: di
         tmp.write_bytes(buf.getvalue())
 
 
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FerdataError(f"{path} not found: run `ferdata train` first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    ckpt["meta"] = json.loads(ckpt["meta"])
-    return ckpt
-
-
 def load_checkpoint(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the backbone saved at ``path`` (loaded with weights_only=True) and its metadata."""
-    ckpt = _read_checkpoint(path)
-    meta = ckpt["meta"]
-    model = build_backbone(meta["backbone"], len(meta["classes"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device or select_device()).eval(), meta
+    trained = load_trained(path, device)
+    return trained.model, trained.meta
 
 
 @dataclass
@@ -422,8 +410,11 @@ class Trained:
 
 def load_trained(path: str | Path, device: torch.device | None = None) -> Trained:
     """The model and method saved at ``path``, in eval mode, ready to predict."""
-    ckpt = _read_checkpoint(path)
-    meta = ckpt["meta"]
+    path = Path(path)
+    if not path.is_file():
+        raise FerdataError(f"{path} not found: run `ferdata train` first")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = json.loads(ckpt["meta"])
     device = device or select_device()
     model = build_backbone(meta["backbone"], len(meta["classes"]))
     model.load_state_dict(ckpt["state_dict"])
