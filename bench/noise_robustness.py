@@ -132,7 +132,7 @@ def method_variant(base: TrainSettings, spec: str) -> TrainSettings:
     if changes:
         opts = getattr(cfg, name)
         kinds = {f: type(getattr(opts, f)) for f in vars(opts)}
-        values = {k: kinds[k](v) for k, v in (c.split("=", 1) for c in changes)}
+        values = {k: kinds[k](yaml.safe_load(v)) for k, v in (c.split("=", 1) for c in changes)}
         cfg = replace(cfg, **{name: replace(opts, **values)})
     return cfg
 

@@ -110,6 +110,37 @@ def test_prediction_is_primary_unless_asked():
     assert torch.allclose(soft, q, atol=1e-6) and unc.shape == (3,)
 
 
+def test_primary_head_sees_the_backbones_dropout_in_training_only():
+    class Recorder(torch.nn.Identity):
+        calls = 0
+
+        def forward(self, x):
+            Recorder.calls += 1
+            return x
+
+    method, model = _arbex(), build_backbone("small_cnn", C)
+    model.drop = Recorder()
+    method.batch_loss(model, Batch(index=torch.arange(2), x=torch.randn(2, 3, 32, 32), y=torch.tensor([0, 1])))
+    assert Recorder.calls == 1  # like ce's and ldlva's heads: dropout between the embedding and the head
+    method.eval().infer(model.eval(), torch.randn(2, 3, 32, 32))
+    assert Recorder.calls == 1  # prediction reads the embedding as it is
+
+
+def test_confidences_are_weights_without_gradient_unless_asked():
+    e, y = torch.randn(1, 256), 2
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.3]], requires_grad=True)
+    for official in (False, True):
+        method = _arbex(confidence_grad=official)
+        q = method.corrected(e, logits, 1.0)
+        (grad,) = torch.autograd.grad(-torch.log(q[0, y]), logits)
+        with torch.no_grad():  # the same loss with conf(p) held fixed: only p_y moves the primary head
+            corr = (q - confidence(torch.softmax(logits, 1)) * torch.softmax(logits, 1))[0, y]
+        p = torch.softmax(logits, 1)
+        held = confidence(p).detach()
+        (fixed,) = torch.autograd.grad(-torch.log(held * p[0, y] + corr), logits)
+        assert torch.allclose(grad, fixed, atol=1e-6) != official
+
+
 def test_bad_option():
     with pytest.raises(UsageError, match="train.arbex: the backbone's 256-dim embedding must split into 7 tokens"):
         _arbex(tokens=7)

@@ -66,6 +66,9 @@ class ARBExOptions(Settings):
         "prediction for val/test: primary (the head, as the paper evaluates) or corrected",
         choices=("primary", "corrected"),
     )
+    confidence_grad: bool = option(
+        False, "true: the NLL also trains the confidences that weigh p and the corrections (official code)"
+    )
 
 
 @dataclass(frozen=True)
