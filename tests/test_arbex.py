@@ -133,10 +133,9 @@ def test_confidences_are_weights_without_gradient_unless_asked():
         method = _arbex(confidence_grad=official)
         q = method.corrected(e, logits, 1.0)
         (grad,) = torch.autograd.grad(-torch.log(q[0, y]), logits)
-        with torch.no_grad():  # the same loss with conf(p) held fixed: only p_y moves the primary head
-            corr = (q - confidence(torch.softmax(logits, 1)) * torch.softmax(logits, 1))[0, y]
         p = torch.softmax(logits, 1)
-        held = confidence(p).detach()
+        held = confidence(p).detach()  # the same loss with conf(p) held fixed: only p_y moves the primary head
+        corr = (q - held * p)[0, y].detach()
         (fixed,) = torch.autograd.grad(-torch.log(held * p[0, y] + corr), logits)
         assert torch.allclose(grad, fixed, atol=1e-6) != official
 
