@@ -3,7 +3,10 @@
 Splits the training faces of a trained pipeline by whether their label was flipped and by how much the
 method trusts it (1 - uncertainty above or below one half; for LDLVA that is lambda), and prints each
 group's size and mean KL, beside the KL of the one-hot given label and the share of the total KL from
-cells where the soft label puts under 1% on a class the truth gives mass to.
+cells where the soft label puts under 1% on a class the truth gives mass to. For LDLVA's soft labels
+(t = lambda onehot(y) + (1 - lambda) d, uncertainty 1 - lambda) it also recovers the neighbour aggregate d
+and prints its KL and the KL of the best single lambda for every face: a bound on what any trust could
+reach with these neighbours.
 
 Usage (after `dvc repro`, which trains LDLVA on synth with 30% noise):
     python bench/softlabel_kl.py --data data/synth --learned models/synth/learned.parquet
@@ -16,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ferdata.core.classes import class_index, manifest_classes
 from ferdata.core.io import read_table
 from ferdata.report import kl_divergence
 
 
 def groups(data: Path, learned: Path) -> list[tuple[str, int, float]]:
     """(group, faces, mean KL) for the training faces of ``data`` with the soft labels in ``learned``."""
-    table, _ = read_table(learned, "learned")
+    table, meta = read_table(learned, "learned")
     labels, _ = read_table(data / "labels.parquet", "labels")
     manifest, _ = read_table(data / "manifest.parquet", "manifest")
     df = labels.merge(table[["sample_id", "distribution", "uncertainty"]], on="sample_id")
@@ -42,6 +46,21 @@ def groups(data: Path, learned: Path) -> list[tuple[str, int, float]]:
     rows.append(("share of KL from cells under 1%", len(kl), float((terms * (soft < 0.01)).sum() / terms.sum())))
     rows.append(("soft label's top mass (mean)", len(kl), float(soft.max(1).mean())))
     rows.append(("truth's top mass (mean)", len(kl), float(true.max(1).mean())))
+    if meta.get("method") == "ldlva":
+        onehot = np.eye(soft.shape[1])[class_index(df["label"].to_numpy(), manifest_classes(meta))]
+        rows += ldlva_bound(true, soft, onehot, 1 - df["uncertainty"].to_numpy())
+    return rows
+
+
+def ldlva_bound(true: np.ndarray, soft: np.ndarray, onehot: np.ndarray, lam: np.ndarray) -> list[tuple[str, int, float]]:
+    """KL of LDLVA's neighbour aggregate d (recovered from t and lambda) and of the best single lambda."""
+    ok = lam < 0.999  # d cannot be recovered where t is all given label
+    d = (soft[ok] - lam[ok, None] * onehot[ok]) / (1 - lam[ok, None])
+    rows = [("neighbour aggregate d alone", int(ok.sum()), float(kl_divergence(true[ok], d).mean()))]
+    grid = np.linspace(0, 1, 21)
+    kls = [float(kl_divergence(true[ok], g * onehot[ok] + (1 - g) * d).mean()) for g in grid]
+    best = int(np.argmin(kls))
+    rows.append((f"best single lambda ({grid[best]:.2f}) for all", int(ok.sum()), kls[best]))
     return rows
 
 
