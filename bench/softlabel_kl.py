@@ -52,7 +52,9 @@ def groups(data: Path, learned: Path) -> list[tuple[str, int, float]]:
     return rows
 
 
-def ldlva_bound(true: np.ndarray, soft: np.ndarray, onehot: np.ndarray, lam: np.ndarray) -> list[tuple[str, int, float]]:
+def ldlva_bound(
+    true: np.ndarray, soft: np.ndarray, onehot: np.ndarray, lam: np.ndarray
+) -> list[tuple[str, int, float]]:
     """KL of LDLVA's neighbour aggregate d (recovered from t and lambda) and of the best single lambda."""
     ok = lam < 0.999  # d cannot be recovered where t is all given label
     d = (soft[ok] - lam[ok, None] * onehot[ok]) / (1 - lam[ok, None])
