@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.errors import FerdataError
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods import Batch, MethodContext, build_method
-from ferdata.train.methods.akt import AKT, adaptive_targets, attention_map, symmetric_kl
+from ferdata.train.methods.akt import adaptive_targets, attention_map, symmetric_kl
 
 C = 4
 
@@ -57,24 +57,8 @@ def test_adaptive_target_leaves_the_label_only_where_both_branches_agree_against
     far = F.normalize(torch.eye(4)[:3], dim=1)  # the branches look at different places (feature space)
     _, beta_far = adaptive_targets(p_a, p_b, far, far.roll(1, 0), y)
     assert beta_far[0] < 1e-6
-    cold, _ = adaptive_targets(p_a, p_b, att, att, y, ramp=0.0)
-    assert torch.equal(cold, F.one_hot(y, 4).float())  # before the warm-up, the given labels
-
-
-def test_agreement_target_keeps_the_ambiguity_the_branches_agree_on():
-    y = torch.tensor([0, 0])
-    att = F.normalize(torch.ones(2, 4), dim=1)
-    p_a = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.7, 0.3, 0.0, 0.0]])
-    p_b = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.0, 0.3, 0.7]])
-    t_against, u_against = adaptive_targets(p_a, p_b, att, att, y, target="against")
-    t_agree, u_agree = adaptive_targets(p_a, p_b, att, att, y, target="agreement")
-    assert torch.allclose(t_agree[0], p_a[0], atol=1e-6)  # both branches see 30% of class 1: so does the target
-    assert t_against[0, 1] < 0.1  # against: a label the branches back stays near one-hot
-    assert torch.allclose(t_agree[1], t_against[1]) and t_agree[1, 0] > 0.99  # they disagree: the label
-    assert torch.equal(u_agree, u_against)  # the evidence against the label does not depend on the target
-    assert torch.allclose(1 - t_agree[:, 0], u_agree, atol=1e-6)  # agreement: u is the mass moved off y
-    with pytest.raises(UsageError, match="train.akt.target"):
-        AKT(4, "small_cnn", target="both")
+    _, cold = adaptive_targets(p_a, p_b, att, att, y, ramp=0.0)
+    assert (cold == 0).all()  # before the warm-up, the given labels
 
 
 def test_both_branches_start_from_the_given_weights(tmp_path):

@@ -79,12 +79,6 @@ class AKTOptions(Settings):
     attention_weight: float = option(1.0, "weight of the attention-consistency loss", min=0.0)
     kl_weight: float = option(1.0, "weight of the symmetric KL between the branches", min=0.0)
     warmup_epochs: int = option(5, "epochs over which the adaptive targets are ramped in (0: from the start)", min=0)
-    target: str = option(
-        "against",
-        "where the target leaves the given label: against (as far as the agreeing branches doubt it) "
-        "or agreement (towards their fused belief wherever they agree)",
-        choices=("against", "agreement"),
-    )
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,24 @@ the same geometry. Each face's target adapts to what the two branches say about 
     pbar_i  = (sg(p_A) + sg(p_B)) / 2                          the branches' fused posterior
     agree_i = 1 - JS(p_A, p_B) / log 2                         1 when the branches agree (label space)
     rho_i   = 1 - cos(attention_A, attention_B)                0 when they look at the same places (feature space)
-    u_i     = agree_i * (1 - rho_i) * (1 - pbar_i[y_i])        how strongly both branches say the label is wrong
-    beta_i  = r * u_i                                          (target: against)
-            = r * agree_i * (1 - rho_i)                        (target: agreement)
+    beta_i  = r * agree_i * (1 - rho_i) * (1 - pbar_i[y_i])    how far the target leaves the given label
     t_i     = (1 - beta_i) onehot(y_i) + beta_i pbar_i         the face's target
     loss    = softCE(t, p_A) + softCE(t, p_B) + w_att |attention_A - attention_B|^2 + w_kl symKL(p_A, p_B)
 
 So a face keeps its given label while the branches are unsure or disagree with each other (their
-uncertainty says nothing can be learnt from them about this face); r ramps from 0 to 1 over the first
-``warmup_epochs`` epochs, since untrained branches agree on nothing useful. With ``target: against`` the
-target leaves the label only as far as the agreeing branches' belief is against it, so a face whose
-branches back its label keeps a near one-hot target; with ``target: agreement`` it follows the fused
-belief wherever the branches agree, so the ambiguity they see in a correctly labelled face stays in its
-target too. Either way the mass the target moves off the given label is r * u_i. Why this form: the
-abstract promises learning that adapts to uncertainty from feature- and label-space bias; agree_i is the
-label-space term, rho_i the feature-space term, and the product keeps the target on the given label
-unless both say otherwise. The soft label of a training face is its target t at r = 1 on the clean
-image; its uncertainty is u_i, the evidence against its given label.
+uncertainty says nothing can be learnt from them about this face) and moves towards their fused
+belief only where both branches, from different views, agree against the label; r ramps from 0 to 1
+over the first ``warmup_epochs`` epochs, since untrained branches agree on nothing useful. Why this
+form: the abstract promises learning that adapts to uncertainty from feature- and label-space bias;
+agree_i is the label-space term, rho_i the feature-space term, and the product keeps the target on the
+given label unless both say otherwise. The soft label of a training face is its target t at r = 1 on
+the clean image; its uncertainty is beta_i, the share of the target moved off the given label.
+
+The factor (1 - pbar_i[y_i]) matters: without it (beta_i = r agree_i (1 - rho_i), the target following the
+fused belief wherever the branches agree, which would keep the ambiguity they see in a correctly
+labelled face) the branches train on their own agreed beliefs and collapse onto a few classes once the
+ramp ends. Synth, 30% noise, small_cnn, 20 epochs, CPU, seed 0: clean-test accuracy 0.195 against 0.579,
+noise AUROC 0.597 against 0.856, KL(true || soft label) 1.429 against 0.762.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.errors import FerdataError
 from ferdata.train.backbones import build_backbone
 from ferdata.train.methods.base import Batch, Method, soft_cross_entropy
 
@@ -60,9 +61,6 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (kl_pm + kl_qm) / 2
 
 
-TARGETS = ("against", "agreement")
-
-
 def adaptive_targets(
     p_a: torch.Tensor,
     p_b: torch.Tensor,
@@ -70,18 +68,15 @@ def adaptive_targets(
     att_b: torch.Tensor,
     y: torch.Tensor,
     ramp: float = 1.0,
-    *,
-    target: str = "against",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, u): each face's target and the agreeing branches' evidence against its label (no gradients)."""
+    """(t, beta): each face's target and how far it moved off the given label (no gradients)."""
     p_a, p_b, att_a, att_b = p_a.detach(), p_b.detach(), att_a.detach(), att_b.detach()
     fused = (p_a + p_b) / 2
     agree = (1 - js_divergence(p_a, p_b) / math.log(2)).clamp(0, 1)
     rho = (1 - (att_a * att_b).sum(1)).clamp(0, 1)
     onehot = F.one_hot(y, p_a.shape[1]).to(fused.dtype)
-    against = agree * (1 - rho) * (1 - (fused * onehot).sum(1))
-    beta = ramp * (against if target == "against" else agree * (1 - rho))
-    return (1 - beta[:, None]) * onehot + beta[:, None] * fused, against
+    beta = ramp * agree * (1 - rho) * (1 - (fused * onehot).sum(1))
+    return (1 - beta[:, None]) * onehot + beta[:, None] * fused, beta
 
 
 class AKT(Method):
@@ -99,14 +94,10 @@ class AKT(Method):
         attention_weight: float = 1.0,
         kl_weight: float = 1.0,
         warmup_epochs: int = 5,
-        target: str = "against",
     ):
         super().__init__()
         self.branch = build_backbone(backbone, num_classes, weights=weights or None)
-        if target not in TARGETS:
-            raise UsageError(f"train.akt.target must be one of {', '.join(TARGETS)}, not {target!r}")
         self.attention_weight, self.kl_weight, self.warmup_epochs = attention_weight, kl_weight, warmup_epochs
-        self.target = target
         self.epoch, self.epochs = 0, 1
 
     def ramp(self) -> float:
@@ -125,8 +116,8 @@ class AKT(Method):
         fmap_b, logits_b = self._run(self.branch, batch.x_strong, True)
         p_a, p_b = torch.softmax(logits_a, 1), torch.softmax(logits_b, 1)
         att_a, att_b = attention_map(fmap_a), attention_map(fmap_b)
-        t, _ = adaptive_targets(p_a, p_b, att_a, att_b, batch.y, self.ramp(), target=self.target)
-        ce = soft_cross_entropy(t, logits_a) + soft_cross_entropy(t, logits_b)
+        target, _ = adaptive_targets(p_a, p_b, att_a, att_b, batch.y, self.ramp())
+        ce = soft_cross_entropy(target, logits_a) + soft_cross_entropy(target, logits_b)
         attention = (att_a - att_b).pow(2).sum(1).mean()
         return ce + self.attention_weight * attention + self.kl_weight * symmetric_kl(p_a, p_b)
 
@@ -152,8 +143,8 @@ class AKT(Method):
     def soft_labels(
         self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The adaptive target at full ramp on the clean image; uncertainty: the evidence against the label."""
+        """The adaptive target at full ramp on the clean image; uncertainty: beta."""
         c = probs.shape[1]
         hw = (feats.shape[1] - 2 * c - self.branch.embed_dim) // 2
         att_a, att_b, p_a, p_b = feats[:, self.branch.embed_dim :].split([hw, hw, c, c], dim=1)
-        return adaptive_targets(p_a, p_b, att_a, att_b, labels, 1.0, target=self.target)
+        return adaptive_targets(p_a, p_b, att_a, att_b, labels, 1.0)
