@@ -61,6 +61,22 @@ def test_adaptive_target_leaves_the_label_only_where_both_branches_agree_against
     assert (cold == 0).all()  # before the warm-up, the given labels
 
 
+def test_floor_keeps_the_ambiguity_the_branches_agree_on_but_not_their_uncertainty():
+    y = torch.tensor([0, 0, 0])
+    att = F.normalize(torch.ones(3, 4), dim=1)
+    p_a = torch.tensor([[0.6, 0.4, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.05, 0.9, 0.05, 0.0]])
+    p_b = torch.tensor([[0.6, 0.4, 0.0, 0.0], [0.0, 0.0, 0.4, 0.6], [0.05, 0.9, 0.05, 0.0]])
+    t0, u0 = adaptive_targets(p_a, p_b, att, att, y)
+    t, u = adaptive_targets(p_a, p_b, att, att, y, floor=0.5)
+    assert torch.allclose(t[0], torch.tensor([0.8, 0.2, 0.0, 0.0]))  # agreed, with the label: half to their belief
+    assert torch.allclose(t0[0], torch.tensor([0.84, 0.16, 0.0, 0.0]))  # without the floor: beta = 1 - 0.6
+    assert torch.allclose(u, u0)  # the uncertainty is still the evidence against the label
+    assert t[1, 0] > 0.9  # the branches disagree: the floor adds (almost) nothing
+    assert torch.allclose(t[2], t0[2])  # agreed against the label: that move is already past the floor
+    _, cold = adaptive_targets(p_a, p_b, att, att, y, ramp=0.0, floor=0.5)
+    assert (cold == 0).all()
+
+
 def test_both_branches_start_from_the_given_weights(tmp_path):
     src = build_backbone("small_cnn", C)
     path = tmp_path / "w.pt"

@@ -8,7 +8,8 @@ the same geometry. Each face's target adapts to what the two branches say about 
     pbar_i  = (sg(p_A) + sg(p_B)) / 2                          the branches' fused posterior
     agree_i = 1 - JS(p_A, p_B) / log 2                         1 when the branches agree (label space)
     rho_i   = 1 - cos(attention_A, attention_B)                0 when they look at the same places (feature space)
-    beta_i  = r * agree_i * (1 - rho_i) * (1 - pbar_i[y_i])    how far the target leaves the given label
+    u_i     = agree_i * (1 - rho_i) * (1 - pbar_i[y_i])        the evidence against the given label
+    beta_i  = r * max(u_i, f * agree_i * (1 - rho_i))          how far the target leaves the given label
     t_i     = (1 - beta_i) onehot(y_i) + beta_i pbar_i         the face's target
     loss    = softCE(t, p_A) + softCE(t, p_B) + w_att |attention_A - attention_B|^2 + w_kl symKL(p_A, p_B)
 
@@ -69,15 +70,18 @@ def adaptive_targets(
     att_b: torch.Tensor,
     y: torch.Tensor,
     ramp: float = 1.0,
+    floor: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, beta): each face's target and how far it moved off the given label (no gradients)."""
+    """(t, u): each face's target and its uncertainty, the move off the given label (no gradients)."""
     p_a, p_b, att_a, att_b = p_a.detach(), p_b.detach(), att_a.detach(), att_b.detach()
     fused = (p_a + p_b) / 2
     agree = (1 - js_divergence(p_a, p_b) / math.log(2)).clamp(0, 1)
     rho = (1 - (att_a * att_b).sum(1)).clamp(0, 1)
     onehot = F.one_hot(y, p_a.shape[1]).to(fused.dtype)
-    beta = ramp * agree * (1 - rho) * (1 - (fused * onehot).sum(1))
-    return (1 - beta[:, None]) * onehot + beta[:, None] * fused, beta
+    trust = agree * (1 - rho)
+    u = trust * (1 - (fused * onehot).sum(1))
+    beta = ramp * torch.maximum(u, floor * trust)
+    return (1 - beta[:, None]) * onehot + beta[:, None] * fused, ramp * u
 
 
 class AKT(Method):
@@ -95,10 +99,12 @@ class AKT(Method):
         attention_weight: float = 1.0,
         kl_weight: float = 1.0,
         warmup_epochs: int = 5,
+        floor: float = 0.0,
     ):
         super().__init__()
         self.branch = build_backbone(backbone, num_classes, weights=weights or None)
         self.attention_weight, self.kl_weight, self.warmup_epochs = attention_weight, kl_weight, warmup_epochs
+        self.floor = floor
         self.epoch, self.epochs = 0, 1
 
     def ramp(self) -> float:
@@ -117,7 +123,7 @@ class AKT(Method):
         fmap_b, logits_b = self._run(self.branch, batch.x_strong, True)
         p_a, p_b = torch.softmax(logits_a, 1), torch.softmax(logits_b, 1)
         att_a, att_b = attention_map(fmap_a), attention_map(fmap_b)
-        target, _ = adaptive_targets(p_a, p_b, att_a, att_b, batch.y, self.ramp())
+        target, _ = adaptive_targets(p_a, p_b, att_a, att_b, batch.y, self.ramp(), self.floor)
         ce = soft_cross_entropy(target, logits_a) + soft_cross_entropy(target, logits_b)
         attention = (att_a - att_b).pow(2).sum(1).mean()
         return ce + self.attention_weight * attention + self.kl_weight * symmetric_kl(p_a, p_b)
@@ -148,4 +154,4 @@ class AKT(Method):
         c = probs.shape[1]
         hw = (feats.shape[1] - 2 * c - self.branch.embed_dim) // 2
         att_a, att_b, p_a, p_b = feats[:, self.branch.embed_dim :].split([hw, hw, c, c], dim=1)
-        return adaptive_targets(p_a, p_b, att_a, att_b, labels, 1.0)
+        return adaptive_targets(p_a, p_b, att_a, att_b, labels, 1.0, self.floor)
