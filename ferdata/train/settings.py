@@ -80,7 +80,7 @@ class AKTOptions(Settings):
     kl_weight: float = option(1.0, "weight of the symmetric KL between the branches", min=0.0)
     warmup_epochs: int = option(5, "epochs over which the adaptive targets are ramped in (0: from the start)", min=0)
     floor: float = option(
-        0.0,
+        0.5,
         "least share of the target given to the branches' fused belief where they agree, times their agreement "
         "(0: the target leaves the label only where they agree against it)",
         min=0.0,

@@ -15,14 +15,25 @@ the same geometry. Each face's target adapts to what the two branches say about 
 
 So a face keeps its given label while the branches are unsure or disagree with each other (their
 uncertainty says nothing can be learnt from them about this face) and moves towards their fused
-belief only where both branches, from different views, agree against the label; r ramps from 0 to 1
-over the first ``warmup_epochs`` epochs, since untrained branches agree on nothing useful. Why this
+belief where both branches, from different views, agree: by the evidence against the label u_i, and by
+at least the floor f (``floor``, default 0.5) times their agreement, so that the ambiguity two branches
+agree on in a face they also label correctly reaches its target (as in soft bootstrapping, the
+target mixes label and belief); r ramps from 0 to 1 over the first ``warmup_epochs`` epochs, since
+untrained branches agree on nothing useful. Why this
 form: the abstract promises learning that adapts to uncertainty from feature- and label-space bias;
 agree_i is the label-space term, rho_i the feature-space term, and the product keeps the target on the
 given label unless both say otherwise. The soft label of a training face is its target t at r = 1 on
-the clean image; its uncertainty is beta_i, the share of the target moved off the given label.
+the clean image; its uncertainty is u_i, the agreed evidence against the given label (the floor moves
+the target but is not doubt about the label).
 
-The factor (1 - pbar_i[y_i]) matters: without it (beta_i = r agree_i (1 - rho_i), the target following the
+The floor, measured (synth, 30% noise, small_cnn, 20 epochs, CPU, seeds 0/1/2; seed 0 of floor 0.5 ran
+in a scratch copy of this formula): floor 0 gives clean-test accuracy 0.579/0.578/0.574, noise AUROC
+0.856/0.847/0.844, KL(true || soft label) 0.762/0.851/0.847; floor 0.5 gives 0.622/0.578/0.576,
+0.870/0.864/0.856, 0.607/0.671/0.701 (CE's softmax: 0.713/0.736/0.713). At seed 0 a floor of 0.3 gave
+0.583, 0.861, 0.694.
+
+The floor must stay below 1: without the factor (1 - pbar_i[y_i]), that is a floor of 1 (beta_i =
+r agree_i (1 - rho_i), the target following the
 fused belief wherever the branches agree, which would keep the ambiguity they see in a correctly
 labelled face) the branches train on their own agreed beliefs and stop learning from the labels once
 the ramp ends (validation accuracy 0.46 at epoch 5, 0.23 from epoch 16). Synth, 30% noise, small_cnn,
@@ -99,7 +110,7 @@ class AKT(Method):
         attention_weight: float = 1.0,
         kl_weight: float = 1.0,
         warmup_epochs: int = 5,
-        floor: float = 0.0,
+        floor: float = 0.5,
     ):
         super().__init__()
         self.branch = build_backbone(backbone, num_classes, weights=weights or None)
