@@ -19,8 +19,8 @@ belief where both branches, from different views, agree: by the evidence against
 at least the floor f (``floor``, default 0.5) times their agreement, so that the ambiguity two branches
 agree on in a face they also label correctly reaches its target (as in soft bootstrapping, the
 target mixes label and belief); r ramps from 0 to 1 over the first ``warmup_epochs`` epochs, since
-untrained branches agree on nothing useful. Why this
-form: the abstract promises learning that adapts to uncertainty from feature- and label-space bias;
+untrained branches agree on nothing useful. Why this form: the abstract promises learning that adapts
+to uncertainty from feature- and label-space bias;
 agree_i is the label-space term, rho_i the feature-space term, and the product keeps the target on the
 given label unless both say otherwise. The soft label of a training face is its target t at r = 1 on
 the clean image; its uncertainty is u_i, the agreed evidence against the given label (the floor moves
@@ -33,8 +33,8 @@ in a scratch copy of this formula): floor 0 gives clean-test accuracy 0.579/0.57
 0.583, 0.861, 0.694.
 
 The floor must stay below 1: without the factor (1 - pbar_i[y_i]), that is a floor of 1 (beta_i =
-r agree_i (1 - rho_i), the target following the
-fused belief wherever the branches agree, which would keep the ambiguity they see in a correctly
+r agree_i (1 - rho_i), the target following the fused belief wherever the branches agree, which would
+keep the ambiguity they see in a correctly
 labelled face) the branches train on their own agreed beliefs and stop learning from the labels once
 the ramp ends (validation accuracy 0.46 at epoch 5, 0.23 from epoch 16). Synth, 30% noise, small_cnn,
 20 epochs, CPU, seed 0: clean-test accuracy 0.195 against 0.579, noise AUROC 0.597 against 0.856,
@@ -83,7 +83,7 @@ def adaptive_targets(
     ramp: float = 1.0,
     floor: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, u): each face's target and its uncertainty, the move off the given label (no gradients)."""
+    """(t, u): each face's target and its uncertainty, the agreed evidence against its label (no gradients)."""
     p_a, p_b, att_a, att_b = p_a.detach(), p_b.detach(), att_a.detach(), att_b.detach()
     fused = (p_a + p_b) / 2
     agree = (1 - js_divergence(p_a, p_b) / math.log(2)).clamp(0, 1)
