@@ -10,6 +10,8 @@ plan, backbone and seed, and measure
     (subject-grouped folds);
   - soft-label fidelity on training faces: mean KL(true distribution || exported distribution), beside
     the one-hot given label;
+  - the same detection and fidelity measures on the trained model's own prediction for the (un-augmented)
+    training faces (``*_pred``; for CE that is what it exports);
   - the share of flipped labels whose exported top class is the clean label.
 
 Usage (after `dvc repro` has built data/synth): every method at 0 and 30% noise, LDLVA once with the
@@ -38,16 +40,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from ferdata.core.classes import class_index
 from ferdata.core.io import fork, locate, read_table
 from ferdata.core.settings import load_params, resolve
 from ferdata.core.tables import TABLES
+from ferdata.loader import Request, ShardFaces, shard_paths
 from ferdata.noise import noise
 from ferdata.report import auroc, kl_divergence
 from ferdata.sample import sample
-from ferdata.train.loop import train
+from ferdata.train.loop import load_trained, train
 from ferdata.train.prior import prior
 from ferdata.train.settings import NEEDS_KNN, TrainSettings
 from ferdata.va import va
@@ -61,13 +65,29 @@ def prepare(src: Path, work: Path, *, ratio: float, seed: int, epochs: int, per_
     return work
 
 
-def train_method(data: Path, models: Path, cfg: TrainSettings) -> pd.DataFrame:
-    """Train one method and return what it learned for every labelled face."""
+def train_method(data: Path, models: Path, cfg: TrainSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train one method; return what it learned for every labelled face and its prediction on the
+    training faces."""
     train(data, models, cfg)
-    return read_table(models / TABLES["learned"].file, "learned")[0]
+    learned = read_table(models / TABLES["learned"].file, "learned")[0]
+    return learned, predict_train(models / TABLES["model"].file, data, cfg.image_size)
 
 
-def evaluate(learned: pd.DataFrame, data: Path) -> dict[str, float]:
+@torch.no_grad()
+def predict_train(model: Path, data: Path, size: int) -> pd.DataFrame:
+    """The trained model's prediction (as for val/test) on every un-augmented training face."""
+    trained = load_trained(model)
+    labels, _ = read_table(locate(data, "labels.parquet"), "labels")
+    ids = labels.loc[labels["split"] == "train", "sample_id"].tolist()
+    faces = ShardFaces(shard_paths(locate(data, "shards")), ids, size=size)
+    probs = [
+        trained.predict(faces.__getitems__(Request(np.arange(i, min(i + 256, len(ids)))))["image"]).float().cpu()
+        for i in range(0, len(ids), 256)
+    ]
+    return pd.DataFrame({"sample_id": ids, "predicted": list(torch.cat(probs).double().numpy())})
+
+
+def evaluate(learned: pd.DataFrame, data: Path, predicted: pd.DataFrame | None = None) -> dict[str, float]:
     """The benchmark's numbers for one trained method.
 
     The evaluation split is ``test`` when the dataset has one, else ``val`` (FER+'s valid split). With
@@ -99,6 +119,17 @@ def evaluate(learned: pd.DataFrame, data: Path) -> dict[str, float]:
             true = np.stack(df.loc[rows, "true_dist"].to_numpy()).astype(np.float64)
             out[f"kl_true{name}"] = float(kl_divergence(true, dist[rows]).mean())
             out[f"kl_true{name}_onehot"] = float(kl_divergence(true, onehot[given[rows]]).mean())
+    if predicted is not None:  # the same measures on the model's prediction for the training faces
+        pred = df[train].merge(predicted, on="sample_id")
+        probs = np.stack(pred["predicted"].to_numpy()).astype(np.float64)
+        probs /= probs.sum(1, keepdims=True)
+        given_p, flipped_p = class_index(pred["label"].to_numpy(), classes), pred["flipped"].to_numpy(bool)
+        if flipped_p.any():
+            out["auroc_given_pred"] = auroc(1 - probs[np.arange(len(pred)), given_p], flipped_p)
+            clean_p = class_index(pred.loc[flipped_p, "clean_label"].to_numpy(), classes)
+            out["flips_recovered_pred"] = float((probs[flipped_p].argmax(1) == clean_p).mean())
+        if pred["true_dist"].notna().all():
+            out["kl_true_pred"] = float(kl_divergence(np.stack(pred["true_dist"].to_numpy()), probs).mean())
     return out
 
 
@@ -191,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     def run(spec: str, data: Path, work: Path, ratio: float, source: str) -> None:
         cfg = method_variant(base, spec)
         start = time.time()
-        learned = train_method(data, work / spec.replace(":", "_").replace("=", "-") / source, cfg)
+        learned, predicted = train_method(data, work / spec.replace(":", "_").replace("=", "-") / source, cfg)
         row = {"ratio": ratio, "method": spec, "va": source if cfg.method in NEEDS_KNN else "-"}
-        record({**row, **evaluate(learned, data), "seconds": round(time.time() - start, 1)})
+        record({**row, **evaluate(learned, data, predicted), "seconds": round(time.time() - start, 1)})
 
     with tempfile.TemporaryDirectory(prefix="ferdata-bench-") as tmp:
         for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -247,20 +278,26 @@ def print_table(results: list[dict]) -> None:
     cols = (
         "test_acc",
         "auroc_given",
+        "auroc_given_pred",
         "auroc_uncertainty",
         "auroc_quality",
         "issues_precision",
         "issues_recall",
         "kl_true",
         "kl_true_onehot",
+        "kl_true_pred",
         "kl_true_eval",
         "kl_true_eval_onehot",
         "flips_recovered",
+        "flips_recovered_pred",
         "seconds",
     )
-    print(f"{'ratio':>5} {'method':<28} {'va':<10}" + "".join(f"{c:>12}" for c in cols))
+    widths = [max(12, len(c) + 1) for c in cols]
+    print(f"{'ratio':>5} {'method':<28} {'va':<10}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths)))
     for r in results:
-        cells = "".join(f"{r[c]:>12.3f}" if isinstance(r.get(c), float) else f"{'-':>12}" for c in cols)
+        cells = "".join(
+            f"{r[c]:>{w}.3f}" if isinstance(r.get(c), float) else f"{'-':>{w}}" for c, w in zip(cols, widths)
+        )
         print(f"{r['ratio']:>5.2f} {r['method']:<28} {r.get('va', '-'):<10}" + cells)
 
 

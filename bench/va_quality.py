@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 **agreement(table, manifest),
             }
             cfg = replace(base, method="ldlva")
-            row.update({f"ldlva_{k}": v for k, v in evaluate(train_method(work, work / "ldlva", cfg), work).items()})
+            learned, predicted = train_method(work, work / "ldlva", cfg)
+            row.update({f"ldlva_{k}": v for k, v in evaluate(learned, work, predicted).items()})
             results.append(row)
             print(json.dumps(row), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,21 @@ def test_targets_mix_one_hot_and_aggregate_and_sum_to_one():
     assert torch.allclose(t, lam * torch.eye(C)[labels[index]] + (1 - lam) * d)
 
 
+@pytest.mark.parametrize("kind", ["prediction", "target"])
+def test_soft_label_is_the_prediction_or_the_target(kind):
+    method, labels = _method(soft_label=kind)
+    method.logit.data[:] = torch.linspace(-2, 2, N)
+    gen = torch.Generator().manual_seed(1)
+    feats, probs = torch.randn(N, 32, generator=gen), torch.softmax(torch.randn(N, C, generator=gen), 1)
+    soft, unc = method.soft_labels(feats, probs, labels)
+    assert torch.allclose(unc, 1 - method.lambdas())  # the trust is the uncertainty either way
+    with torch.no_grad():
+        d = method.eval().aggregate(torch.arange(N), feats, feats[method.knn], probs[method.knn])
+    t = method.targets(torch.arange(N), labels, d)
+    assert torch.allclose(soft, probs if kind == "prediction" else t)
+    assert not torch.allclose(probs, t)
+
+
 def test_one_hot_neighbours_give_no_nan():
     method, labels = _method()
     index = torch.arange(4)

@@ -46,6 +46,11 @@ class LDLVAOptions(Settings):
     neighbour_mode: str = option(
         "bank", "bank (memory bank, CPU-friendly) or forward (re-forward the K neighbours)", choices=("bank", "forward")
     )
+    soft_label: str = option(
+        "prediction",
+        "the training soft label: prediction (the trained network's distribution for the face) or target (t_i)",
+        choices=("prediction", "target"),
+    )
 
 
 @dataclass(frozen=True)
