@@ -29,10 +29,10 @@ so the faces the method trusts would carry no ambiguity at all, and d_i averages
 rated VA, not necessarily in expression. The network trained towards these targets ends much closer to
 the truth than the targets themselves. Synth, 30% noise, the dataset's VA, small_cnn, 20 epochs, CPU,
 seeds 0/1/2 (``bench/noise_robustness.py``, method ``ldlva:soft_label=target``, whose ``*_pred`` columns
-measure the prediction): KL(true || soft label) 1.132/1.153/1.083 for t_i, 0.538/0.546/0.529 for the
-prediction, CE's softmax 0.713/0.736/0.713; noise AUROC from 1 - soft label[given] 0.852/0.856/0.862 vs
-0.864/0.870/0.885; flipped faces whose top class is the clean one 0.370/0.375/0.391 vs
-0.531/0.541/0.555 (seed 0 is the root pipeline's ``dvc repro``, same data and plan). On real faces
+measure the prediction): KL(true || soft label) 1.089/1.153/1.083 for t_i, 0.497/0.546/0.529 for the
+prediction, CE's softmax 0.709/0.744/0.681; noise AUROC from 1 - soft label[given] 0.865/0.856/0.862 vs
+0.880/0.870/0.885; flipped faces whose top class is the clean one 0.407/0.375/0.391 vs
+0.557/0.541/0.555. On real faces
 (FER+ dev sample: 3,761 training faces with 10 crowd votes each, 30% noise, pseudo VA from a 2-fold CE
 prior, small_cnn, 20 epochs, CPU) the KL to the votes is 1.821 for t_i, 1.452 for the prediction and
 1.784 for CE's softmax; noise AUROC 0.592 vs 0.585, flips recovered 0.244 vs 0.290.
