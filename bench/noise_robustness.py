@@ -47,7 +47,7 @@ from ferdata.core.classes import class_index
 from ferdata.core.io import fork, locate, read_table
 from ferdata.core.settings import load_params, resolve
 from ferdata.core.tables import TABLES
-from ferdata.loader import Request, ShardFaces, shard_paths
+from ferdata.loader import ShardFaces, batches, in_order, shard_paths
 from ferdata.noise import noise
 from ferdata.report import auroc, kl_divergence
 from ferdata.sample import sample
@@ -80,10 +80,7 @@ def predict_train(model: Path, data: Path, size: int) -> pd.DataFrame:
     labels, _ = read_table(locate(data, "labels.parquet"), "labels")
     ids = labels.loc[labels["split"] == "train", "sample_id"].tolist()
     faces = ShardFaces(shard_paths(locate(data, "shards")), ids, size=size)
-    probs = [
-        trained.predict(faces.__getitems__(Request(np.arange(i, min(i + 256, len(ids)))))["image"]).float().cpu()
-        for i in range(0, len(ids), 256)
-    ]
+    probs = [trained.predict(b["image"]).float().cpu() for b in batches(faces, in_order(np.arange(len(ids)), 256))]
     return pd.DataFrame({"sample_id": ids, "predicted": list(torch.cat(probs).double().numpy())})
 
 

@@ -32,11 +32,10 @@ seeds 0/1/2 (``bench/noise_robustness.py``, method ``ldlva:soft_label=target``, 
 measure the prediction): KL(true || soft label) 1.089/1.153/1.083 for t_i, 0.497/0.546/0.529 for the
 prediction, CE's softmax 0.709/0.744/0.681; noise AUROC from 1 - soft label[given] 0.865/0.856/0.862 vs
 0.880/0.870/0.885; flipped faces whose top class is the clean one 0.407/0.375/0.391 vs
-0.557/0.541/0.555. On real faces
-(FER+ dev sample: 3,761 training faces with 10 crowd votes each, 30% noise, pseudo VA from a 2-fold CE
-prior, small_cnn, 20 epochs, CPU) the KL to the votes is 1.821 for t_i, 1.452 for the prediction and
-1.784 for CE's softmax; noise AUROC 0.592 vs 0.585, flips recovered 0.244 vs 0.290.
-``soft_label: target`` exports t_i (the soft label DESIGN.md names).
+0.557/0.541/0.555. On real faces (FER+ dev sample: 3,761 training faces with 10 crowd votes each, 30%
+noise, pseudo VA from a 2-fold CE prior, small_cnn, 20 epochs, CPU) the KL to the votes is 1.821 for t_i,
+1.452 for the prediction and 1.784 for CE's softmax; noise AUROC 0.592 vs 0.585, flips recovered 0.244
+vs 0.290. ``soft_label: target`` exports t_i (the soft label DESIGN.md names).
 
 p_j carries no gradient. Neighbour outputs come either from a forward pass of the neighbours' images at
 every step in training mode without gradients (``neighbour_mode="forward"``, the official code's
