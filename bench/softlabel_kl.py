@@ -3,10 +3,11 @@
 Splits the training faces of a trained pipeline by whether their label was flipped and by how much the
 method trusts it (1 - uncertainty above or below one half; for LDLVA that is lambda), and prints each
 group's size and mean KL, beside the KL of the one-hot given label and the share of the total KL from
-cells where the soft label puts under 1% on a class the truth gives mass to. For LDLVA's soft labels
-(t = lambda onehot(y) + (1 - lambda) d, uncertainty 1 - lambda) it also recovers the neighbour aggregate d
-and prints its KL and the KL of the best single lambda for every face: a bound on what any trust could
-reach with these neighbours.
+cells where the soft label puts under 1% on a class the truth gives mass to. For LDLVA trained with
+``train.ldlva.soft_label: target`` (soft label t = lambda onehot(y) + (1 - lambda) d, uncertainty
+1 - lambda) it also recovers the neighbour aggregate d and prints its KL and the KL of the best single
+lambda for every face: a bound on what any trust could reach with these neighbours. (The default soft
+label is the network's prediction, from which d cannot be recovered.)
 
 Usage (after `dvc repro`, which trains LDLVA on synth with 30% noise):
     python bench/softlabel_kl.py --data data/synth --learned models/synth/learned.parquet
@@ -21,11 +22,14 @@ import numpy as np
 
 from ferdata.core.classes import class_index, manifest_classes
 from ferdata.core.io import read_table
+from ferdata.core.settings import load_params, resolve
 from ferdata.report import kl_divergence
+from ferdata.train.settings import LDLVAOptions
 
 
-def groups(data: Path, learned: Path) -> list[tuple[str, int, float]]:
-    """(group, faces, mean KL) for the training faces of ``data`` with the soft labels in ``learned``."""
+def groups(data: Path, learned: Path, *, targets: bool = False) -> list[tuple[str, int, float]]:
+    """(group, faces, mean KL) for the training faces of ``data`` with the soft labels in ``learned``;
+    ``targets``: LDLVA's soft labels are its targets t_i, so the neighbour bound applies."""
     table, meta = read_table(learned, "learned")
     labels, _ = read_table(data / "labels.parquet", "labels")
     manifest, _ = read_table(data / "manifest.parquet", "manifest")
@@ -46,7 +50,7 @@ def groups(data: Path, learned: Path) -> list[tuple[str, int, float]]:
     rows.append(("share of KL from cells under 1%", len(kl), float((terms * (soft < 0.01)).sum() / terms.sum())))
     rows.append(("soft label's top mass (mean)", len(kl), float(soft.max(1).mean())))
     rows.append(("truth's top mass (mean)", len(kl), float(true.max(1).mean())))
-    if meta.get("method") == "ldlva":
+    if meta.get("method") == "ldlva" and targets:
         onehot = np.eye(soft.shape[1])[class_index(df["label"].to_numpy(), manifest_classes(meta))]
         rows += ldlva_bound(true, soft, onehot, 1 - df["uncertainty"].to_numpy())
     return rows
@@ -70,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data/synth"))
     ap.add_argument("--learned", type=Path, default=Path("models/synth/learned.parquet"))
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="the run's params (train.ldlva)")
     args = ap.parse_args(argv)
+    options = resolve(LDLVAOptions, load_params(args.params))
     print(f"{'group':<34}{'faces':>7}{'KL / value':>12}")
-    for name, n, value in groups(args.data, args.learned):
+    for name, n, value in groups(args.data, args.learned, targets=options.soft_label == "target"):
         print(f"{name:<34}{n:>7}{value:>12.3f}")
     return 0
 
