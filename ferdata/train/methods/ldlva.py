@@ -18,7 +18,7 @@ scaled down by the batch mean.
 
 ``lambda_lr`` defaults to 100 (the official RAF-DB config uses 10, ferdata used 20): on held-out real
 FER+ faces at 30% noise (ResNet-18, GPU) 100 gave soft labels much closer to the human votes than 20
-(test KL 0.684 vs 0.814, train KL 0.725 vs 0.771) at equal accuracy, and on synth with rated VA at 30%
+(test KL 0.684 vs 0.814, train KL of t_i 0.725 vs 0.771) at equal accuracy, and on synth with rated VA at 30%
 noise (small_cnn, 20 epochs, H200) it raised clean-test accuracy from 0.688 to 0.728 (the dataset's VA)
 and from 0.628 to 0.689 (pseudo VA) at equal noise AUROC. ``bench/methods_table.sh`` reruns both.
 
