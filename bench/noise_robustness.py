@@ -116,17 +116,16 @@ def evaluate(learned: pd.DataFrame, data: Path, predicted: pd.DataFrame | None =
             true = np.stack(df.loc[rows, "true_dist"].to_numpy()).astype(np.float64)
             out[f"kl_true{name}"] = float(kl_divergence(true, dist[rows]).mean())
             out[f"kl_true{name}_onehot"] = float(kl_divergence(true, onehot[given[rows]]).mean())
-    if predicted is not None:  # the same measures on the model's prediction for the training faces
-        pred = df[train].merge(predicted, on="sample_id")
-        probs = np.stack(pred["predicted"].to_numpy()).astype(np.float64)
-        probs /= probs.sum(1, keepdims=True)
-        given_p, flipped_p = class_index(pred["label"].to_numpy(), classes), pred["flipped"].to_numpy(bool)
-        if flipped_p.any():
-            out["auroc_given_pred"] = auroc(1 - probs[np.arange(len(pred)), given_p], flipped_p)
-            clean_p = class_index(pred.loc[flipped_p, "clean_label"].to_numpy(), classes)
-            out["flips_recovered_pred"] = float((probs[flipped_p].argmax(1) == clean_p).mean())
-        if pred["true_dist"].notna().all():
-            out["kl_true_pred"] = float(kl_divergence(np.stack(pred["true_dist"].to_numpy()), probs).mean())
+    if predicted is not None:  # the same measures on the model's own prediction for the training faces
+        probs = np.stack(predicted.set_index("sample_id").loc[df.loc[train, "sample_id"], "predicted"].to_numpy())
+        probs = probs.astype(np.float64) / probs.sum(1, keepdims=True)
+        f = flipped[train]
+        if f.any():
+            out["auroc_given_pred"] = auroc(1 - probs[np.arange(len(probs)), given[train]], f)
+            out["flips_recovered_pred"] = float((probs[f].argmax(1) == clean[train][f]).mean())
+        if has_true[train].all():
+            true = np.stack(df.loc[train, "true_dist"].to_numpy()).astype(np.float64)
+            out["kl_true_pred"] = float(kl_divergence(true, probs).mean())
     return out
 
 
