@@ -96,16 +96,17 @@ def test_a_faces_distribution_does_not_depend_on_its_batch():
     assert torch.allclose(alone, together, atol=1e-6)
 
 
-def test_prediction_is_primary_unless_asked():
+def test_prediction_is_corrected_unless_primary_is_asked():
     model = build_backbone("small_cnn", C).eval()
     x = torch.randn(3, 3, 32, 32)
-    primary = _arbex().eval()
+    primary = _arbex(predict="primary").eval()
     e, p = primary.infer(model, x)
     assert torch.allclose(p, torch.softmax(primary.classifier(e), 1))
-    corrected = _arbex(predict="corrected").eval()
+    corrected = _arbex().eval()
     corrected.load_state_dict(primary.state_dict())
     _, q = corrected.infer(model, x)
     assert torch.allclose(q, corrected.corrected(e, corrected.classifier(e), 1.0), atol=1e-6)
+    assert not torch.allclose(p, q, atol=1e-4)
     soft, unc = primary.soft_labels(e, p, torch.zeros(3, dtype=torch.long))
     assert torch.allclose(soft, q, atol=1e-6) and unc.shape == (3,)
 

@@ -67,8 +67,9 @@ class ARBExOptions(Settings):
     anchor_init: float = option(0.1, "sd of the anchors' random start (0: the official zeros)", min=0.0)
     head_layers: int = option(0, "hidden blocks of the primary head (3: the official MLP; 0: linear)", min=0, max=4)
     predict: str = option(
-        "primary",
-        "prediction for val/test: primary (the head, as the paper evaluates) or corrected",
+        "corrected",
+        "prediction for val/test: corrected (the balanced distribution q) or primary (the head alone, as the "
+        "official evaluation does)",
         choices=("primary", "corrected"),
     )
     confidence_grad: bool = option(
