@@ -1,21 +1,54 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 16 in one call on a CUDA machine (about 6-8 minutes on one H100/H200):
-#   1. bench/train_throughput.py on FER+ faces: resnet18, 64 px, batch 128, 12 workers, ce/ldlva/akt,
-#      the old path (fp32, albumentations in the workers) against the default (bf16, kornia on the GPU);
-#   2. accuracy at the new precision: synth at 30% noise, ce and ldlva, precision fp32 vs auto (bf16),
-#      same data, seed and budget (bench/noise_robustness.py, 20 epochs, no prior: --folds 0).
-# usage: bench/gpu_figures.sh SYNTH_DIR FERPLUS_DIR OUT   (built folders: download, align, shard, va)
+# Issue 16's GPU figures and CUDA tests in one device call (about 7 minutes on one H100/H200):
+#   0. the carried wheels (.whl/, see bench/device_prep.sh; WHEELS= names another folder, or none) are
+#      installed when present;
+#   1. the CUDA tests (tests/ -m cuda) beside
+#   2. accuracy at the new precision: synth at 30% noise, ce and ldlva, precision fp32 vs auto (bf16), same
+#      data, seed and budget (bench/noise_robustness.py, 20 epochs, no prior: --folds 0);
+#   3. then, alone on the machine, bench/train_throughput.py on FER+ faces: resnet18, 64 px, batch 128,
+#      12 workers, ce/ldlva/akt, the old path (fp32, albumentations in the workers) against the default
+#      (bf16, kornia on the GPU).
+# Every step has its own time limit, so one that hangs cannot eat the lease; logs and JSON go to OUT.
+# usage: bench/gpu_figures.sh SYNTH_DIR FERPLUS_DIR OUT   (folders from bench/device_prep.sh: .devdata/*)
+# env: PYTHON (python3); SMOKE=1 runs every step at toy sizes, on a CPU too, to check the script before a
+#      lease is spent on it (tests/test_bench.py does).
 set -uo pipefail
 synth=$1 ferplus=$2 out=$3
-py=${PYTHON:-python}
+py=${PYTHON:-python3}
 mkdir -p "$out"
-(cd bench && "$py" train_throughput.py --data "$ferplus" --backbone resnet18 --batch 128 --workers 12 \
-  --epochs 3 --out "$out/train_throughput.json") >"$out/train_throughput.log" 2>&1
+export NO_ALBUMENTATIONS_UPDATE=1 DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
+export FERDATA_SUITES=off  # the great-expectations table suites check tables, not the GPU: not carried
+wheels=${WHEELS-.whl}
+if [ -n "$wheels" ] && compgen -G "$wheels/*.whl" >/dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl \
+    || { echo "installing $wheels/ failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+  torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$out/device.txt"
+
+if [ "${SMOKE:-0}" = 1 ]; then
+  epochs=1 workers=2
+  T=(--backbone small_cnn --batch 16 --workers 2 --epochs 1 --steps 2 --loader-samples 64 --methods ce akt)
+else
+  epochs=20 workers=6
+  T=(--backbone resnet18 --batch 128 --workers 12 --epochs 3)
+fi
+
+timeout 240 "$py" -m pytest -q -p no:cacheprovider -m cuda tests >"$out/cuda_tests.log" 2>&1 &
 for p in fp32 auto; do
-  OMP_NUM_THREADS=2 "$py" bench/noise_robustness.py --data "$synth" --params params.yaml --ratios 0.3 \
-    --methods ce ldlva --va dataset --folds 0 --epochs 20 --set train.precision=$p --set train.workers=6 \
+  OMP_NUM_THREADS=2 timeout 300 "$py" bench/noise_robustness.py --data "$synth" --params params.yaml --ratios 0.3 \
+    --methods ce ldlva --va dataset --folds 0 --epochs $epochs --set train.precision=$p --set train.workers=$workers \
     --out "$out/precision_$p.json" >"$out/precision_$p.log" 2>&1 &
 done
 wait
-cat "$out/train_throughput.log" | tail -40
-for p in fp32 auto; do echo "precision $p"; tail -6 "$out/precision_$p.log"; done
+(cd bench && timeout 240 "$py" train_throughput.py --data "$ferplus" "${T[@]}" --out "$out/train_throughput.json") \
+  >"$out/train_throughput.log" 2>&1
+status=$?
+
+echo "== CUDA tests"; tail -4 "$out/cuda_tests.log"
+for p in fp32 auto; do echo "== precision $p"; tail -7 "$out/precision_$p.log"; done
+echo "== throughput (exit $status)"; tail -40 "$out/train_throughput.log"
+[ -f "$out/train_throughput.json" ] && [ -f "$out/precision_fp32.json" ] && [ -f "$out/precision_auto.json" ]

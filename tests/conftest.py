@@ -22,6 +22,18 @@ TINY = {
 SEED = 3
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` skip on a machine without a GPU (bench/gpu_figures.sh runs them with -m cuda)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shards_dir(tmp_path_factory) -> Path:
     """A tiny synth dataset downloaded, aligned and sharded (48 faces)."""

@@ -85,8 +85,8 @@ def test_device_augmentation_views(shards_dir):
     assert torch.equal(plain["image"], to_input(batch["image"], CPU))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("method", ["ce", "ldlva", "arbex", "akt"])
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["ce", "ls", "ldlva", "arbex", "akt"])
 def test_cuda_default_path_trains_every_method(trained_dir, tmp_path, method):
     """On a GPU the defaults are autocast (bf16 or fp16), channels_last and kornia views on the device."""
     import pandas as pd
@@ -103,7 +103,7 @@ def test_cuda_default_path_trains_every_method(trained_dir, tmp_path, method):
     assert np.allclose(np.stack(learned["distribution"]).sum(1), 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_batch_augment_is_seeded_on_the_device():
     from ferdata.augment import BatchAugment
 
@@ -111,3 +111,48 @@ def test_cuda_batch_augment_is_seeded_on_the_device():
     x = torch.rand(16, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     a, b = aug(x, "two_view", 9), aug(x, "two_view", 9)
     assert a["image"].is_cuda and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.cuda
+def test_cuda_fp16_trains_through_the_grad_scaler(trained_dir, tmp_path):
+    from ferdata.train.loop import train
+    from ferdata.train.settings import TrainSettings
+
+    out = train(trained_dir, tmp_path, TrainSettings(epochs=2, batch_size=8, image_size=32, lr=0.01, precision="fp16"))
+    assert all(np.isfinite(e["loss"]) for e in out["epochs"])
+
+
+@pytest.mark.cuda
+def test_cuda_prior_and_regressor_take_the_default_gpu_path(data_dir):
+    from ferdata.noise import noise
+    from ferdata.sample import sample
+    from ferdata.train.prior import prior
+    from ferdata.train.regress import regress
+
+    noise(data_dir, ratio=0.25, seed=1)
+    sample(data_dir, epochs=1, per_video=3)
+    table = prior(data_dir, folds=2, epochs=1, train={"batch_size": 8, "image_size": 32, "lr": 0.01})
+    assert np.allclose(np.stack(table["distribution"].to_numpy()).sum(1), 1, atol=1e-4)
+    va = regress(data_dir, folds=2, epochs=1, batch_size=8, image_size=32)[["valence", "arousal"]].to_numpy()
+    assert np.isfinite(va).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["resnet18_tv", "resnet50_tv"])
+def test_cuda_torchvision_layout_steps_in_bf16_channels_last(name):
+    engine = Engine.create(torch.device("cuda"))
+    model = engine.prepare(build_backbone(name, 7)).train()
+    x = torch.randn(8, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    logits = model(x)
+    logits.logsumexp(1).mean().backward()
+    assert logits.dtype == torch.float32 and torch.isfinite(model.head.weight.grad).all()
+
+
+@pytest.mark.cuda
+def test_cuda_compile_trains_with_inductor(trained_dir, tmp_path):
+    """The CPU test compiles with the eager backend; here inductor builds real GPU kernels."""
+    from ferdata.train.loop import train
+    from ferdata.train.settings import TrainSettings
+
+    out = train(trained_dir, tmp_path, TrainSettings(epochs=1, batch_size=8, image_size=32, lr=0.01, compile=True))
+    assert np.isfinite(out["epochs"][0]["loss"])

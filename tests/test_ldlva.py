@@ -159,7 +159,7 @@ def test_bad_neighbour_mode():
         LDLVAOptions(neighbour_mode="psychic")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["bank", "forward"])
 def test_every_neighbour_mode_runs_on_cuda(mode):
     device = torch.device("cuda")
