@@ -29,7 +29,8 @@ ferdata align "${F[@]}" --detector none --size 64
 ferdata shard "${F[@]}"
 ferdata noise "${F[@]}" --ratio 0
 ferdata sample "${F[@]}"
-ferdata prior "${F[@]}"         # out-of-fold CE posteriors: pseudo VA for LDLVA's neighbours
+ferdata prior "${F[@]}" --folds 2 --epochs 3   # out-of-fold CE posteriors -> pseudo VA, so LDLVA has
+                                                # neighbours to time (their quality does not matter here)
 ferdata va "${F[@]}" --source circumplex
 slim "$work/ferplus" .devdata/ferplus
 du -sh .whl .devdata
