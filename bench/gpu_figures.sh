@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's GPU figures and CUDA tests in one device call (about 7 minutes on one H100/H200):
+# Issue 16's GPU figures and CUDA tests in one device call (9 minutes at most, by the step limits below):
 #   0. the carried wheels (.whl/, see bench/device_prep.sh; WHEELS= names another folder, or none) are
 #      installed when present;
 #   1. the CUDA tests (tests/ -m cuda) beside
