@@ -4,14 +4,14 @@
 #      installed when present;
 #   1. the CUDA tests (tests/ -m cuda) beside
 #   2. accuracy at the new precision: synth at 30% noise, ce and ldlva, precision fp32 vs auto (bf16), same
-#      data, seeds and budget (bench/noise_robustness.py, seeds 0-2, 20 epochs, no prior: --folds 0; on an
-#      AMX CPU, bf16 LDLVA was 1.8 points below fp32 over 5 seeds, see the README);
+#      data, seeds and budget (bench/precision_parity.py: seeds 0-2, 20 epochs, six runs at a time; three
+#      seeds catch only a gross loss, see its docstring and the README for the CPU figures over 20 seeds);
 #   3. then, alone on the machine, bench/train_throughput.py on FER+ faces: resnet18, 64 px, batch 128,
 #      12 workers, ce/ldlva/akt, the old path (fp32, albumentations in the workers) against the default
 #      (bf16, kornia on the GPU).
 # Every step has its own time limit, so one that hangs cannot eat the lease; logs and JSON go to OUT.
 # usage: bench/gpu_figures.sh SYNTH_DIR FERPLUS_DIR OUT   (folders from bench/device_prep.sh: .devdata/*)
-# OUT gets about 16 files and a device call brings back 8, so on the device write elsewhere and pack:
+# OUT gets some 30 files and a device call brings back 8, so on the device write elsewhere and pack:
 #   bash bench/gpu_figures.sh .devdata/synth .devdata/ferplus /tmp/fig; tar czf $OUT/gpu_figures.tgz -C /tmp fig
 # env: PYTHON (python3); SMOKE=1 runs every step at toy sizes, on a CPU too, to check the script before a
 #      lease is spent on it (tests/test_bench.py does).
@@ -36,24 +36,20 @@ if [ "${SMOKE:-0}" = 1 ]; then
   epochs=1 workers=2 seeds=0
   T=(--backbone small_cnn --batch 16 --workers 2 --epochs 1 --steps 2 --loader-samples 64 --methods ce akt)
 else
-  epochs=20 workers=4 seeds="0 1 2"
+  epochs=20 workers=4 seeds=0-2
   T=(--backbone resnet18 --batch 128 --workers 12 --epochs 3)
 fi
 
 timeout 240 "$py" -m pytest -q -p no:cacheprovider -m cuda tests >"$out/cuda_tests.log" 2>&1 &
-for p in fp32 auto; do
-  for s in $seeds; do
-    OMP_NUM_THREADS=1 timeout 300 "$py" bench/noise_robustness.py --data "$synth" --params params.yaml --ratios 0.3 \
-      --methods ce ldlva --va dataset --folds 0 --epochs $epochs --seed "$s" --set train.precision=$p \
-      --set train.workers=$workers --out "$out/precision_${p}_s$s.json" >"$out/precision_${p}_s$s.log" 2>&1 &
-  done
-done
+OMP_NUM_THREADS=1 timeout 300 "$py" bench/precision_parity.py --data "$synth" --params params.yaml --methods ce ldlva \
+  --precisions fp32,auto --seeds "$seeds" --epochs $epochs --jobs 6 --set train.workers=$workers --out "$out/precision" \
+  >"$out/precision.log" 2>&1 &
 wait
 (cd bench && timeout 240 "$py" train_throughput.py --data "$ferplus" "${T[@]}" --out "$out/train_throughput.json") \
   >"$out/train_throughput.log" 2>&1
 status=$?
 
 echo "== CUDA tests"; tail -4 "$out/cuda_tests.log"
-for p in fp32 auto; do for s in $seeds; do echo "== precision $p seed $s"; tail -3 "$out/precision_${p}_s$s.log"; done; done
+echo "== precision"; tail -30 "$out/precision.log"
 echo "== throughput (exit $status)"; tail -40 "$out/train_throughput.log"
-ls "$out"/precision_*.json >/dev/null && [ -f "$out/train_throughput.json" ]
+[ -f "$out/precision/summary.json" ] && [ -f "$out/train_throughput.json" ]

@@ -2,12 +2,17 @@
 so a lease is never spent finding a broken script."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import precision_parity  # noqa: E402
 
 
 def test_gpu_figures_script_runs_at_toy_sizes(trained_dir, tmp_path):
@@ -24,6 +29,44 @@ def test_gpu_figures_script_runs_at_toy_sizes(trained_dir, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     throughput = json.loads((out / "train_throughput.json").read_text())
     assert throughput["e2e_ce_default_img_s"] > 0 and "loader_device_two_view_img_s" in throughput
-    for precision in ("fp32", "auto"):
-        assert json.loads((out / f"precision_{precision}_s0.json").read_text())
+    summary = json.loads((out / "precision" / "summary.json").read_text())
+    assert set(summary) == {"ce auto - fp32", "ldlva auto - fp32"}
+    assert summary["ldlva auto - fp32"]["seeds"] == [0]
     assert "skipped" in (out / "cuda_tests.log").read_text() or "passed" in (out / "cuda_tests.log").read_text()
+
+
+def test_precision_parity_reads_seed_ranges():
+    assert precision_parity.parse_seeds("0-3,7,2") == [0, 1, 2, 3, 7]
+    assert precision_parity.parse_seeds("5") == [5]
+
+
+@pytest.mark.parametrize(
+    ("diffs", "verdict"),
+    [
+        ([0.001, -0.002, 0.0, 0.001, -0.001], "within"),  # tight and near zero
+        ([-0.030, -0.031, -0.029, -0.030], "worse"),  # tight and 3 points down
+        ([-0.05, 0.02, -0.03, 0.01], "undecided"),  # the interval straddles -1 point
+    ],
+)
+def test_precision_parity_verdict_follows_the_interval(diffs, verdict):
+    result = precision_parity.paired(diffs, margin=0.01)
+    assert result["verdict"] == verdict
+    assert result["low"] < result["mean"] < result["high"]
+
+
+def test_precision_parity_pairs_runs_by_seed(tmp_path):
+    """Only seeds run at both precisions are paired; the difference is later minus the reference."""
+    for precision, seed, acc in [
+        ("fp32", 0, 0.70),
+        ("bf16", 0, 0.68),
+        ("fp32", 1, 0.72),
+        ("bf16", 1, 0.71),
+        ("fp32", 2, 0.9),
+    ]:
+        row = {"method": "ldlva", "test_acc": acc, "auroc_given": 0.8, "kl_true": 0.5}
+        precision_parity.run_path(tmp_path, "ldlva", precision, seed).write_text(json.dumps([row]))
+    summary = precision_parity.summarise(tmp_path, ["ldlva"], ["fp32", "bf16"], [0, 1, 2], 0.01)
+    entry = summary["ldlva bf16 - fp32"]
+    assert entry["seeds"] == [0, 1]
+    assert math.isclose(entry["test_acc"]["mean"], -0.015)
+    assert math.isclose(entry["test_acc"]["fp32"], 0.71)
