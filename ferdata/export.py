@@ -128,6 +128,7 @@ def export(
                 "dataset": manifest_meta.get("dataset"),
                 "va_source": va_meta.get("source"),
                 "train": learned_meta.get("settings", {}),  # what the model was trained with
+                "engine": learned_meta.get("engine", {}),  # where and at what precision (what auto became)
             },
         )
         return table

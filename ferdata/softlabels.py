@@ -61,6 +61,17 @@ def _load_versioned(path: str, *, repo: str | None, rev: str | None) -> pd.DataF
     return df
 
 
+def trained_on(engine: dict) -> str:
+    """``cuda, bf16, channels_last, augmentation on cuda, 4 processes`` from the ``engine`` metadata."""
+    if not engine:
+        return "? (written before ferdata recorded it)"
+    parts = [engine.get("device", "?"), engine.get("precision", "?")]
+    parts += [k for k in ("channels_last", "compile") if engine.get(k)]
+    parts.append(f"augmentation on {engine.get('augment_device', '?')}")
+    world = engine.get("world_size", 1)
+    return ", ".join(parts + ([f"{world} processes"] if world > 1 else []))
+
+
 def describe_soft_labels(df: pd.DataFrame, metrics: dict | None = None) -> str:
     """A card a person reads: what produced these soft labels (from the file's metadata) and, when given,
     the run's metrics (reports/<dataset>/metrics.json)."""
@@ -75,6 +86,7 @@ def describe_soft_labels(df: pd.DataFrame, metrics: dict | None = None) -> str:
         f"- classes: {', '.join(a.get('classes', []))}",
         f"- method: {a.get('method')}; backbone {train.get('backbone', '?')}, {train.get('epochs', '?')} epochs, "
         f"seed {train.get('seed', '?')}",
+        f"- trained on: {trained_on(a.get('engine') or {})}",
         f"- injected noise: {noise.get('ratio', 0) or 0:.0%} {noise.get('mode', '')} (seed {noise.get('seed')})",
         f"- valence/arousal source: {a.get('va_source') or '?'}",
         f"- suspected noisy labels: {int(df['suspected_noisy'].sum())}; mean confidence {df['confidence'].mean():.3f}",

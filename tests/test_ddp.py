@@ -47,5 +47,5 @@ def test_torchrun_two_cpu_processes(trained_dir, tmp_path, method):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("trained ") == 2  # both ranks finished
     learned, meta = read_table(tmp_path / "models" / "learned.parquet", "learned")
-    assert meta["method"] == method
+    assert meta["method"] == method and meta["engine"]["world_size"] == 2
     assert np.abs(np.stack(learned["distribution"].to_numpy()).sum(1) - 1).max() < 1e-5

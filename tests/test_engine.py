@@ -19,6 +19,15 @@ def test_resolution_on_a_cpu():
         resolve_precision("fp8", CPU)
     engine = Engine.create(CPU)
     assert (engine.precision, engine.augment_on_device, engine.scaler()) == ("fp32", False, None)
+    assert engine.describe() == {
+        "device": "cpu",
+        "precision": "fp32",
+        "channels_last": False,
+        "compile": False,
+        "augment_device": "cpu",
+    }
+    assert engine.line() == "cpu, fp32, augmentation in the loader workers"
+    assert Engine.create(CPU, precision="bf16", compile=True).line().startswith("cpu, bf16 autocast, compiled, ")
 
 
 def test_fp32_path_is_unchanged():
@@ -101,6 +110,10 @@ def test_cuda_default_path_trains_every_method(trained_dir, tmp_path, method):
     assert all(np.isfinite(e["loss"]) for e in out["epochs"])
     learned = pd.read_parquet(tmp_path / "learned.parquet")
     assert np.allclose(np.stack(learned["distribution"]).sum(1), 1)
+    from ferdata.core.io import read_table
+
+    _, meta = read_table(tmp_path / "learned.parquet", "learned")
+    assert meta["engine"] == {**engine.describe(), "world_size": 1} and meta["engine"]["channels_last"]
 
 
 @pytest.mark.cuda

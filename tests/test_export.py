@@ -20,6 +20,16 @@ def test_soft_labels_contract(trained_dir):
     assert df["confidence"].between(0, 1).all() and df["uncertainty"].between(0, 1).all()
     assert df.attrs["classes"][1] == "happy" and df.attrs["version"] == ferdata.__version__
     assert df.attrs["method"] == "ce" and len(df.attrs["model_hash"]) == 64
+    # what train.precision: auto became, next to the settings that asked for it
+    assert df.attrs["engine"] == {
+        "device": "cpu",
+        "precision": "fp32",
+        "channels_last": False,
+        "compile": False,
+        "augment_device": "cpu",
+        "world_size": 1,
+    }
+    assert df.attrs["train"]["precision"] == "auto"
     assert df["valence"].notna().all()
     # the file is plain parquet: pandas and pyarrow read it with no ferdata code
     plain = pd.read_parquet(path)
@@ -195,6 +205,7 @@ def test_a_soft_label_file_says_what_produced_it(trained_dir, tmp_path):
         "injected noise: 25% symmetric",
         "valence/arousal source: provided",
         "2 epochs",
+        "trained on: cpu, fp32, augmentation on cpu\n",
         "| noise_auroc | 0.8123 |",
     ):
         assert text in card, card

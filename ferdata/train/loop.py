@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,7 @@ class Fitted:
     learned: pd.DataFrame | None
     train_seconds: float = 0.0  # wall time of the training passes alone (bench/train_throughput.py)
     train_samples: int = 0  # faces those passes stepped on, all ranks
+    engine: dict[str, Any] = field(default_factory=dict)  # how it trained: Engine.describe() and the world size
 
 
 def make_engine(cfg: TrainSettings) -> Engine:
@@ -242,6 +243,9 @@ def fit(
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = build_backbone(cfg.backbone, len(classes))
+    if rank == 0 and not quiet:
+        ranks = f", {world} processes" if world > 1 else ""
+        tqdm.write(f"training {cfg.method} ({cfg.backbone}) on {engine.line()}{ranks}")
     if cfg.weights:
         report = load_weights(model, cfg.backbone, cfg.weights)
         if rank == 0 and not quiet:
@@ -330,7 +334,8 @@ def fit(
     if rank == 0:
         every = batches(faces, in_order(np.arange(len(faces)), 256), workers=cfg.workers, pin_memory=pin)
         learned = learned_distributions(model, method, every, labels, targets, device)
-    return Fitted(model, method, log, learned, seconds, sum(steps) * cfg.batch_size * world)
+    how = {**engine.describe(), "world_size": world}
+    return Fitted(model, method, log, learned, seconds, sum(steps) * cfg.batch_size * world, how)
 
 
 def learned_distributions(
@@ -369,9 +374,11 @@ def train(
         rank, world = init_distributed(select_device())
         fitted = fit(data, cfg, rank=rank, world=world)
         if rank == 0:
-            run.write(fitted.learned, "learned", {"classes": data.classes, "method": cfg.method})
+            meta = {"classes": data.classes, "method": cfg.method, "engine": fitted.engine}
+            run.write(fitted.learned, "learned", meta)
             write_json({"epochs": fitted.log}, run.output("train_log"))  # plot data; the settings are params
-            save_checkpoint(fitted.model, fitted.method, run.output("model"), {**asdict(cfg), "classes": data.classes})
+            about = {**asdict(cfg), "classes": data.classes, "engine": fitted.engine}
+            save_checkpoint(fitted.model, fitted.method, run.output("model"), about)
         leave_distributed()
         return {"epochs": fitted.log, "train_seconds": fitted.train_seconds, "train_samples": fitted.train_samples}
 
