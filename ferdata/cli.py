@@ -272,13 +272,14 @@ def sample(settings, folders, params) -> None:
 
 @stage_command(STAGES["train"])
 def train(settings, folders, params) -> None:
+    from ferdata.softlabels import trained_on
     from ferdata.train.loop import train as run
 
     out = run(folders["data"], folders["models"], settings)
     log, rate = out["epochs"], out["train_samples"] / max(out["train_seconds"], 1e-9)
     typer.echo(
         f"trained {settings.method}/{settings.backbone} for {len(log)} epochs: final val acc {log[-1]['val_acc']:.3f} "
-        f"({rate:.0f} faces/s while training)"
+        f"({rate:.0f} faces/s while training; {trained_on(out['engine'])})"
     )
 
 

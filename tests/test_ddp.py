@@ -46,6 +46,7 @@ def test_torchrun_two_cpu_processes(trained_dir, tmp_path, method):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("trained ") == 2  # both ranks finished
+    assert "cpu, fp32, augmentation on cpu, 2 processes)" in proc.stdout
     learned, meta = read_table(tmp_path / "models" / "learned.parquet", "learned")
     assert meta["method"] == method and meta["engine"]["world_size"] == 2
     assert np.abs(np.stack(learned["distribution"].to_numpy()).sum(1) - 1).max() < 1e-5

@@ -97,14 +97,6 @@ class Engine:
             "augment_device": "cuda" if self.augment_on_device else "cpu",
         }
 
-    def line(self) -> str:
-        """The same in words: ``cuda:0, bf16 autocast, channels_last, augmentation on the device``."""
-        parts = [str(self.device), f"{self.precision} autocast" if self.precision in AMP_DTYPES else self.precision]
-        parts += ["channels_last"] if self.device.type == "cuda" else []
-        parts += ["compiled"] if self.compile else []
-        parts.append("augmentation on the device" if self.augment_on_device else "augmentation in the loader workers")
-        return ", ".join(parts)
-
     def scaler(self) -> torch.amp.GradScaler | None:
         """A grad scaler for fp16 (bf16 and fp32 need none)."""
         return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None

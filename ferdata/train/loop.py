@@ -243,9 +243,6 @@ def fit(
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = build_backbone(cfg.backbone, len(classes))
-    if rank == 0 and not quiet:
-        ranks = f", {world} processes" if world > 1 else ""
-        tqdm.write(f"training {cfg.method} ({cfg.backbone}) on {engine.line()}{ranks}")
     if cfg.weights:
         report = load_weights(model, cfg.backbone, cfg.weights)
         if rank == 0 and not quiet:
@@ -380,7 +377,12 @@ def train(
             about = {**asdict(cfg), "classes": data.classes, "engine": fitted.engine}
             save_checkpoint(fitted.model, fitted.method, run.output("model"), about)
         leave_distributed()
-        return {"epochs": fitted.log, "train_seconds": fitted.train_seconds, "train_samples": fitted.train_samples}
+        return {
+            "epochs": fitted.log,
+            "train_seconds": fitted.train_seconds,
+            "train_samples": fitted.train_samples,
+            "engine": fitted.engine,
+        }
 
 
 def save_checkpoint(model: torch.nn.Module, method: Method, path: Path, meta: dict[str, Any]) -> None:
