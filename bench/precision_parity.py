@@ -104,7 +104,7 @@ def summarise(out: Path, methods: list[str], precisions: list[str], seeds: list[
             if not pairs:
                 continue
             key = f"{method} {other} - {ref}"
-            entry = {"seeds": [s for s, _, _ in pairs]}
+            entry: dict = {"reference": ref, "other": other, "seeds": [s for s, _, _ in pairs]}
             for metric in METRICS:
                 entry[metric] = paired([b[metric] - a[metric] for _, a, b in pairs], margin)
                 entry[metric][ref] = sum(a[metric] for _, a, _ in pairs) / len(pairs)
@@ -117,7 +117,7 @@ def summarise(out: Path, methods: list[str], precisions: list[str], seeds: list[
 def report(summary: dict, margin: float) -> None:
     for key, entry in summary.items():
         acc = entry["test_acc"]
-        ref, other = key.split(" - ")[1], key.split()[1]
+        ref, other = entry["reference"], entry["other"]
         print(f"== {key}: {acc['n']} seeds")
         for seed, (a, b) in entry["test_acc_per_seed"].items():
             print(f"  seed {seed:>3}: {ref} {a:.4f}  {other} {b:.4f}  {100 * (b - a):+.2f}")
