@@ -28,7 +28,7 @@ ferdata download ferplus --from "$archive" --data "$work/ferplus"
 ferdata align "${F[@]}" --detector none --size 64
 ferdata shard "${F[@]}"
 ferdata noise "${F[@]}" --ratio 0
-ferdata sample "${F[@]}"
+ferdata sample "${F[@]}" --per-class 3000   # 8 classes: epochs of 24,000 samples, as issue 16 measured
 ferdata prior "${F[@]}" --folds 2 --epochs 3   # out-of-fold CE posteriors -> pseudo VA, so LDLVA has
                                                 # neighbours to time (their quality does not matter here)
 ferdata va "${F[@]}" --source circumplex

@@ -3,15 +3,18 @@
 On the machine it runs on (CUDA when present, else the CPU), with one backbone, image size and batch:
 
 - ``step_fp32``: the training step alone (forward, CE, backward, SGD) on random tensors already on the
-  device, fp32; ``step_<p>``: the same at each other precision the device runs (bf16, fp16 on CUDA;
-  bf16 on a CPU, for information);
+  device, fp32, under deterministic algorithms as the trainer runs; ``step_<p>``: the same at each other
+  precision the device runs (bf16, fp16 on CUDA; bf16 on a CPU, for information);
+  ``step_<auto>_nondeterministic``: the chosen precision with any algorithm allowed (what determinism costs);
 - ``loader_workers_<mode>``: ``ShardFaces`` + ``PlanBatches`` alone through a DataLoader with
   ``--workers`` workers, augment none / weak / strong / two_view (albumentations in the workers);
 - ``loader_device_<mode>``: the loader with augment none plus ``BatchAugment`` (kornia) on the device,
   the path ``train.augment_device`` takes on a GPU;
 - ``e2e_<method>_<path>``: ``ferdata.train.loop.train`` on the dataset's plan, faces per second of the
-  training passes (validation and the final table are not counted). Path ``fp32_workers`` is the trainer
-  before issue 16 (fp32, augmentation in the workers), ``default`` what ``precision: auto`` and
+  training passes after the first epoch (the issue's measure: an epoch's rate once running; the first
+  pays start-up, cuDNN's first calls and kornia's), ``..._all_epochs`` over every pass; validation, the
+  memory bank's refresh and the final table are not counted. Path ``fp32_workers`` is the trainer before
+  issue 16 (fp32, augmentation in the workers), ``default`` what ``precision: auto`` and
   ``augment_device: auto`` choose here;
 - ratios: every end-to-end rate over the step-alone rate at its precision, and each precision and
   augmentation path over the old one.
@@ -49,8 +52,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_rate(backbone: str, size: int, batch: int, steps: int, engine: Engine) -> float:
-    """Images/s of the training step alone on random tensors already on the device."""
+def step_rate(backbone: str, size: int, batch: int, steps: int, engine: Engine, *, deterministic: bool = True) -> float:
+    """Images/s of the training step alone on random tensors already on the device (with deterministic
+    algorithms, as ``fit`` asks for, unless told otherwise)."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        return timed_steps(backbone, size, batch, steps, engine)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def timed_steps(backbone: str, size: int, batch: int, steps: int, engine: Engine) -> float:
     torch.manual_seed(0)
     model = engine.prepare(build_backbone(backbone, 7)).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -118,10 +131,13 @@ def loader_rate(
     return seen / (time.perf_counter() - start)
 
 
-def e2e_rate(data: Path, cfg: TrainSettings) -> float:
+def e2e_rates(data: Path, cfg: TrainSettings) -> tuple[float, float]:
+    """Faces/s of the training passes after the first epoch, and over all of them."""
     with tempfile.TemporaryDirectory() as tmp:
         out = train(data, tmp, cfg)
-    return out["train_samples"] / out["train_seconds"]
+    seconds, samples = out["epoch_seconds"], out["epoch_samples"]
+    after = slice(1, None) if len(seconds) > 1 else slice(None)
+    return sum(samples[after]) / sum(seconds[after]), sum(samples) / sum(seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None, help="timed steps alone (default 200 CUDA, 20 CPU)")
     ap.add_argument("--loader-samples", type=int, default=None, help="default 24000 CUDA, 2048 CPU")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs of each end-to-end run")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of each end-to-end run (the first is not timed)")
     ap.add_argument("--methods", nargs="+", default=["ce", "ldlva", "akt"])
     ap.add_argument("--out", type=Path, default=Path("bench/results/train_throughput.json"))
     args = ap.parse_args(argv)
@@ -157,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in precisions:
         res[f"step_{p}_img_s"] = step_rate(backbone, args.size, batch, steps, Engine(device, p))
         print(f"step alone {p}: {res[f'step_{p}_img_s']:.0f} img/s", file=sys.stderr)
+    free = step_rate(backbone, args.size, batch, steps, Engine(device, chosen), deterministic=False)
+    res[f"step_{chosen}_nondeterministic_img_s"] = free
 
     faces, order = plan_epochs(args.data, n, args.size)
     places = {"workers": None, "device": BatchAugment().to(device)}
@@ -176,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         for path, over in paths.items():
             key = f"e2e_{method}_{path}_img_s"
-            res[key] = e2e_rate(args.data, replace(base, method=method, **over))
+            res[key], res[f"e2e_{method}_{path}_all_epochs_img_s"] = e2e_rates(
+                args.data, replace(base, method=method, **over)
+            )
             print(f"{key}: {res[key]:.0f}", file=sys.stderr)
         res[f"e2e_{method}_default_over_fp32_workers"] = (
             res[f"e2e_{method}_default_img_s"] / res[f"e2e_{method}_fp32_workers_img_s"]

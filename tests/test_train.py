@@ -1,14 +1,17 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.settings import resolve
 from ferdata.core.tables import TABLES
+from ferdata.train import loop
 from ferdata.train.backbones import build_backbone
-from ferdata.train.loop import load_checkpoint, to_input, train
+from ferdata.train.loop import load_checkpoint, run_epoch, sgd, to_input, train
 from ferdata.train.methods import MethodContext, build_method
 from ferdata.train.settings import LSOptions, TrainSettings
 
@@ -111,3 +114,103 @@ def test_bf16_with_augmentation_on_the_device_trains(trained_dir, tmp_path, monk
     learned = pd.read_parquet(tmp_path / "learned.parquet")
     assert np.allclose(np.stack(learned["distribution"]).sum(1), 1)
     assert np.isfinite(learned["uncertainty"]).all()
+
+
+HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy", "cpu"}
+HOST_READS |= {"masked_select", "unique", "argwhere", "any", "all"}
+
+
+class HostReads(TorchFunctionMode):
+    """Records the torch calls that read tensor values on the host (on a GPU each one waits for the
+    device) and indexing by a boolean mask (its size is read back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        index = args[1] if name in ("__getitem__", "__setitem__") and len(args) > 1 else ()
+        masked = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in np.atleast_1d(index))
+        if name in HOST_READS or masked or (name == "where" and len(args) == 1):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["ce", "ls", "ldlva", "arbex", "akt"])
+def test_a_training_step_reads_nothing_back_from_the_device(trained_dir, tmp_path, monkeypatch, method):
+    """Issue 16: a step that reads a value back makes the host wait for the GPU, so it can never queue the
+    next step while this one runs. On the CPU the reads are recorded instead (the CUDA test counts them)."""
+    reads: list[str] = []
+    real = loop.run_epoch
+
+    def watched(loader, step_loss, *args, **kwargs):
+        def step(batch):
+            with HostReads() as mode:
+                loss = step_loss(batch)
+            reads.extend(mode.calls)
+            return loss
+
+        return real(loader, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", watched)
+    train(trained_dir, tmp_path, TrainSettings(method=method, epochs=1, batch_size=8, image_size=32, lr=0.01))
+    assert reads == []
+
+
+def test_run_epoch_reads_the_losses_back_every_few_steps(monkeypatch):
+    monkeypatch.setattr(loop, "LOSS_READ_EVERY", 4)
+    w = torch.nn.Parameter(torch.ones(()))
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    batches = [{"position": torch.arange(1 + i % 2), "loss": torch.tensor(v)} for i, v in enumerate(values)]
+    opt, sched = sgd([w], lr=0.0, weight_decay=0.0, total_steps=20)
+    with HostReads() as mode:
+        mean = run_epoch(batches, lambda b: w * b["loss"], [opt], sched, quiet=True)
+    sizes = [1 + i % 2 for i in range(10)]
+    assert mean == pytest.approx(np.dot(values, sizes) / sum(sizes))
+    assert mode.calls.count("tolist") == 3  # after steps 4 and 8, and the last two at the end
+    batches[6]["loss"] = torch.tensor(float("nan"))  # step 7, after 1+2+1+2+1+2 = 9 samples
+    with pytest.raises(FerdataError, match="the loss became nan after 9 samples; nothing was written"):
+        run_epoch(batches, lambda b: w * b["loss"], [opt], sched, quiet=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["ce", "ldlva", "akt"])
+def test_cuda_training_passes_never_wait_for_the_device(trained_dir, tmp_path, monkeypatch, method):
+    """The real check behind the CPU one: CUDA's sync debug mode warns at every call that waits for the
+    GPU. A training pass on the default path (kornia views included) waits once, at its end, to read
+    its losses back."""
+    monkeypatch.setattr(loop, "LOSS_READ_EVERY", 10**9)
+    real, waits = loop.run_epoch, []
+
+    def watched(*args, **kwargs):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = real(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        waits.append([f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)])
+        return out
+
+    monkeypatch.setattr(loop, "run_epoch", watched)
+    train(trained_dir, tmp_path, TrainSettings(method=method, epochs=2, batch_size=8, image_size=32, lr=0.01))
+    assert [len(w) for w in waits] == [1, 1], waits  # the sites that waited, when it fails
+
+
+@pytest.mark.cuda
+def test_cuda_training_is_repeatable(trained_dir, tmp_path):
+    """Same params and seed, byte-identical tables, on the GPU too (deterministic algorithms, a fixed
+    cuBLAS workspace, kornia views seeded per batch)."""
+    import pandas as pd
+
+    cfg = TrainSettings(method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01)
+    tables = []
+    for run in ("a", "b"):
+        train(trained_dir, tmp_path / run, cfg)
+        tables.append(pd.read_parquet(tmp_path / run / "learned.parquet"))
+    a, b = tables
+    assert np.array_equal(np.stack(a["distribution"]), np.stack(b["distribution"]))
+    assert np.array_equal(a["uncertainty"], b["uncertainty"])

@@ -44,6 +44,8 @@ __all__ = ["Engine", "fit", "load_checkpoint", "load_trained", "predict", "run_e
 def select_device() -> torch.device:
     """CUDA (this rank's GPU under torchrun) when present, else the CPU."""
     if torch.cuda.is_available():
+        # cuBLAS is deterministic only with a fixed workspace; read when its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
@@ -87,6 +89,9 @@ def sgd(
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
 
 
+LOSS_READ_EVERY = 32  # steps between reads of the losses back to the host (each read waits for the device)
+
+
 def run_epoch(
     loader: Iterable[dict[str, torch.Tensor]],
     step_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
@@ -98,17 +103,16 @@ def run_epoch(
     scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One pass: for every batch the loss, its gradients and a step of every optimiser (through the fp16
-    grad ``scaler`` when given); the mean loss. A non-finite loss stops training before the step that
-    would spread it into the weights."""
-    total, seen = 0.0, 0
+    grad ``scaler`` when given); the mean loss.
+
+    The losses stay on the device and are read back every ``LOSS_READ_EVERY`` steps: a read per step
+    would make the host wait for the GPU at every step, so it could never queue the next one while the
+    last one runs. A non-finite loss stops training at the next read; nothing has been written by then."""
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    values: list[float] = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         loss = step_loss(batch)
-        value = loss.item()
-        if not np.isfinite(value):
-            raise FerdataError(
-                f"{desc or 'training'}: the loss became {value} after {seen} samples; nothing was "
-                "written. Lower train.lr (or check the inputs) and run again"
-            )
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         if scaler is None:
@@ -121,9 +125,30 @@ def run_epoch(
                 scaler.step(o)
             scaler.update()
         sched.step()
-        n = len(batch["position"])
-        total, seen = total + value * n, seen + n
-    return total / max(seen, 1)
+        losses.append(loss.detach().float())
+        sizes.append(len(batch["position"]))
+        if len(losses) - len(values) >= LOSS_READ_EVERY:
+            values += read_losses(losses[len(values) :], sizes, len(values), desc)
+    values += read_losses(losses[len(values) :], sizes, len(values), desc)
+    total = 0.0
+    for value, n in zip(values, sizes):
+        total += value * n
+    return total / max(sum(sizes), 1)
+
+
+def read_losses(pending: list[torch.Tensor], sizes: list[int], done: int, desc: str) -> list[float]:
+    """The ``pending`` step losses as floats (steps ``done`` onwards); an error naming the first that is
+    not finite and the samples stepped on before it."""
+    if not pending:
+        return []
+    values = torch.stack(pending).cpu().tolist()
+    for i, value in enumerate(values):
+        if not np.isfinite(value):
+            raise FerdataError(
+                f"{desc or 'training'}: the loss became {value} after {sum(sizes[: done + i])} samples; "
+                "nothing was written. Lower train.lr (or check the inputs) and run again"
+            )
+    return values
 
 
 class Objective(torch.nn.Module):
@@ -216,6 +241,8 @@ class Fitted:
     learned: pd.DataFrame | None
     train_seconds: float = 0.0  # wall time of the training passes alone (bench/train_throughput.py)
     train_samples: int = 0  # faces those passes stepped on, all ranks
+    epoch_seconds: list[float] = field(default_factory=list)  # the same two, per epoch
+    epoch_samples: list[int] = field(default_factory=list)
     engine: dict[str, Any] = field(default_factory=dict)  # how it trained: Engine.describe() and the world size
 
 
@@ -295,13 +322,17 @@ def fit(
         total_steps=sum(steps),
     )
 
+    targets_here = targets.to(device)
+
     def step_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        index, views = batch["position"], engine.views(batch, augment)
-        return net(index.to(device), views["image"], targets[index].to(device), views.get("strong"))
+        """Nothing here waits for the device: the positions come pinned (on CUDA) and copy asynchronously."""
+        index = batch["position"].to(device, non_blocking=True)
+        views = engine.views(batch, augment)
+        return net(index, views["image"], targets_here[index], views.get("strong"))
 
     method.set_total_steps(sum(steps))
     scaler = engine.scaler()
-    log, seconds = [], 0.0
+    log, seconds = [], []
     for epoch in range(cfg.epochs):
         method.set_epoch(epoch, cfg.epochs)
         if train_eval is not None:
@@ -318,7 +349,7 @@ def fit(
             quiet=quiet or rank != 0,
             scaler=scaler,
         )
-        seconds += time.time() - start
+        seconds.append(time.time() - start)
         _, val_probs = infer_all(model, method, val_loader, device)
         val_acc = float((val_probs.argmax(1).cpu().numpy() == val_targets).mean()) if len(val_pos) else float("nan")
         log.append({"epoch": epoch + 1, "loss": loss, "val_acc": val_acc})  # no timings: the log is a DVC output
@@ -332,7 +363,8 @@ def fit(
         every = batches(faces, in_order(np.arange(len(faces)), 256), workers=cfg.workers, pin_memory=pin)
         learned = learned_distributions(model, method, every, labels, targets, device)
     how = {**engine.describe(), "world_size": world}
-    return Fitted(model, method, log, learned, seconds, sum(steps) * cfg.batch_size * world, how)
+    samples = [n * cfg.batch_size * world for n in steps]
+    return Fitted(model, method, log, learned, sum(seconds), sum(samples), seconds, samples, how)
 
 
 def learned_distributions(
@@ -380,6 +412,8 @@ def train(
         return {
             "epochs": fitted.log,
             "train_seconds": fitted.train_seconds,
+            "epoch_seconds": fitted.epoch_seconds,
+            "epoch_samples": fitted.epoch_samples,
             "train_samples": fitted.train_samples,
             "engine": fitted.engine,
         }

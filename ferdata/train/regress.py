@@ -53,12 +53,12 @@ def fit_regressor(faces: ShardFaces, targets: np.ndarray, cfg: RegressSettings, 
     opt, sched = sgd(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.epochs * sampler.steps(0)
     )
-    y = torch.tensor(targets, dtype=torch.float32)
+    y = torch.tensor(targets, dtype=torch.float32, device=device)
     loader = batches(faces, sampler, workers=cfg.workers, pin_memory=device.type == "cuda")
 
     def step_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = torch.tanh(model(to_input(batch["image"], device)))
-        return torch.nn.functional.mse_loss(out, y[batch["position"]].to(device))
+        return torch.nn.functional.mse_loss(out, y[batch["position"].to(device, non_blocking=True)])
 
     model.train()
     scaler = engine.scaler()

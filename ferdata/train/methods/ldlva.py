@@ -62,26 +62,46 @@ def local_similarity(va_i: torch.Tensor, va_j: torch.Tensor, temperature: float 
     return torch.exp(-(va_i[:, None, :] - va_j).abs().sum(-1) / temperature)
 
 
-def center_loss(feats: torch.Tensor, labels: torch.Tensor, trust: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+def center_loss(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    trust: torch.Tensor,
+    centers: torch.Tensor,
+    present: torch.Tensor | None = None,
+) -> torch.Tensor:
     """0.5 * sum_x trust_x |f_x - m_{y_x}|^2 / n: pulls features to their class centre, weighted by the
-    (stop-gradient) trust in each label; the centres receive no gradient."""
-    return 0.5 * (trust.detach()[:, None] * (feats - centers.detach()[labels]).pow(2)).sum() / len(feats)
+    (stop-gradient) trust in each label; the centres receive no gradient. Rows whose ``present`` is False
+    count for nothing (masking rather than dropping them keeps the shapes fixed: selecting rows by a mask
+    makes the host wait for the GPU)."""
+    weight, n = trust.detach(), len(feats)
+    if present is not None:
+        weight, n = weight * present, present.sum()
+    return 0.5 * (weight[:, None] * (feats - centers.detach()[labels]).pow(2)).sum() / n
 
 
 def centre_push(centers: torch.Tensor) -> torch.Tensor:
     """sum_{a<b} exp(-|m_a - m_b|^2 / D): large when class centres sit close together."""
     gaps = torch.cdist(centers, centers).pow(2)
-    upper = torch.triu(torch.ones_like(gaps, dtype=torch.bool), diagonal=1)
-    return torch.exp(-gaps[upper] / centers.shape[1]).sum()
+    a, b = torch.triu_indices(len(centers), len(centers), offset=1, device=centers.device)
+    return torch.exp(-gaps[a, b] / centers.shape[1]).sum()
 
 
 @torch.no_grad()
-def update_centers(centers: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, trust: torch.Tensor) -> None:
+def update_centers(
+    centers: torch.Tensor,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    trust: torch.Tensor,
+    present: torch.Tensor | None = None,
+) -> None:
     """The official centre rule, in place: a pull step towards the trust-weighted class features, then a
-    push step apart."""
+    push step apart. Rows whose ``present`` is False count for nothing."""
     onehot = F.one_hot(labels, len(centers)).to(feats.dtype)  # (n, C)
+    n = len(feats)
+    if present is not None:
+        onehot, trust, n = onehot * present[:, None], trust * present, present.sum()
     diff = trust[:, None] * (feats - centers[labels])  # (n, D)
-    pull = onehot.T @ diff / (onehot.sum(0)[:, None] + 1) / len(feats)
+    pull = onehot.T @ diff / (onehot.sum(0)[:, None] + 1) / n
     centers.add_(CENTER_STEP * pull)
     with torch.enable_grad():
         m = centers.detach().clone().requires_grad_(True)
@@ -184,12 +204,13 @@ class LDLVA(Method):
         loss = soft_cross_entropy(self.targets(batch.index, batch.y, d), logits)
         nbr = self.knn[batch.index].reshape(-1)
         valid = self.knn_mask[batch.index].reshape(-1)
-        all_feats = torch.cat([feats, nbr_feats.reshape(-1, feats.shape[1]).detach()[valid]])
-        all_labels = torch.cat([batch.y, self.labels[nbr][valid]])
-        trust = self.lambdas(torch.cat([batch.index, nbr[valid]])).detach()
-        loss = loss + self.disc_weight * center_loss(all_feats, all_labels, trust, self.centers)
+        present = torch.cat([torch.ones_like(batch.y, dtype=torch.bool), valid]).float()  # masked neighbours: 0
+        all_feats = torch.cat([feats, nbr_feats.reshape(-1, feats.shape[1]).detach()])
+        all_labels = torch.cat([batch.y, self.labels[nbr]])
+        trust = self.lambdas(torch.cat([batch.index, nbr])).detach()
+        loss = loss + self.disc_weight * center_loss(all_feats, all_labels, trust, self.centers, present)
         if self.training:
-            update_centers(self.centers, all_feats.detach().float(), all_labels, trust.float())
+            update_centers(self.centers, all_feats.detach().float(), all_labels, trust.float(), present)
         return loss
 
     @torch.no_grad()
