@@ -201,12 +201,13 @@ def test_cuda_training_passes_never_wait_for_the_device(trained_dir, tmp_path, m
 
 
 @pytest.mark.cuda
-def test_cuda_training_is_repeatable(trained_dir, tmp_path):
+@pytest.mark.parametrize("method", ["ldlva", "arbex"])
+def test_cuda_training_is_repeatable(trained_dir, tmp_path, method):
     """Same params and seed, byte-identical tables, on the GPU too (deterministic algorithms, a fixed
-    cuBLAS workspace, kornia views seeded per batch)."""
+    cuBLAS workspace, kornia views seeded per batch, ARBEx's attention off the fused kernels)."""
     import pandas as pd
 
-    cfg = TrainSettings(method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01)
+    cfg = TrainSettings(method=method, epochs=2, batch_size=8, image_size=32, lr=0.01)
     tables = []
     for run in ("a", "b"):
         train(trained_dir, tmp_path / run, cfg)
