@@ -10,6 +10,8 @@ On the machine it runs on (CUDA when present, else the CPU), with one backbone, 
   ``--workers`` workers, augment none / weak / strong / two_view (albumentations in the workers);
 - ``loader_device_<mode>``: the loader with augment none plus ``BatchAugment`` (kornia) on the device,
   the path ``train.augment_device`` takes on a GPU;
+- ``augment_ms_<op>``: each kornia op of ``BatchAugment`` alone on one batch already on the device,
+  milliseconds per batch (which op the device augmentation spends its time in);
 - ``e2e_<method>_<path>``: ``ferdata.train.loop.train`` on the dataset's plan, faces per second of the
   training passes after the first epoch (the issue's measure: an epoch's rate once running; the first
   pays start-up, cuDNN's first calls and kornia's), ``..._all_epochs`` over every pass; validation, the
@@ -91,6 +93,23 @@ def timed_steps(backbone: str, size: int, batch: int, steps: int, engine: Engine
         step()
     sync(engine.device)
     return steps * batch / (time.perf_counter() - start)
+
+
+def augment_op_ms(aug: BatchAugment, batch: int, size: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Milliseconds per batch of each kornia op (weak as one, every strong op on its own) on the device."""
+    x = unit_images(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8), device)
+    ops = {"weak": aug.weak, **{type(m).__name__: m for m in aug.strong}}
+    out = {}
+    for name, op in ops.items():
+        with torch.no_grad():
+            op(x)  # warm-up
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                op(x)
+            sync(device)
+        out[f"augment_ms_{name}"] = (time.perf_counter() - start) / repeats * 1e3
+    return out
 
 
 def plan_epochs(data: Path, n: int, size: int) -> tuple[ShardFaces, list[np.ndarray]]:
@@ -178,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     faces, order = plan_epochs(args.data, n, args.size)
     places = {"workers": None, "device": BatchAugment().to(device)}
+    res.update(augment_op_ms(places["device"], batch, args.size, device, repeats=50 if cuda else 5))
     for mode in ("none", "weak", "strong", "two_view"):
         for place, aug in places.items():
             if mode == "none" and aug is not None:
