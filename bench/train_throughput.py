@@ -10,14 +10,14 @@ On the machine it runs on (CUDA when present, else the CPU), with one backbone, 
   ``--workers`` workers, augment none / weak / strong / two_view (albumentations in the workers);
 - ``loader_device_<mode>``: the loader with augment none plus ``BatchAugment`` (kornia) on the device,
   the path ``train.augment_device`` takes on a GPU;
-- ``augment_ms_<op>``: each kornia op of ``BatchAugment`` alone on one batch already on the device,
-  milliseconds per batch (which op the device augmentation spends its time in);
+- ``augment_ms_<mode>``: ``BatchAugment`` alone on a batch already on the device, milliseconds per batch;
 - ``e2e_<method>_<path>``: ``ferdata.train.loop.train`` on the dataset's plan, faces per second of the
   training passes after the first epoch (the issue's measure: an epoch's rate once running; the first
   pays start-up, cuDNN's first calls and kornia's), ``..._all_epochs`` over every pass; validation, the
   memory bank's refresh and the final table are not counted. Path ``fp32_workers`` is the trainer before
   issue 16 (fp32, augmentation in the workers), ``default`` what ``precision: auto`` and
-  ``augment_device: auto`` choose here;
+  ``augment_device: auto`` choose here, and on CUDA ``auto_workers`` the chosen precision with the
+  augmentation left in the workers (which place keeps up better at that precision);
 - ratios: every end-to-end rate over the step-alone rate at its precision, and each precision and
   augmentation path over the old one.
 
@@ -95,20 +95,18 @@ def timed_steps(backbone: str, size: int, batch: int, steps: int, engine: Engine
     return steps * batch / (time.perf_counter() - start)
 
 
-def augment_op_ms(aug: BatchAugment, batch: int, size: int, device: torch.device, repeats: int) -> dict[str, float]:
-    """Milliseconds per batch of each kornia op (weak as one, every strong op on its own) on the device."""
+def augment_ms(aug: BatchAugment, batch: int, size: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Milliseconds per batch of the device augmentation alone, per mode, on a batch already there."""
     x = unit_images(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8), device)
-    ops = {"weak": aug.weak, **{type(m).__name__: m for m in aug.strong}}
     out = {}
-    for name, op in ops.items():
-        with torch.no_grad():
-            op(x)  # warm-up
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                op(x)
-            sync(device)
-        out[f"augment_ms_{name}"] = (time.perf_counter() - start) / repeats * 1e3
+    for mode in ("weak", "strong", "two_view"):
+        aug(x, mode, 0)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        for seed in range(repeats):
+            aug(x, mode, seed)
+        sync(device)
+        out[f"augment_ms_{mode}"] = (time.perf_counter() - start) / repeats * 1e3
     return out
 
 
@@ -197,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     faces, order = plan_epochs(args.data, n, args.size)
     places = {"workers": None, "device": BatchAugment().to(device)}
-    res.update(augment_op_ms(places["device"], batch, args.size, device, repeats=50 if cuda else 5))
+    res.update(augment_ms(places["device"], batch, args.size, device, repeats=50 if cuda else 5))
     for mode in ("none", "weak", "strong", "two_view"):
         for place, aug in places.items():
             if mode == "none" and aug is not None:
@@ -211,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         backbone=backbone, epochs=args.epochs, batch_size=batch, image_size=args.size, workers=args.workers
     )
     paths = {"fp32_workers": dict(precision="fp32", augment_device="cpu"), "default": {}}
+    if cuda:
+        paths["auto_workers"] = dict(augment_device="cpu")
     for method in args.methods:
         for path, over in paths.items():
             key = f"e2e_{method}_{path}_img_s"
@@ -218,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.data, replace(base, method=method, **over)
             )
             print(f"{key}: {res[key]:.0f}", file=sys.stderr)
-        res[f"e2e_{method}_default_over_fp32_workers"] = (
-            res[f"e2e_{method}_default_img_s"] / res[f"e2e_{method}_fp32_workers_img_s"]
-        )
+        for path in list(paths)[1:]:
+            res[f"e2e_{method}_{path}_over_fp32_workers"] = (
+                res[f"e2e_{method}_{path}_img_s"] / res[f"e2e_{method}_fp32_workers_img_s"]
+            )
     if "ce" in args.methods:
-        res["e2e_ce_default_over_step"] = res["e2e_ce_default_img_s"] / res[f"step_{chosen}_img_s"]
+        for path in list(paths)[1:]:
+            res[f"e2e_ce_{path}_over_step"] = res[f"e2e_ce_{path}_img_s"] / res[f"step_{chosen}_img_s"]
         res["e2e_ce_fp32_workers_over_step_fp32"] = res["e2e_ce_fp32_workers_img_s"] / res["step_fp32_img_s"]
     for p in precisions[1:]:
         res[f"step_{p}_over_fp32"] = res[f"step_{p}_img_s"] / res["step_fp32_img_s"]

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -74,3 +76,31 @@ def trained_dir(shards_dir: Path, tmp_path_factory) -> Path:
     train(root, root / "models", TrainSettings(epochs=2, batch_size=8, image_size=32, lr=0.01))
     export(root, root / "models")
     return root
+
+
+HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy", "cpu"}
+HOST_READS |= {"masked_select", "unique", "argwhere", "any", "all"}
+
+
+class HostReads(TorchFunctionMode):
+    """Records the torch calls that read tensor values on the host (on a GPU each one waits for the
+    device) and indexing by a boolean mask (its size is read back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        index = args[1] if name in ("__getitem__", "__setitem__") and len(args) > 1 else ()
+        index = index if isinstance(index, tuple) else (index,)
+        masked = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+        if name in HOST_READS or masked or (name == "where" and len(args) == 1):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def host_reads() -> type[HostReads]:
+    """A context manager recording the calls that would make the host wait for a GPU (``.calls``)."""
+    return HostReads

@@ -99,3 +99,30 @@ def test_two_view_strong_keeps_the_weak_geometry():
     weak_side = views["image"][..., :16].mean((1, 2, 3)) > views["image"][..., 16:].mean((1, 2, 3))
     strong_side = views["strong"][..., :16].mean((1, 2, 3)) > views["strong"][..., 16:].mean((1, 2, 3))
     assert torch.equal(weak_side, strong_side)  # colour changes, the bright half stays where it was
+
+
+def test_weak_view_flips_and_shifts_exactly():
+    """The written-out sampling matrix: a flip mirrors the pixels, a shift of 6% moves them 3 of 50."""
+    import torch
+
+    from ferdata.augment import weak_view
+
+    x = torch.rand(2, 3, 50, 50)
+    u = torch.tensor([[0.9, 0.1, 0.5, 1.0, 0.5, 0.5], [0.1, 0.9, 0.5, 0.5, 0.5, 0.5]])  # shift right; flip only
+    out = weak_view(x, u)
+    assert torch.allclose(out[0, ..., 3:], x[0, ..., :-3], atol=1e-5)
+    assert torch.allclose(out[1], x[1].flip(-1), atol=1e-5)
+    still = torch.tensor([[0.9, 0.9, 0.0, 0.0, 0.0, 0.0]])  # neither flipped nor moved
+    assert torch.allclose(weak_view(x[:1], still), x[:1], atol=1e-5)
+
+
+def test_batch_views_draw_on_the_device_and_read_nothing_back(host_reads):
+    """Every draw is a device tensor op from the batch's generator: no host reads, no per-sample work
+    on the host (kornia.augmentation's modules draw on the host and copy over, op by op)."""
+    import torch
+
+    from ferdata.augment import BatchAugment
+
+    with host_reads() as mode:
+        views = BatchAugment()(torch.rand(8, 3, 32, 32), "two_view", 3)
+    assert mode.calls == [] and set(views) == {"image", "strong"}

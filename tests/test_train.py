@@ -4,7 +4,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.settings import resolve
@@ -116,29 +115,8 @@ def test_bf16_with_augmentation_on_the_device_trains(trained_dir, tmp_path, monk
     assert np.isfinite(learned["uncertainty"]).all()
 
 
-HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy", "cpu"}
-HOST_READS |= {"masked_select", "unique", "argwhere", "any", "all"}
-
-
-class HostReads(TorchFunctionMode):
-    """Records the torch calls that read tensor values on the host (on a GPU each one waits for the
-    device) and indexing by a boolean mask (its size is read back)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", str(func))
-        index = args[1] if name in ("__getitem__", "__setitem__") and len(args) > 1 else ()
-        masked = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in np.atleast_1d(index))
-        if name in HOST_READS or masked or (name == "where" and len(args) == 1):
-            self.calls.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("method", ["ce", "ls", "ldlva", "arbex", "akt"])
-def test_a_training_step_reads_nothing_back_from_the_device(trained_dir, tmp_path, monkeypatch, method):
+def test_a_training_step_reads_nothing_back_from_the_device(trained_dir, tmp_path, monkeypatch, method, host_reads):
     """Issue 16: a step that reads a value back makes the host wait for the GPU, so it can never queue the
     next step while this one runs. On the CPU the reads are recorded instead (the CUDA test counts them)."""
     reads: list[str] = []
@@ -146,7 +124,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(trained_dir, tmp_pat
 
     def watched(loader, step_loss, *args, **kwargs):
         def step(batch):
-            with HostReads() as mode:
+            with host_reads() as mode:
                 loss = step_loss(batch)
             reads.extend(mode.calls)
             return loss
@@ -158,13 +136,13 @@ def test_a_training_step_reads_nothing_back_from_the_device(trained_dir, tmp_pat
     assert reads == []
 
 
-def test_run_epoch_reads_the_losses_back_every_few_steps(monkeypatch):
+def test_run_epoch_reads_the_losses_back_every_few_steps(monkeypatch, host_reads):
     monkeypatch.setattr(loop, "LOSS_READ_EVERY", 4)
     w = torch.nn.Parameter(torch.ones(()))
     values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
     batches = [{"position": torch.arange(1 + i % 2), "loss": torch.tensor(v)} for i, v in enumerate(values)]
     opt, sched = sgd([w], lr=0.0, weight_decay=0.0, total_steps=20)
-    with HostReads() as mode:
+    with host_reads() as mode:
         mean = run_epoch(batches, lambda b: w * b["loss"], [opt], sched, quiet=True)
     sizes = [1 + i % 2 for i in range(10)]
     assert mean == pytest.approx(np.dot(values, sizes) / sum(sizes))

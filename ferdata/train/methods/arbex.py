@@ -125,6 +125,12 @@ class ARBEx(Method):
         self.confidence_grad = confidence_grad
         self.scale = math.sqrt(embed_dim)
         self.anchors = nn.Parameter(torch.randn(num_classes, anchors_per_class, embed_dim) * anchor_init)
+        owner = torch.arange(num_classes).repeat_interleave(anchors_per_class)
+        # the pairs of anchors of different classes, as positions: selecting them by a mask at every step
+        # would read the mask's size back from the GPU (not saved: it follows from the settings)
+        self.register_buffer(
+            "rival_pairs", torch.stack(torch.nonzero(owner[:, None] != owner[None, :], as_tuple=True)), persistent=False
+        )
         self.classifier = mlp_head(embed_dim, num_classes, layers=head_layers)
         self.attention = nn.MultiheadAttention(embed_dim // tokens, heads, batch_first=True)
         self.correction_head = nn.Linear(embed_dim, num_classes)
@@ -167,10 +173,8 @@ class ARBEx(Method):
     def anchor_loss(self) -> torch.Tensor:
         """-mean |a_u - a_v|^2 / sqrt(D) over pairs of anchors of different classes: lower when they are apart."""
         flat = self.anchors.reshape(-1, self.anchors.shape[-1])
-        owner = torch.arange(self.num_classes, device=flat.device).repeat_interleave(self.k)
-        other = owner[:, None] != owner[None, :]
         sq = (flat[:, None, :] - flat[None, :, :]).pow(2).sum(-1)
-        return -sq[other].mean() / self.scale
+        return -sq[self.rival_pairs[0], self.rival_pairs[1]].mean() / self.scale
 
     def center_loss(self, dist: torch.Tensor, y: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
         """mean_i conf_i * (distance from e_i to the nearest anchor of its class) / sqrt(D); the confidence
