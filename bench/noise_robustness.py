@@ -51,10 +51,17 @@ from ferdata.loader import ShardFaces, batches, in_order, shard_paths
 from ferdata.noise import noise
 from ferdata.report import auroc, kl_divergence
 from ferdata.sample import sample
+from ferdata.train import loop
 from ferdata.train.loop import load_trained, train
 from ferdata.train.prior import prior
 from ferdata.train.settings import NEEDS_KNN, TrainSettings
 from ferdata.va import va
+
+
+def augment_on_device() -> None:
+    """Every run in this process takes the GPU's augmentation path, on whatever device it trains on."""
+    real = loop.make_engine
+    loop.make_engine = lambda cfg: replace(real(cfg), augment_on_device=True)
 
 
 def prepare(src: Path, work: Path, *, ratio: float, seed: int, epochs: int, per_video: int, per_class: int) -> Path:
@@ -203,8 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="train settings (the train section)")
     ap.add_argument("--set", action="append", default=[], help="override a setting: --set train.backbone=resnet18")
     ap.add_argument("--k", type=int, default=8, help="neighbours per face of the circumplex VA graph")
+    ap.add_argument(
+        "--augment-on-device",
+        action="store_true",
+        help="make the views with BatchAugment on the training device even on a CPU (what a GPU run does by "
+        "default), to measure that path's accuracy without a GPU",
+    )
     ap.add_argument("--out", type=Path, default=Path("reports/bench/noise_robustness.json"))
     args = ap.parse_args(argv)
+    if args.augment_on_device:
+        augment_on_device()
     params = apply_sets(dict(load_params(args.params)), args.set)
     base = resolve(TrainSettings, params, {"epochs": args.epochs, "seed": args.seed})
     sources = args.va.split(",")

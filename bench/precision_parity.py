@@ -15,6 +15,9 @@ three seeds only catch a gross one.
 
     OMP_NUM_THREADS=1 python bench/precision_parity.py --data data/synth --methods ce ldlva \
         --precisions fp32,bf16 --seeds 0-19 --jobs 2 --out reports/bench/precision
+
+A precision may end in ``+device``: those runs make their views with the GPU's augmentation path
+(``BatchAugment``) even on a CPU, so ``--precisions fp32,fp32+device`` asks what that path costs.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ def run_one(args: argparse.Namespace, method: str, precision: str, seed: int) ->
         str(HERE / "noise_robustness.py"),
         *("--data", str(args.data), "--params", str(args.params), "--ratios", str(args.ratio)),
         *("--methods", method, "--va", "dataset", "--folds", "0", "--epochs", str(args.epochs)),
-        *("--seed", str(seed), "--set", f"train.precision={precision}", "--out", str(path)),
+        *("--seed", str(seed), "--set", f"train.precision={precision.removesuffix('+device')}", "--out", str(path)),
         *(a for s in args.set for a in ("--set", s)),
+        *(["--augment-on-device"] if precision.endswith("+device") else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with path.with_suffix(".log").open("w") as log:
