@@ -21,13 +21,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
 def weak_transform(seed: int) -> A.Compose:
     """Flip plus a small shift-scale-rotate."""
-    return A.Compose(
+    pipeline = A.Compose(
         [
             A.HorizontalFlip(p=0.5),
             A.Affine(
@@ -38,13 +39,13 @@ def weak_transform(seed: int) -> A.Compose:
                 p=0.8,
             ),
         ],
-        seed=seed,
     )
+    return reseed(pipeline, seed)
 
 
 def strong_transform(seed: int) -> A.Compose:
     """Photometric corruption applied on top of a weak view."""
-    return A.Compose(
+    pipeline = A.Compose(
         [
             A.ColorJitter(brightness=(0.6, 1.4), contrast=(0.6, 1.4), saturation=(0.6, 1.4), hue=(-0.08, 0.08), p=0.8),
             A.ToGray(p=0.1),
@@ -52,8 +53,23 @@ def strong_transform(seed: int) -> A.Compose:
             A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
             A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.1, 0.25), hole_width_range=(0.1, 0.25), p=0.5),
         ],
-        seed=seed,
     )
+    return reseed(pipeline, seed)
+
+
+def reseed(pipeline: A.Compose, seed: int) -> A.Compose:
+    """Seed ``pipeline`` from ``seed``, every transform with a stream of its own.
+
+    albumentations' ``set_random_seed`` (and ``Compose(seed=)``) hands every transform the same seed, so
+    each one's first draw, whether it applies, is the same number: a flip came only with an affine
+    (flip alone never, nothing at all 20% of the time instead of 10%), greyscale only with colour jitter,
+    blur, noise and dropout together."""
+    pipeline.set_random_seed(seed)
+    for transform, own in zip(
+        pipeline.transforms, np.random.SeedSequence(seed).generate_state(len(pipeline.transforms))
+    ):
+        transform.set_random_seed(int(own))
+    return pipeline
 
 
 class BatchAugment(torch.nn.Module):

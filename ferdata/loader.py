@@ -100,15 +100,15 @@ class ShardFaces(ShardReader, tud.Dataset):
         """(weak, strong) albumentations pipelines for ``augment``, reseeded for this request."""
         if augment == "none":
             return None, None  # albumentations is not even imported
-        if not self._views:
-            from ferdata.augment import strong_transform, weak_transform
+        from ferdata.augment import reseed, strong_transform, weak_transform
 
+        if not self._views:
             self._views = {"weak": weak_transform(0), "strong": strong_transform(0)}
         weak, strong = self._views["weak"], self._views["strong"]
-        weak.set_random_seed(seed)
+        reseed(weak, seed)
         if augment == "weak":
             return weak, None
-        strong.set_random_seed(seed + 1)
+        reseed(strong, seed + 1)
         return weak, strong
 
 
