@@ -79,14 +79,15 @@ class BatchAugment(torch.nn.Module):
     noise and one erased patch on top of the weak view, which keeps the weak view's geometry. The
     families and ranges are those of the albumentations pipelines above.
 
-    The pixel operations are kornia's functions; every random draw is made on the device, for the whole
-    batch at once, from a generator seeded by the batch's request seed, and a sample a family skips gets
-    its neutral parameters (or keeps its pixels), so nothing is read back to the host and the number of
-    kernel launches does not grow with the number of families: 56 device ops for a weak view, 347 for
-    a two-view pair. Why not ``kornia.augmentation``'s modules: they draw their parameters on the host,
-    op by op, and copy them over, 239 device and 70 host ops for a weak view, 547 and 262 for two views;
-    on an H100 the loader with them made 6,000 two-view faces/s (about 18 ms per batch of 128 over the
-    plain loader's 3 ms; albumentations in 12 CPU workers made 6,650) while the bf16 step took 10 ms."""
+    The pixel operations are kornia's colour, blur and box functions and torch's ``grid_sample`` for the
+    warp. Every random draw is made on the device, for the whole batch at once, from a generator seeded
+    by the batch's request seed, and a sample that a family skips gets neutral parameters (or keeps its
+    pixels), so nothing is read back to the host and no host work is done per sample or per family: 56
+    device ops for a weak view, 347 for a two-view pair. Why not ``kornia.augmentation``'s modules: they
+    draw their parameters on the host, op by op, and copy them over, 239 device and 70 host ops for a
+    weak view, 547 and 262 for two views; on an H100 the loader with them made 6,000 two-view faces/s
+    (about 18 ms per batch of 128 beside the plain loader's 3 ms; albumentations in 12 CPU workers made
+    6,650) while the bf16 step took 10 ms."""
 
     WEAK_DRAWS, STRONG_DRAWS = 6, 14
 
