@@ -5,10 +5,10 @@ colour jitter, greyscale, blur, noise and coarse dropout on top, so a (weak, str
 same face in the same place: the two-branch method compares their spatial attention maps.
 The loader (``ferdata.loader.ShardFaces``) applies them in its workers, reseeded per batch.
 
-On a GPU, :class:`BatchAugment` makes the same families of views on whole batches on the device with
-kornia's operations (``train.augment_device``), seeded by the batch's request seed, so the pixels do not
-depend on the number of workers either. The two paths draw different random numbers: a run is reproducible on
-one path, not across them.
+On a GPU, :class:`BatchAugment` makes the same views, drawn from the same distributions, on whole
+batches on the device with kornia's operations (``train.augment_device``), seeded by the batch's request
+seed, so the pixels do not depend on the number of workers either. The two paths draw different random
+numbers: a run is reproducible on one path, not across them.
 """
 
 from __future__ import annotations
@@ -76,20 +76,22 @@ class BatchAugment(torch.nn.Module):
     """weak / strong / two_view on a batch of float images in [0, 1] (N x 3 x H x W) on their device.
 
     Weak: flip and a small affine (reflected borders), one warp. Strong: colour jitter, greyscale, blur,
-    noise and one erased patch on top of the weak view, which keeps the weak view's geometry. The
-    families and ranges are those of the albumentations pipelines above.
+    noise and 1-3 erased holes on top of the weak view, which keeps the weak view's geometry. Each
+    family draws its parameters from the distribution the albumentations pipelines above draw from
+    (``tests/test_augment.py`` compares the two paths' views with KS tests); only the colour steps'
+    order is drawn once per batch rather than per face.
 
-    The pixel operations are kornia's colour, blur and box functions and torch's ``grid_sample`` for the
+    The pixel operations are kornia's colour and blur functions and torch's ``grid_sample`` for the
     warp. Every random draw is made on the device, for the whole batch at once, from a generator seeded
     by the batch's request seed, and a sample that a family skips gets neutral parameters (or keeps its
-    pixels), so nothing is read back to the host and no host work is done per sample or per family: 56
-    device ops for a weak view, 347 for a two-view pair. Why not ``kornia.augmentation``'s modules: they
-    draw their parameters on the host, op by op, and copy them over, 239 device and 70 host ops for a
-    weak view, 547 and 262 for two views; on an H100 the loader with them made 6,000 two-view faces/s
-    (about 18 ms per batch of 128 beside the plain loader's 3 ms; albumentations in 12 CPU workers made
-    6,650) while the bf16 step took 10 ms."""
+    pixels), so nothing is read back to the host and no host work is done per sample or per family: 67
+    device ops for a weak view, 346 for a two-view pair, the draws included. Why not
+    ``kornia.augmentation``'s modules: they draw their parameters on the host, op by op, and copy them
+    over, 239 device and 70 host ops for a weak view, 547 and 262 for two views; on an H100 the loader
+    with them made 6,000 two-view faces/s (about 18 ms per batch of 128 beside the plain loader's 3 ms;
+    albumentations in 12 CPU workers made 6,650) while the bf16 step took 10 ms."""
 
-    WEAK_DRAWS, STRONG_DRAWS = 6, 14
+    WEAK_DRAWS, STRONG_DRAWS = 7, 25
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, augment: str, seed: int) -> dict[str, torch.Tensor]:
@@ -112,31 +114,35 @@ def _column(flag: torch.Tensor) -> torch.Tensor:
 
 
 def weak_view(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Flip (p 0.5), then rotate +-10 degrees, scale 0.92-1.08 and shift +-6% about the centre (p 0.8),
-    as one reflected bilinear warp. ``u``: N x 6 uniform draws.
+    """Flip (p 0.5), then (p 0.8) rotate +-10 degrees, scale x and y apart by 0.92-1.08 and shift by a
+    whole number of pixels up to 6% of each side, about the centre, as one reflected bilinear warp: the
+    draws of albumentations' ``Affine`` (scale before rotation, shift truncated to whole pixels).
+    ``u``: N x 7 uniform draws.
 
     The sampling matrix is written out (a dozen ops on N numbers) rather than built with kornia's
     ``get_affine_matrix2d`` and ``warp_affine``, which take some 220 kernel launches per batch for it."""
     h, w = x.shape[-2:]
     flip, moved = 1 - 2 * (u[:, 0] < 0.5).to(x.dtype), (u[:, 1] < 0.8).to(x.dtype)
     angle = moved * (u[:, 2] * 20 - 10) * (math.pi / 180)
-    inv_scale = 1 / (1 + moved * (u[:, 5] * 0.16 - 0.08))
-    tx, ty = moved * (u[:, 3] * 0.12 - 0.06) * w, moved * (u[:, 4] * 0.12 - 0.06) * h
-    # output pixel p' = c + t + s R (mirror(p) - c); in coordinates normalised to [-1, 1] about the
-    # centre c (half-sizes dx, dy) the source of p' is mirror(D^-1 R(-angle) (D q' - t) / s)
+    tx = moved * torch.trunc((u[:, 3] * 0.12 - 0.06) * w)
+    ty = moved * torch.trunc((u[:, 4] * 0.12 - 0.06) * h)
+    inv_sx, inv_sy = (1 / (1 + moved * (u[:, i] * 0.16 - 0.08)) for i in (5, 6))
+    # output pixel p' = c + t + R S (mirror(p) - c); in coordinates normalised to [-1, 1] about the
+    # centre c (half-sizes dx, dy) the source of p' is mirror(D^-1 S^-1 R(-angle) (D q' - t))
     dx, dy = (w - 1) / 2, (h - 1) / 2
-    cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
-    row0 = torch.stack([cos, sin * dy / dx, -(cos * tx + sin * ty) / dx], 1) * flip[:, None]
-    row1 = torch.stack([-sin * dx / dy, cos, (sin * tx - cos * ty) / dy], 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    row0 = torch.stack([cos, sin * dy / dx, -(cos * tx + sin * ty) / dx], 1) * (flip * inv_sx)[:, None]
+    row1 = torch.stack([-sin * dx / dy, cos, (sin * tx - cos * ty) / dy], 1) * inv_sy[:, None]
     grid = F.affine_grid(torch.stack([row0, row1], 1), list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
 
 
 def strong_view(x: torch.Tensor, u: torch.Tensor, gen: torch.Generator, order: list[int]) -> torch.Tensor:
-    """On top of a weak view: colour jitter (p 0.8; brightness, contrast, saturation 0.6-1.4, hue +-0.08
-    turn, in ``order``), greyscale (p 0.1), Gaussian blur 5x5 with sigma 0.1-1.5 (p 0.3), Gaussian
-    noise sd 0.05 (p 0.3), one erased patch of 1-6.25% of the face, aspect 1:2 to 2:1 (p 0.5).
-    ``u``: N x 14 uniform draws; the noise comes from ``gen``."""
+    """On top of a weak view, with the draws of the albumentations pipeline: colour jitter (p 0.8;
+    brightness, contrast, saturation 0.6-1.4, hue +-0.08 turn, in ``order``), greyscale (p 0.1),
+    Gaussian blur of 3 or 5 taps (1 : 2) with sigma 0.5-3 (p 0.3), Gaussian noise of sd 0.02-0.08
+    (p 0.3), 1-3 erased holes each 10-25% of the height and of the width, in whole pixels (p 0.5).
+    ``u``: N x 25 uniform draws; the noise comes from ``gen``."""
     from kornia.color import rgb_to_grayscale
     from kornia.enhance import (
         adjust_brightness_accumulative,
@@ -144,10 +150,8 @@ def strong_view(x: torch.Tensor, u: torch.Tensor, gen: torch.Generator, order: l
         adjust_hue,
         adjust_saturation_with_gray_subtraction,
     )
-    from kornia.filters import filter2d_separable, get_gaussian_kernel1d
-    from kornia.geometry.bbox import bbox_generator, bbox_to_mask
+    from kornia.filters import filter2d_separable
 
-    h, w = x.shape[-2:]
     jitter = (u[:, 0] < 0.8).to(x.dtype)
     factors = 1 + jitter[:, None] * (u[:, 1:4] * 0.8 - 0.4)  # brightness, contrast, saturation; 1 = unchanged
     hue = jitter * (u[:, 4] * 0.16 - 0.08) * 2 * math.pi
@@ -160,13 +164,35 @@ def strong_view(x: torch.Tensor, u: torch.Tensor, gen: torch.Generator, order: l
     for i in order:
         x = steps[i](x).clamp(0, 1)
     x = torch.where(_column(u[:, 5] < 0.1), rgb_to_grayscale(x).expand_as(x), x)
-    kernel = get_gaussian_kernel1d(5, 0.1 + 1.4 * u[:, 6:7])  # gaussian_blur2d would read sigma back
-    x = torch.where(_column(u[:, 7] < 0.3), filter2d_separable(x, kernel, kernel, "reflect"), x)
+    kernel = _gaussian_taps(u[:, 7] < 1 / 3, 0.5 + 2.5 * u[:, 8])
+    x = torch.where(_column(u[:, 6] < 0.3), filter2d_separable(x, kernel, kernel, "reflect"), x)
     noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    x = x + _column((u[:, 8] < 0.3).to(x.dtype) * 0.05) * noise
-    area = 0.01 + u[:, 9] * (0.0625 - 0.01)
-    aspect = torch.exp(math.log(0.5) + u[:, 10] * 2 * math.log(2.0))
-    box_h, box_w = (area * aspect).sqrt() * h, (area / aspect).sqrt() * w
-    boxes = bbox_generator(u[:, 11] * (w - box_w), u[:, 12] * (h - box_h), box_w, box_h)
-    erased = bbox_to_mask(boxes, w, h)[:, None] * _column((u[:, 13] < 0.5).to(x.dtype))
-    return (x * (1 - erased)).clamp(0, 1)
+    x = x + _column((u[:, 9] < 0.3).to(x.dtype) * (0.02 + 0.06 * u[:, 10])) * noise
+    erased = _holes(u[:, 11:], *x.shape[-2:])
+    return x.masked_fill(erased, 0).clamp(0, 1)
+
+
+def _gaussian_taps(three: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """N x 5 normalised Gaussian kernels, the outer taps zero where ``three`` (a 3-tap kernel); one
+    kernel size for the batch, which kornia's ``get_gaussian_kernel1d`` cannot vary per sample."""
+    taps = torch.arange(-2, 3, device=sigma.device, dtype=sigma.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma[:, None]) ** 2) * ((taps.abs() < 2) | ~three[:, None])
+    return kernel / kernel.sum(1, keepdim=True)
+
+
+def _holes(u: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """N x 1 x H x W mask of coarse dropout (p 0.5): 1-3 holes, each 10-25% of the height and of the
+    width (whole pixels, anywhere inside the face), as albumentations' ``CoarseDropout`` draws them.
+    ``u``: N x 14 (apply, count, 3 heights, 3 widths, 3 tops, 3 lefts)."""
+    count = 1 + (u[:, 1:2] * 3).floor()
+    live = (torch.arange(3, device=u.device) < count) & (u[:, :1] < 0.5)  # N x 3 holes in use
+    hh, ww = (h * (0.1 + 0.15 * u[:, 2:5])).floor(), (w * (0.1 + 0.15 * u[:, 5:8])).floor()
+    top, left = (u[:, 8:11] * (h - hh + 1)).floor(), (u[:, 11:14] * (w - ww + 1)).floor()
+    ys = torch.arange(h, device=u.device, dtype=u.dtype)[:, None]
+    xs = torch.arange(w, device=u.device, dtype=u.dtype)[None, :]
+
+    def spans(lo: torch.Tensor, size: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        return (at >= lo[..., None, None]) & (at < (lo + size)[..., None, None])
+
+    inside = spans(top, hh, ys) & spans(left, ww, xs) & live[..., None, None]  # N x 3 x H x W
+    return inside.sum(1, keepdim=True) > 0

@@ -119,18 +119,22 @@ def test_two_view_strong_keeps_the_weak_geometry():
 
 
 def test_weak_view_flips_and_shifts_exactly():
-    """The written-out sampling matrix: a flip mirrors the pixels, a shift of 6% moves them 3 of 50."""
+    """The written-out sampling matrix: a flip mirrors the pixels; a shift of 4.8% of 51 pixels moves them
+    2, a whole number of pixels as albumentations' Affine shifts (truncated); x and y scale apart."""
     import torch
 
     from ferdata.augment import weak_view
 
-    x = torch.rand(2, 3, 50, 50)
-    u = torch.tensor([[0.9, 0.1, 0.5, 1.0, 0.5, 0.5], [0.1, 0.9, 0.5, 0.5, 0.5, 0.5]])  # shift right; flip only
+    x = torch.rand(2, 3, 51, 51)
+    u = torch.tensor([[0.9, 0.1, 0.5, 0.9, 0.5, 0.5, 0.5], [0.1, 0.9, 0.5, 0.5, 0.5, 0.5, 0.5]])  # shift; flip
     out = weak_view(x, u)
-    assert torch.allclose(out[0, ..., 3:], x[0, ..., :-3], atol=1e-5)
+    assert torch.allclose(out[0, ..., 2:], x[0, ..., :-2], atol=1e-5)
     assert torch.allclose(out[1], x[1].flip(-1), atol=1e-5)
-    still = torch.tensor([[0.9, 0.9, 0.0, 0.0, 0.0, 0.0]])  # neither flipped nor moved
+    still = torch.tensor([[0.9, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0]])  # neither flipped nor moved
     assert torch.allclose(weak_view(x[:1], still), x[:1], atol=1e-5)
+    stretched = weak_view(x[:1], torch.tensor([[0.9, 0.1, 0.5, 0.5, 0.5, 1.0, 0.5]]))  # x scaled 1.08, y not
+    assert torch.allclose(stretched[0, :, :, 25], x[0, :, :, 25], atol=1e-5)  # the centre column stays put
+    assert not torch.allclose(stretched[0, :, 25], x[0, :, 25], atol=1e-2)  # the rows stretch
 
 
 def test_batch_views_draw_on_the_device_and_read_nothing_back(host_reads):
@@ -143,3 +147,102 @@ def test_batch_views_draw_on_the_device_and_read_nothing_back(host_reads):
     with host_reads() as mode:
         views = BatchAugment()(torch.rand(8, 3, 32, 32), "two_view", 3)
     assert mode.calls == [] and set(views) == {"image", "strong"}
+
+
+# --- the two paths draw from the same distributions ------------------------------------------------
+
+
+def _blob(size=64):
+    """A Gaussian blob 8 px right of centre: a flip moves it left, the affine moves and stretches it."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    return np.exp(-((xx - 8) ** 2 + yy**2) / (2 * 4.0**2))
+
+
+def _blob_stats(views: np.ndarray) -> dict[str, np.ndarray]:
+    """Per view (N x H x W, grey): the blob's centre, its spread and how far from round it is."""
+    size = views.shape[-1]
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    mass = views.sum((1, 2))
+    cx, cy = (views * xx).sum((1, 2)) / mass, (views * yy).sum((1, 2)) / mass
+    vxx = (views * xx**2).sum((1, 2)) / mass - cx**2
+    vyy = (views * yy**2).sum((1, 2)) / mass - cy**2
+    vxy = (views * xx * yy).sum((1, 2)) / mass - cx * cy
+    spread = np.sqrt((vxx - vyy) ** 2 + 4 * vxy**2)
+    return {"x": cx, "y": cy, "size": vxx + vyy, "elongation": spread / (vxx + vyy)}
+
+
+def _colour_stats(views: np.ndarray, stripes: np.ndarray) -> dict[str, np.ndarray]:
+    """Per strong view of a flat colour (N x H x W x 3) and of grey stripes one pixel wide: the erased
+    share, the brightness, chroma and hue of what is left, the noise on it and the stripes' contrast."""
+    erased = (views == 0).all(-1)
+    keep = ~erased[..., None]
+    count = keep.sum((1, 2))
+    mean = (views * keep).sum((1, 2)) / count  # N x 3
+    noise = np.sqrt((((views - mean[:, None, None]) ** 2) * keep).sum((1, 2)) / count).mean(-1)
+    grey = mean @ np.array([0.299, 0.587, 0.114])
+    chroma = mean.max(-1) - mean.min(-1)
+    hue = np.arctan2(np.sqrt(3) * (mean[:, 1] - mean[:, 2]), 2 * mean[:, 0] - mean[:, 1] - mean[:, 2])
+    sign = (-1.0) ** np.arange(stripes.shape[2])
+    stripe_keep = ~(stripes == 0).all(-1)
+    contrast = ((stripes.mean(-1) * sign) * stripe_keep).sum((1, 2)) / stripe_keep.sum((1, 2))
+    return {
+        "erased": erased.mean((1, 2)),
+        "brightness": grey,
+        "chroma": chroma / grey,
+        "hue": hue,
+        "noise": noise,
+        "stripes": np.abs(contrast),
+    }
+
+
+def _differ(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
+    """The statistics whose two samples a two-sample KS test tells apart (p < 0.001). Rounded first, so
+    that an atom (an untouched face, no noise) sits at one value on both paths despite float error."""
+    from scipy.stats import ks_2samp
+
+    return {k: p for k in a if (p := float(ks_2samp(a[k].round(3), b[k].round(3)).pvalue)) < 1e-3}
+
+
+def _device_views(image: np.ndarray, mode: str, n: int = 1600, batch: int = 32) -> np.ndarray:
+    """The device path's views of one uint8 image as float N x H x W x 3: BatchAugment's weak views, or
+    (``strong``) strong_view alone as the workers' strong pipeline is compared alone; batches of 32 from
+    seeds 0, 1, ..., since the colour steps' order is drawn per batch."""
+    import random
+
+    import torch
+
+    from ferdata.augment import BatchAugment, strong_view
+
+    x = torch.from_numpy(image).float().div(255).permute(2, 0, 1).expand(batch, -1, -1, -1)
+    views = []
+    for seed in range(n // batch):
+        if mode == "weak":
+            views.append(BatchAugment()(x, "weak", seed)["image"])
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            u = torch.rand(batch, BatchAugment.STRONG_DRAWS, generator=gen)
+            views.append(strong_view(x, u, gen, random.Random(seed).sample(range(4), 4)))
+    return torch.cat(views).permute(0, 2, 3, 1).numpy()
+
+
+def test_device_weak_views_move_the_face_as_the_workers_do():
+    """Flip, rotation, shift (whole pixels) and scale (x and y apart, as albumentations' Affine draws
+    them): the blob's centre, size and elongation have the same distributions on both paths."""
+    blob = np.repeat((_blob() * 255).round().astype(np.uint8)[..., None], 3, -1)
+    t = weak_transform(0)
+    cpu = np.stack([reseed(t, seed)(image=blob)["image"] for seed in range(1600)]).astype(float) / 255
+    device = _device_views(blob, "weak")
+    assert _differ(_blob_stats(cpu.mean(-1)), _blob_stats(device.mean(-1))) == {}
+
+
+def test_device_strong_views_draw_the_workers_colour_blur_noise_and_holes():
+    """Colour jitter, greyscale, blur (3 or 5 taps, sigma 0.5-3), noise (sd 2-8%), 1-3 holes of 10-25%
+    of each side: the same distributions of what each does to a flat colour and to fine stripes."""
+    flat = np.broadcast_to(np.array([153, 102, 77], np.uint8), (64, 64, 3)).copy()
+    stripes = np.zeros((64, 64, 3), np.uint8) + np.where(np.arange(64) % 2, 179, 77).astype(np.uint8)[:, None]
+    t = strong_transform(0)
+    cpu = [
+        np.stack([reseed(t, s)(image=img)["image"] for s in range(1600)]).astype(float) / 255 for img in (flat, stripes)
+    ]
+    device = [_device_views(img, "strong") for img in (flat, stripes)]
+    assert _differ(_colour_stats(*cpu), _colour_stats(*device)) == {}
