@@ -107,6 +107,29 @@ def test_same_seed_same_batches_whatever_the_workers(shards_dir):
     assert w["image"].dtype == torch.uint8 and w["image"].shape == (8, 32, 32, 3)
 
 
+def test_plain_batches_feed_the_device_augmentation_whatever_the_workers(shards_dir):
+    """The README's GPU recipe: plain faces and each batch's seed from the loader, views on the device;
+    the views are the same with 0 or 2 workers, and are not the plain faces."""
+    from ferdata.augment import BatchAugment
+    from ferdata.loader import PlanBatches, batches
+
+    faces, _ = _faces(shards_dir, size=32)
+    epochs, augment = _plan(len(faces)), BatchAugment()
+
+    def views(workers):
+        sampler = PlanBatches(epochs, batch_size=8, augment="none", seed=3)
+        out = []
+        for batch in batches(faces, sampler, workers=workers):
+            x = batch["image"].permute(0, 3, 1, 2).float().div(255)
+            out.append({"plain": x, **augment(x, "two_view", int(batch["seed"]))})
+        return out
+
+    a, b = views(0), views(2)
+    assert len(a) == len(b) > 1
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("plain", "image", "strong"))
+    assert a[0]["image"].shape == (8, 3, 32, 32) and not torch.equal(a[0]["image"], a[0]["plain"])
+
+
 def test_shard_faces_errors_name_the_fix(shards_dir, tmp_path):
     import shutil
 
