@@ -173,8 +173,8 @@ def strong_view(x: torch.Tensor, u: torch.Tensor, gen: torch.Generator, order: l
 
 
 def _gaussian_taps(three: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """N x 5 normalised Gaussian kernels, the outer taps zero where ``three`` (a 3-tap kernel); one
-    kernel size for the batch, which kornia's ``get_gaussian_kernel1d`` cannot vary per sample."""
+    """N x 5 normalised Gaussian kernels, the outer taps zero where ``three`` (a 3-tap kernel): the size
+    varies per face, which kornia's ``get_gaussian_kernel1d`` (one size per call) cannot do."""
     taps = torch.arange(-2, 3, device=sigma.device, dtype=sigma.dtype)
     kernel = torch.exp(-0.5 * (taps / sigma[:, None]) ** 2) * ((taps.abs() < 2) | ~three[:, None])
     return kernel / kernel.sum(1, keepdim=True)
