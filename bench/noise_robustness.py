@@ -47,9 +47,10 @@ from ferdata.core.classes import class_index
 from ferdata.core.io import fork, locate, read_table
 from ferdata.core.settings import load_params, resolve
 from ferdata.core.tables import TABLES
+from ferdata.evaluate import label_issue_scores
+from ferdata.experiment import read_scoring, score_table
 from ferdata.loader import ShardFaces, batches, in_order, shard_paths
 from ferdata.noise import noise
-from ferdata.report import auroc, kl_divergence
 from ferdata.sample import sample
 from ferdata.train import loop
 from ferdata.train.loop import load_trained, train
@@ -92,71 +93,25 @@ def predict_train(model: Path, data: Path, size: int) -> pd.DataFrame:
 
 
 def evaluate(learned: pd.DataFrame, data: Path, predicted: pd.DataFrame | None = None) -> dict[str, float]:
-    """The benchmark's numbers for one trained method.
-
-    The evaluation split is ``test`` when the dataset has one, else ``val`` (FER+'s valid split). With
-    true distributions (synth, FER+ votes, JAFFE ratings) accuracy is against their argmax and KL is
-    reported on the training faces (soft labels) and on the evaluation split (predictions)."""
-    labels, meta = read_table(locate(data, "labels.parquet"), "labels")
-    manifest, _ = read_table(locate(data, "manifest.parquet"), "manifest")
-    classes = meta["classes"]
-    df = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id").merge(
-        manifest[["sample_id", "true_dist"]], on="sample_id"
-    )
-    dist = np.stack(df["distribution"].to_numpy()).astype(np.float64)
-    given, clean = class_index(df["label"].to_numpy(), classes), class_index(df["clean_label"].to_numpy(), classes)
-    split = "test" if (df["split"] == "test").any() else "val"
-    test, train = (df["split"] == split).to_numpy(), (df["split"] == "train").to_numpy()
-    has_true = df["true_dist"].notna().to_numpy()
-    out: dict[str, float] = {"eval_split": split}
-    truth = np.stack(df.loc[test, "true_dist"].to_numpy()).argmax(1) if has_true[test].all() else clean[test]
-    out["test_acc"] = float((dist[test].argmax(1) == truth).mean())
-    flipped = df["flipped"].to_numpy(bool)
-    if flipped[train].any():
-        p_given = dist[np.arange(len(df)), given]
-        out["auroc_given"] = auroc(1 - p_given[train], flipped[train])
-        out["auroc_uncertainty"] = auroc(df["uncertainty"].to_numpy()[train], flipped[train])
-        out["flips_recovered"] = float((dist[flipped].argmax(1) == clean[flipped]).mean())
-    onehot = np.eye(len(classes))
-    for name, rows in (("", train), ("_eval", test)):
-        if rows.any() and has_true[rows].all():
-            true = np.stack(df.loc[rows, "true_dist"].to_numpy()).astype(np.float64)
-            out[f"kl_true{name}"] = float(kl_divergence(true, dist[rows]).mean())
-            out[f"kl_true{name}_onehot"] = float(kl_divergence(true, onehot[given[rows]]).mean())
-    if predicted is not None:  # the same measures on the model's own prediction for the training faces
-        probs = np.stack(predicted.set_index("sample_id").loc[df.loc[train, "sample_id"], "predicted"].to_numpy())
-        probs = probs.astype(np.float64) / probs.sum(1, keepdims=True)
-        f = flipped[train]
-        if f.any():
-            out["auroc_given_pred"] = auroc(1 - probs[np.arange(len(probs)), given[train]], f)
-            out["flips_recovered_pred"] = float((probs[f].argmax(1) == clean[train][f]).mean())
-        if has_true[train].all():
-            true = np.stack(df.loc[train, "true_dist"].to_numpy()).astype(np.float64)
-            out["kl_true_pred"] = float(kl_divergence(true, probs).mean())
+    """The benchmark's numbers for one trained method: ``ferdata.evaluate.score`` of what it learned (the
+    names metrics.json uses), and with ``predicted`` the same measures of the model's own prediction for
+    the training faces, prefixed ``pred_`` (``pred_soft_label_kl``, ``pred_noise_auroc``, ...)."""
+    out = score_table(data, learned)
+    if predicted is not None:
+        train = learned[learned["split"] == "train"][["sample_id", "split", "uncertainty"]]
+        rows = train.merge(predicted, on="sample_id").rename(columns={"predicted": "distribution"})
+        pred = score_table(data, rows)
+        out.update({f"pred_{k}": v for k, v in pred.items() if k.startswith(("soft_label", "noise", "flips"))})
     return out
 
 
 def cleanlab_scores(data: Path, oof: pd.DataFrame) -> dict[str, float]:
     """cleanlab's label-quality AUROC and find_label_issues precision/recall on out-of-fold probs."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    labels, meta = read_table(locate(data, "labels.parquet"), "labels")
+    labels, _, classes = read_scoring(data)
     train = labels[labels["split"] == "train"]
-    probs = np.stack(oof.set_index("sample_id").loc[train["sample_id"], "distribution"].to_numpy()).astype(np.float64)
-    probs /= probs.sum(1, keepdims=True)
-    given = class_index(train["label"].to_numpy(), meta["classes"])
-    flipped = train["flipped"].to_numpy(bool)
-    quality = get_label_quality_scores(given, probs)
-    issues = find_label_issues(given, probs)
-    hit = (issues & flipped).sum()
-    return {
-        "auroc_quality": auroc(1 - quality, flipped),
-        "issues": int(issues.sum()),
-        "issues_precision": float(hit / max(issues.sum(), 1)),
-        "issues_recall": float(hit / max(flipped.sum(), 1)),
-        "oof_acc_given": float((probs.argmax(1) == given).mean()),
-    }
+    probs = np.stack(oof.set_index("sample_id").loc[train["sample_id"], "distribution"].to_numpy())
+    given = class_index(train["label"].to_numpy(), classes)
+    return label_issue_scores(given, probs, train["flipped"].to_numpy(bool))
 
 
 def method_variant(base: TrainSettings, spec: str) -> TrainSettings:
@@ -287,20 +242,18 @@ def save(results: list[dict], path: Path) -> None:
 def print_table(results: list[dict]) -> None:
     """One table: a row per ratio and method."""
     cols = (
-        "test_acc",
-        "auroc_given",
-        "auroc_given_pred",
-        "auroc_uncertainty",
-        "auroc_quality",
-        "issues_precision",
-        "issues_recall",
-        "kl_true",
-        "kl_true_onehot",
-        "kl_true_pred",
-        "kl_true_eval",
-        "kl_true_eval_onehot",
+        "test_accuracy_true",
+        "noise_auroc",
+        "pred_noise_auroc",
+        "noise_auroc_uncertainty",
+        "cleanlab_auroc",
+        "cleanlab_precision",
+        "cleanlab_recall",
+        "soft_label_kl",
+        "pred_soft_label_kl",
+        "test_kl",
         "flips_recovered",
-        "flips_recovered_pred",
+        "pred_flips_recovered",
         "seconds",
     )
     widths = [max(12, len(c) + 1) for c in cols]

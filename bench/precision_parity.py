@@ -34,7 +34,7 @@ from pathlib import Path
 from scipy import stats
 
 HERE = Path(__file__).resolve().parent
-METRICS = ("test_acc", "auroc_given", "kl_true")
+METRICS = ("test_accuracy_true", "noise_auroc", "soft_label_kl")  # ferdata.evaluate.score names
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -113,14 +113,14 @@ def summarise(out: Path, methods: list[str], precisions: list[str], seeds: list[
                 entry[metric] = paired([b[metric] - a[metric] for _, a, b in pairs], margin)
                 entry[metric][ref] = sum(a[metric] for _, a, _ in pairs) / len(pairs)
                 entry[metric][other] = sum(b[metric] for _, _, b in pairs) / len(pairs)
-            entry["test_acc_per_seed"] = {s: [round(a["test_acc"], 4), round(b["test_acc"], 4)] for s, a, b in pairs}
+            entry["test_acc_per_seed"] = {s: [round(a[METRICS[0]], 4), round(b[METRICS[0]], 4)] for s, a, b in pairs}
             summary[key] = entry
     return summary
 
 
 def report(summary: dict, margin: float) -> None:
     for key, entry in summary.items():
-        acc = entry["test_acc"]
+        acc = entry[METRICS[0]]
         ref, other = entry["reference"], entry["other"]
         print(f"== {key}: {acc['n']} seeds")
         for seed, (a, b) in entry["test_acc_per_seed"].items():

@@ -23,7 +23,7 @@ import numpy as np
 from ferdata.core.classes import class_index, manifest_classes
 from ferdata.core.io import read_table
 from ferdata.core.settings import load_params, resolve
-from ferdata.report import kl_divergence
+from ferdata.evaluate import kl_divergence
 from ferdata.train.settings import LDLVAOptions
 
 

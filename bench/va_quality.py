@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         "valence_ccc",
         "arousal_mae",
         "arousal_ccc",
-        "ldlva_test_acc",
-        "ldlva_auroc_given",
-        "ldlva_auroc_uncertainty",
-        "ldlva_kl_true",
+        "ldlva_test_accuracy_true",
+        "ldlva_noise_auroc",
+        "ldlva_noise_auroc_uncertainty",
+        "ldlva_soft_label_kl",
         "va_seconds",
     )
     print(f"{'va':<12}" + "".join(f"{c:>24}" for c in cols))

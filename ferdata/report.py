@@ -17,6 +17,7 @@ from ferdata.core.io import atomic_file, write_json
 from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Stage
 from ferdata.core.tables import TABLES
+from ferdata.evaluate import METRICS, score
 
 FIGURES = ("fig_curves", "fig_class_balance", "fig_confusion", "fig_va", "fig_uncertainty", "fig_ambiguous")
 
@@ -58,110 +59,11 @@ SWEEP = Stage(
 )
 
 
-def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties count half)."""
-    from scipy.stats import rankdata
-
-    positives = np.asarray(positives, bool)
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """KL(p || q) per row, with q floored at ``eps`` and renormalised."""
-    q = np.clip(q, eps, None)
-    q = q / q.sum(1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(p / q), 0.0)
-    return terms.sum(1)
-
-
 def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     """Counts[true, pred]."""
     out = np.zeros((n, n), np.int64)
     np.add.at(out, (true, pred), 1)
     return out
-
-
-# Every metric in metrics.json, in the order the report page shows it: (name, what it means).
-METRICS: dict[str, tuple[str, str]] = {
-    "test_accuracy_true": (
-        "Test accuracy vs the true distribution",
-        "share of test faces whose predicted class is the top class of their true label distribution",
-    ),
-    "test_accuracy": ("Test accuracy vs the clean label", "share of test faces whose predicted class is their label"),
-    "test_kl": ("Test KL to the truth", "mean KL(true distribution || prediction) on test faces; 0 is perfect"),
-    "soft_label_kl": (
-        "Soft-label KL to the truth",
-        "mean KL(true distribution || soft label) on training faces; 0 is perfect",
-    ),
-    "noise_auroc": (
-        "Noisy-label detection (AUROC)",
-        "how well 1 - p(given label) ranks flipped training labels above clean ones; 0.5 is chance",
-    ),
-    "noise_auroc_uncertainty": (
-        "Noisy-label detection by uncertainty (AUROC)",
-        "the same ranking by the soft label's uncertainty",
-    ),
-    "suspected_precision": (
-        "Precision of suspected_noisy",
-        "share of training labels the export flags suspected_noisy that were really flipped",
-    ),
-    "flips_recovered": (
-        "Flipped labels recovered",
-        "share of flipped training labels whose soft label's top class is the clean label",
-    ),
-    "train_accuracy": (
-        "Training soft labels on the clean label",
-        "share of training faces whose soft label's top class is their clean label",
-    ),
-    "val_accuracy_true": ("Validation accuracy vs the true distribution", "as the test figure, on validation faces"),
-    "val_accuracy": ("Validation accuracy vs the clean label", "as the test figure, on validation faces"),
-    "flipped_labels": ("Flipped training labels", "how many training labels the noise stage flipped"),
-}
-
-
-def compute_metrics(
-    soft: pd.DataFrame, labels: pd.DataFrame, manifest: pd.DataFrame, classes: list[str]
-) -> dict[str, float]:
-    """The metrics of ``METRICS`` that this dataset allows (true distributions, noise), by key."""
-    df = soft.merge(labels[["sample_id", "clean_label", "flipped"]], on="sample_id").merge(
-        manifest[["sample_id", "true_dist"]], on="sample_id"
-    )
-    dist = np.stack(df["distribution"].to_numpy()).astype(np.float64)
-    pred = dist.argmax(1)
-    clean = class_index(df["clean_label"].to_numpy(), classes)
-    given = df["label"].to_numpy(np.int64)  # soft labels hold positions into classes
-    split = df["split"].to_numpy()
-    out: dict[str, float] = {}
-    for s in ("train", "val", "test"):
-        if (split == s).any():
-            out[f"{s}_accuracy"] = float((pred[split == s] == clean[split == s]).mean())
-    has_true = df["true_dist"].notna().to_numpy()
-    if has_true.any():
-        true = np.stack(df.loc[has_true, "true_dist"].to_numpy()).astype(np.float64)
-        p, where = dist[has_true], split[has_true]
-        for s, kl in (("train", "soft_label_kl"), ("val", None), ("test", "test_kl")):
-            m = where == s
-            if m.any():
-                if s != "train":
-                    out[f"{s}_accuracy_true"] = float((p[m].argmax(1) == true[m].argmax(1)).mean())
-                if kl:
-                    out[kl] = float(kl_divergence(true[m], p[m]).mean())
-    train = split == "train"
-    flipped = df["flipped"].to_numpy(bool) & train
-    out["flipped_labels"] = int(flipped.sum())
-    if flipped.any() and (train & ~flipped).any():
-        p_given = dist[np.arange(len(df)), given]
-        suspected = df["suspected_noisy"].to_numpy() & train
-        out["noise_auroc"] = auroc(1.0 - p_given[train], flipped[train])
-        out["noise_auroc_uncertainty"] = auroc(df["uncertainty"].to_numpy()[train], flipped[train])
-        out["suspected_precision"] = float(flipped[suspected].mean()) if suspected.any() else 0.0
-        out["flips_recovered"] = float((pred[flipped] == clean[flipped]).mean())
-    return {k: out[k] for k in METRICS if k in out}
 
 
 def write_predictions(ids: pd.Series, truth: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> None:
@@ -190,7 +92,7 @@ def report(
         labels, _ = run.read("labels")
         manifest, man_meta = run.read("manifest")
         classes = meta["classes"]
-        metrics = compute_metrics(soft, labels, manifest, classes)
+        metrics = score(soft, labels, manifest, classes)
         write_json(metrics, run.output("metrics"))
         figures.plot_class_balance(labels, classes, run.output("fig_class_balance"))
         split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")

@@ -63,10 +63,10 @@ def test_precision_parity_pairs_runs_by_seed(tmp_path):
         ("bf16", 1, 0.71),
         ("fp32", 2, 0.9),
     ]:
-        row = {"method": "ldlva", "test_acc": acc, "auroc_given": 0.8, "kl_true": 0.5}
+        row = {"method": "ldlva", "test_accuracy_true": acc, "noise_auroc": 0.8, "soft_label_kl": 0.5}
         precision_parity.run_path(tmp_path, "ldlva", precision, seed).write_text(json.dumps([row]))
     summary = precision_parity.summarise(tmp_path, ["ldlva"], ["fp32", "bf16"], [0, 1, 2], 0.01)
     entry = summary["ldlva bf16 - fp32"]
     assert entry["seeds"] == [0, 1]
-    assert math.isclose(entry["test_acc"]["mean"], -0.015)
-    assert math.isclose(entry["test_acc"]["fp32"], 0.71)
+    assert math.isclose(entry["test_accuracy_true"]["mean"], -0.015)
+    assert math.isclose(entry["test_accuracy_true"]["fp32"], 0.71)

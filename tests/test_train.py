@@ -1,10 +1,12 @@
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from ferdata.core.classes import class_index
 from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.settings import resolve
 from ferdata.core.tables import TABLES
@@ -193,3 +195,39 @@ def test_cuda_training_is_repeatable(trained_dir, tmp_path, method):
     a, b = tables
     assert np.array_equal(np.stack(a["distribution"]), np.stack(b["distribution"]))
     assert np.array_equal(a["uncertainty"], b["uncertainty"])
+
+
+def test_calibration_changes_the_distributions_not_the_model(trained_dir, tmp_path):
+    """The calibration is fitted after training on the validation faces: the weights are those of an
+    uncalibrated run, the validation NLL is no worse, and a reloaded model predicts the calibrated
+    distributions."""
+    from ferdata.core.io import read_table
+    from ferdata.core.shards import shard_paths
+    from ferdata.loader import ShardFaces
+    from ferdata.train.loop import load_trained
+
+    cfg = TrainSettings(epochs=2, batch_size=8, image_size=32, lr=0.01)
+    train(trained_dir, tmp_path / "raw", replace(cfg, calibration="none"))
+    train(trained_dir, tmp_path / "cal", cfg)
+    raw_ckpt = torch.load(tmp_path / "raw" / CHECKPOINT, weights_only=True)
+    cal_ckpt = torch.load(tmp_path / "cal" / CHECKPOINT, weights_only=True)
+    assert all(torch.equal(raw_ckpt["state_dict"][k], v) for k, v in cal_ckpt["state_dict"].items())
+    labels, meta = read_table(trained_dir / "labels.parquet", "labels")
+    out = {}
+    for name in ("raw", "cal"):
+        learned, lmeta = read_table(tmp_path / name / "learned.parquet", "learned")
+        out[name] = (learned, lmeta["calibration"])
+    assert out["raw"][1]["mode"] == "none" and out["cal"][1]["mode"] == "prior_temperature"
+    val = (labels["split"] == "val").to_numpy()
+    given = class_index(labels["label"].to_numpy()[val], meta["classes"])
+
+    def nll(learned):
+        p = np.stack(learned["distribution"].to_numpy())[val]
+        return -np.log(p[np.arange(len(p)), given]).mean()
+
+    assert nll(out["cal"][0]) <= nll(out["raw"][0]) + 1e-6
+    assert not np.allclose(np.stack(out["cal"][0]["distribution"]), np.stack(out["raw"][0]["distribution"]))
+    test = out["cal"][0][out["cal"][0]["split"] == "test"]
+    faces = ShardFaces(shard_paths(trained_dir / "shards"), test["sample_id"], size=32)
+    probs = load_trained(tmp_path / "cal" / CHECKPOINT, torch.device("cpu")).predict(faces.images(np.arange(len(test))))
+    assert np.allclose(probs.numpy(), np.stack(test["distribution"]), atol=1e-5)

@@ -32,6 +32,7 @@ from ferdata.core.shards import member_table, shard_paths
 from ferdata.core.stage import Run
 from ferdata.loader import PlanBatches, ShardFaces, batches, in_order
 from ferdata.train.backbones import build_backbone, load_weights
+from ferdata.train.calibrate import Calibration, fit_calibration, from_dict
 from ferdata.train.engine import Engine, to_input
 from ferdata.train.methods import NEEDS_KNN, Batch, Method, MethodContext, build_method, build_predictor
 from ferdata.train.methods.base import evaluating
@@ -244,6 +245,7 @@ class Fitted:
     epoch_seconds: list[float] = field(default_factory=list)  # the same two, per epoch
     epoch_samples: list[int] = field(default_factory=list)
     engine: dict[str, Any] = field(default_factory=dict)  # how it trained: Engine.describe() and the world size
+    calibration: Calibration = field(default_factory=Calibration)  # fitted on the validation faces
 
 
 def make_engine(cfg: TrainSettings) -> Engine:
@@ -358,13 +360,20 @@ def fit(
                 f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)"
             )
     del train_loader, val_loader, train_eval  # persistent workers exit here
+    calibration = fit_calibration(
+        val_probs.double().cpu().numpy(),
+        val_targets,
+        train_counts=np.bincount(targets.numpy(), minlength=len(classes)),
+        plan_counts=np.bincount(targets.numpy()[np.concatenate(epochs)], minlength=len(classes)),
+        mode=cfg.calibration,
+    )
     learned = None
     if rank == 0:
         every = batches(faces, in_order(np.arange(len(faces)), 256), workers=cfg.workers, pin_memory=pin)
-        learned = learned_distributions(model, method, every, labels, targets, device)
+        learned = learned_distributions(model, method, every, labels, targets, device, calibration)
     how = {**engine.describe(), "world_size": world}
     samples = [n * cfg.batch_size * world for n in steps]
-    return Fitted(model, method, log, learned, sum(seconds), sum(samples), seconds, samples, how)
+    return Fitted(model, method, log, learned, sum(seconds), sum(samples), seconds, samples, how, calibration)
 
 
 def learned_distributions(
@@ -374,13 +383,20 @@ def learned_distributions(
     labels: pd.DataFrame,
     targets: torch.Tensor,
     device: torch.device,
+    calibration: Calibration | None = None,
 ) -> pd.DataFrame:
     """Every labelled face's distribution and uncertainty (``loader`` yields them in ``labels`` order):
-    soft labels for train, predictions otherwise."""
-    feats, probs = infer_all(model, method, loader, device)
-    uncertainty = normalised_entropy(probs)
+    soft labels for train, predictions otherwise. Both are calibrated (``calibration``) after the method
+    made them; an uncertainty that is the entropy of the distribution is taken again after it."""
+    feats, raw = infer_all(model, method, loader, device)
     train = torch.tensor((labels["split"] == "train").to_numpy(), device=device)
-    soft, soft_unc = method.soft_labels(feats[train], probs[train], targets.to(device))
+    soft, soft_unc = method.soft_labels(feats[train], raw[train], targets.to(device))
+    calibration = calibration or Calibration()
+    probs = calibration.apply(raw)
+    uncertainty = normalised_entropy(probs)
+    soft = calibration.apply(soft.to(raw.dtype))
+    if method.uncertainty_is_entropy:
+        soft_unc = normalised_entropy(soft)
     probs[train], uncertainty[train] = soft.to(probs.dtype), soft_unc.to(uncertainty.dtype)
     dist_ = probs.double().cpu().numpy()
     return pd.DataFrame(
@@ -403,10 +419,11 @@ def train(
         rank, world = init_distributed(select_device())
         fitted = fit(data, cfg, rank=rank, world=world)
         if rank == 0:
-            meta = {"classes": data.classes, "method": cfg.method, "engine": fitted.engine}
+            calibration = fitted.calibration.describe()
+            meta = {"classes": data.classes, "method": cfg.method, "engine": fitted.engine, "calibration": calibration}
             run.write(fitted.learned, "learned", meta)
             write_json({"epochs": fitted.log}, run.output("train_log"))  # plot data; the settings are params
-            about = {**asdict(cfg), "classes": data.classes, "engine": fitted.engine}
+            about = {**asdict(cfg), "classes": data.classes, "engine": fitted.engine, "calibration": calibration}
             save_checkpoint(fitted.model, fitted.method, run.output("model"), about)
         leave_distributed()
         return {
@@ -416,6 +433,7 @@ def train(
             "epoch_samples": fitted.epoch_samples,
             "train_samples": fitted.train_samples,
             "engine": fitted.engine,
+            "calibration": fitted.calibration.describe(),
         }
 
 
@@ -438,7 +456,7 @@ def load_checkpoint(path: str | Path, device: torch.device | None = None) -> tup
 @dataclass
 class Trained:
     """A trained model reloaded with its method: predicts as training's val/test predictions did (AKT
-    with both branches, ARBEx with its own head)."""
+    with both branches, ARBEx with its own head, the calibration fitted after training)."""
 
     model: torch.nn.Module
     method: Method
@@ -448,7 +466,8 @@ class Trained:
     @torch.no_grad()
     def predict(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Class distributions (N, C) for uint8 N x H x W x 3 faces of the training size."""
-        return self.method.infer(self.model, to_input(images, self.device))[1]
+        probs = self.method.infer(self.model, to_input(images, self.device))[1]
+        return from_dict(self.meta.get("calibration")).apply(probs)
 
 
 def load_trained(path: str | Path, device: torch.device | None = None) -> Trained:

@@ -18,6 +18,7 @@ NEEDS_KNN = ("ldlva",)  # methods that read the VA table and the KNN graph
 BACKBONES = ("small_cnn", "resnet18", "resnet18_tv", "resnet50_tv")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUGMENT_DEVICES = ("auto", "cpu", "cuda")
+CALIBRATIONS = ("none", "temperature", "prior_temperature")  # see ferdata/train/calibrate.py
 BACKBONE_HELP = (
     "small_cnn (CPU), resnet18 (GPU, from scratch), resnet18_tv or resnet50_tv (torchvision's, for pretrained weights)"
 )
@@ -117,6 +118,12 @@ class TrainSettings(Settings):
         "auto",
         "auto (the GPU when training on one), cpu (albumentations in the workers) or cuda (kornia)",
         choices=AUGMENT_DEVICES,
+    )
+    calibration: str = option(
+        "prior_temperature",
+        "after training, fit on the validation faces: prior_temperature (undo the plan's class balance and a "
+        "temperature), temperature, or none; see ferdata/train/calibrate.py",
+        choices=CALIBRATIONS,
     )
     ls: LSOptions = option(factory=LSOptions)
     ldlva: LDLVAOptions = option(factory=LDLVAOptions)

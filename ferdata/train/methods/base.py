@@ -48,6 +48,7 @@ class Method(nn.Module):
     needs_epoch_outputs = False  # True: start_epoch gets every training sample's current outputs
     needs_strong_view = False  # True: batches carry a strongly augmented second view
     uses_backbone_head = True  # False: the method predicts with a head of its own (DDP must allow unused ones)
+    uncertainty_is_entropy = True  # the soft labels' uncertainty is their normalised entropy (else: the method's own)
 
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

@@ -113,6 +113,7 @@ class LDLVA(Method):
     """Label distribution learning with VA neighbours and a learnable per-sample uncertainty."""
 
     name = "ldlva"
+    uncertainty_is_entropy = False
 
     def __init__(
         self,
