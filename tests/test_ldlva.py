@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferdata.core.errors import UsageError
+from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.io import read_table
 from ferdata.train.backbones import build_backbone
 from ferdata.train.loop import neighbour_positions, train
@@ -13,14 +13,13 @@ from ferdata.train.settings import LDLVAOptions, TrainSettings
 N, K, C = 12, 3, 4
 
 
-def _method(mode="bank", dim=32, **kw):
+def _method(mode="bank", dim=32, prior=None, **kw):
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(N) % C
     knn = torch.stack([(torch.arange(N) + s) % N for s in (1, 2, 3)], dim=1)
     va = torch.rand(N, 2, generator=gen) * 2 - 1
-    return build_method(
-        "ldlva", MethodContext(C, dim, labels, knn, va, LDLVAOptions(neighbour_mode=mode, **kw))
-    ), labels
+    opts = LDLVAOptions(neighbour_mode=mode, **kw)
+    return build_method("ldlva", MethodContext(C, dim, labels, knn, va, opts, prior=prior)), labels
 
 
 def test_local_similarity_is_l1_kernel():
@@ -173,6 +172,22 @@ def test_every_neighbour_mode_runs_on_cuda(mode):
     index = torch.tensor([0, 5, 7, 9], device=device)
     batch = Batch(index=index, x=images[index], y=labels.to(device)[index], fetch=lambda pos: images[pos])
     method.batch_loss(model, batch).backward()
+
+
+@pytest.mark.parametrize("mode", ["bank", "forward"])
+def test_neighbours_from_the_prior_bring_its_posteriors(mode):
+    """neighbours: prior -> the aggregate is built from the out-of-fold posteriors, not the network's."""
+    model = build_backbone("small_cnn", C)
+    prior = torch.softmax(torch.randn(N, C, generator=torch.Generator().manual_seed(5)) * 3, 1)
+    method, labels = _method(mode, dim=model.embed_dim, prior=prior, neighbours="prior")
+    method.start_epoch(torch.randn(N, model.embed_dim), torch.full((N, C), 1 / C))
+    images = torch.randn(N, 3, 32, 32)
+    index = torch.tensor([0, 5])
+    batch = Batch(index=index, x=images[index], y=labels[index], fetch=lambda pos: images[pos])
+    _, probs = method._neighbours(model, batch)
+    assert torch.allclose(probs, prior[method.knn[index]])
+    with pytest.raises(FerdataError, match="run `ferdata prior`"):
+        _method(mode, neighbours="prior")
 
 
 def test_ldlva_trains_end_to_end(trained_dir, tmp_path):

@@ -204,6 +204,7 @@ class TrainData:
     shards: list[Path]
     knn: pd.DataFrame | None = None
     va: pd.DataFrame | None = None
+    prior: pd.DataFrame | None = None  # out-of-fold posteriors, for the methods that read them
 
 
 def read_inputs(run: Run, cfg: TrainSettings) -> TrainData:
@@ -215,10 +216,16 @@ def read_inputs(run: Run, cfg: TrainSettings) -> TrainData:
             f"{run.input('plan')} has {plan_meta.get('epochs')} epochs, {cfg.epochs} are asked for; "
             "re-run `ferdata sample` (it plans train.epochs)"
         )
-    knn = va = None
+    knn = va = prior = None
     if cfg.method in NEEDS_KNN:
         knn, va = run.read("knn")[0], run.read("va")[0]
-    return TrainData(labels, meta["classes"], plan, shard_paths(run.input("shards")), knn, va)
+    if cfg.reads_prior:
+        prior, prior_meta = run.read("prior")
+        if prior.empty or prior_meta.get("classes") != meta["classes"]:
+            raise FerdataError(
+                f"{run.input('prior')} holds no posteriors for these labels; run `ferdata prior` (folds >= 2)"
+            )
+    return TrainData(labels, meta["classes"], plan, shard_paths(run.input("shards")), knn, va, prior)
 
 
 def method_context(data: TrainData, cfg: TrainSettings, train_rows: pd.DataFrame, embed_dim: int) -> MethodContext:
@@ -229,7 +236,15 @@ def method_context(data: TrainData, cfg: TrainSettings, train_rows: pd.DataFrame
     if cfg.method in NEEDS_KNN:
         knn = neighbour_positions(data.knn, ids)
         va = torch.tensor(data.va.set_index("sample_id").loc[ids, ["valence", "arousal"]].to_numpy(np.float32))
-    return MethodContext(len(data.classes), embed_dim, labels, knn, va, cfg.method_options(), cfg.backbone, cfg.weights)
+    prior = None
+    if cfg.reads_prior and data.prior is not None:
+        rows = data.prior.set_index("sample_id").reindex(ids)
+        if rows["distribution"].isna().any():
+            missing = rows.index[rows["distribution"].isna()][0]
+            raise FerdataError(f"the prior has no posterior for training face {missing!r}; re-run `ferdata prior`")
+        prior = torch.tensor(np.stack(rows["distribution"].to_numpy()), dtype=torch.float32)
+    opts = cfg.method_options()
+    return MethodContext(len(data.classes), embed_dim, labels, knn, va, opts, cfg.backbone, cfg.weights, prior)
 
 
 @dataclass

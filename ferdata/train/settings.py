@@ -52,6 +52,12 @@ class LDLVAOptions(Settings):
         "the training soft label: prediction (the trained network's distribution for the face) or target (t_i)",
         choices=("prediction", "target"),
     )
+    neighbours: str = option(
+        "network",
+        "whose distributions p_j the neighbours bring: network (the network's own) or prior (the out-of-fold "
+        "prior's, from models that never trained on the neighbour; needs `ferdata prior`)",
+        choices=("network", "prior"),
+    )
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,11 @@ class TrainSettings(Settings):
         """The options of the chosen method (ce has none)."""
         return getattr(self, self.method, None)
 
+    @property
+    def reads_prior(self) -> bool:
+        """Whether the method reads the out-of-fold prior (LDLVA's neighbours from it)."""
+        return self.method == "ldlva" and self.ldlva.neighbours == "prior"
+
 
 @dataclass(frozen=True)
 class PriorSettings(Settings):
@@ -182,7 +193,7 @@ TRAIN = Stage(
     "ferdata.train.loop",
     TrainSettings,
     reads=("labels", "plan", "shards"),
-    may_read=("knn", "va"),
+    may_read=("knn", "va", "prior"),  # prior: ldlva.neighbours prior
     writes=("learned", "train_log", "model"),
 )
 PRIOR = Stage(

@@ -30,6 +30,7 @@ class MethodContext:
     options: Settings | None = None  # the method's section of the train settings (train.ldlva, ...)
     backbone: str = "small_cnn"
     weights: str = ""  # the backbone's initial weights (a second branch starts from them too)
+    prior: torch.Tensor | None = None  # (N, C) out-of-fold posteriors of the training faces
 
 
 def build_method(name: str, ctx: MethodContext) -> Method:
@@ -47,7 +48,9 @@ def build_method(name: str, ctx: MethodContext) -> Method:
         return AKT(ctx.num_classes, ctx.backbone, weights=ctx.weights, **opts)
     if ctx.knn is None or ctx.va is None:
         raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
-    return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, **opts)
+    if opts.get("neighbours") == "prior" and ctx.prior is None:
+        raise FerdataError("ldlva.neighbours prior needs the out-of-fold prior: run `ferdata prior` first")
+    return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, prior=ctx.prior, **opts)
 
 
 def build_predictor(name: str, num_classes: int, embed_dim: int, backbone: str, options: dict) -> Method:

@@ -2,8 +2,9 @@
 uncertainty-adaptive targets.
 
 Branch A (the exported backbone) sees the weakly augmented "original" view, branch B (same
-architecture, its own weights, the same initial weights as A) the strongly augmented "ambiguous" view of
-the same geometry. Each face's target adapts to what the two branches say about it:
+architecture, its own weights) the strongly augmented "ambiguous" view of the same geometry. B starts
+from the same initial weights file as A when ``train.weights`` names one, and from its own random
+initialisation otherwise. Each face's target adapts to what the two branches say about it:
 
     pbar_i  = (sg(p_A) + sg(p_B)) / 2                          the branches' fused posterior
     agree_i = 1 - JS(p_A, p_B) / log 2                         1 when the branches agree (label space)
@@ -167,7 +168,8 @@ class AKT(Method):
     def soft_labels(
         self, feats: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The adaptive target at full ramp on the clean image; uncertainty: beta."""
+        """The adaptive target at full ramp on the clean image; uncertainty: u, the agreed evidence against
+        the given label (not beta, which the floor raises wherever the branches agree)."""
         c = probs.shape[1]
         hw = (feats.shape[1] - 2 * c - self.branch.embed_dim) // 2
         att_a, att_b, p_a, p_b = feats[:, self.branch.embed_dim :].split([hw, hw, c, c], dim=1)

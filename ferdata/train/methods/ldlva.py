@@ -47,6 +47,7 @@ the start of every epoch.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -86,6 +87,24 @@ def centre_push(centers: torch.Tensor) -> torch.Tensor:
     return torch.exp(-gaps[a, b] / centers.shape[1]).sum()
 
 
+def world_size() -> int:
+    """Processes of the torchrun job (1 outside one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def summed_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors summed over every rank of a torchrun job (as they are outside one)."""
+    if world_size() == 1:
+        return tensors
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat)
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.dtype))
+        start += t.numel()
+    return tuple(out)
+
+
 @torch.no_grad()
 def update_centers(
     centers: torch.Tensor,
@@ -95,18 +114,28 @@ def update_centers(
     present: torch.Tensor | None = None,
 ) -> None:
     """The official centre rule, in place: a pull step towards the trust-weighted class features, then a
-    push step apart. Rows whose ``present`` is False count for nothing."""
+    push step apart. Rows whose ``present`` is False count for nothing. Under torchrun the sums run over
+    every rank's batch, so all ranks make the same step (the step of their batches as one; DDP also
+    broadcasts rank 0's buffers, which would otherwise drop the other ranks' steps)."""
     onehot = F.one_hot(labels, len(centers)).to(feats.dtype)  # (n, C)
-    n = len(feats)
+    n = torch.tensor(float(len(feats)), device=feats.device)
     if present is not None:
         onehot, trust, n = onehot * present[:, None], trust * present, present.sum()
     diff = trust[:, None] * (feats - centers[labels])  # (n, D)
-    pull = onehot.T @ diff / (onehot.sum(0)[:, None] + 1) / n
+    moved, counts, n = summed_over_ranks(onehot.T @ diff, onehot.sum(0), n)
+    pull = moved / (counts[:, None] + 1) / n
     centers.add_(CENTER_STEP * pull)
     with torch.enable_grad():
         m = centers.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(centre_push(m), m)
     centers.sub_(CENTER_STEP * CENTER_PUSH * grad)
+
+
+def _per_sample_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """l_i's gradient times the world size: DDP averages gradients over ranks, right for shared weights
+    but not for a per-sample parameter, whose gradient comes from the one rank whose batch held the
+    sample; summed, each l_i steps as it would in one process with the same per-rank batch."""
+    return grad * world_size() if world_size() > 1 else grad
 
 
 class LDLVA(Method):
@@ -130,6 +159,8 @@ class LDLVA(Method):
         disc_weight: float = 0.01,
         neighbour_mode: str = "bank",
         soft_label: str = "prediction",
+        neighbours: str = "network",
+        prior: torch.Tensor | None = None,
     ):
         super().__init__()
         n = len(labels)
@@ -152,10 +183,15 @@ class LDLVA(Method):
         self.register_buffer("knn", knn.clamp_min(0))  # masked places point at sample 0 and weigh nothing
         self.register_buffer("knn_mask", knn >= 0)
         self.register_buffer("va", va.float().clone())
+        # neighbours: prior -> p_j are the out-of-fold posteriors (fixed, from models that never saw j)
+        self.prior = prior.float().clone() if neighbours == "prior" and prior is not None else None
+        if neighbours == "prior" and self.prior is None:
+            raise FerdataError("ldlva neighbours 'prior' needs the out-of-fold posteriors of the training faces")
         # plain tensors, not buffers: each rank keeps its own bank and DDP must not broadcast it
         self.bank_feats: torch.Tensor | None = None
         self.bank_probs: torch.Tensor | None = None
         self._lambda_opt = torch.optim.SGD([self.logit], lr=lambda_lr)
+        self.logit.register_hook(_per_sample_gradient)
 
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self._lambda_opt]
@@ -194,8 +230,14 @@ class LDLVA(Method):
             raise FerdataError("ldlva neighbour_mode 'forward' needs the loop to fetch neighbour images")
         with torch.no_grad():
             f = model.forward_features(batch.fetch(nbr.reshape(-1)))
-            p = torch.softmax(model.head(f), dim=1)
+            p = torch.softmax(model.head(f), dim=1) if self.prior is None else self._prior(f)[nbr.reshape(-1)]
         return f.reshape(*nbr.shape, -1), p.reshape(*nbr.shape, -1)
+
+    def _prior(self, like: torch.Tensor) -> torch.Tensor:
+        """The out-of-fold posteriors, on the device and in the dtype of ``like`` (a plain tensor, not a
+        buffer: DDP would broadcast it at every step)."""
+        self.prior = self.prior.to(like.device)
+        return self.prior.to(like.dtype)
 
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         feats = model.forward_features(batch.x)
@@ -216,8 +258,10 @@ class LDLVA(Method):
 
     @torch.no_grad()
     def start_epoch(self, feats: torch.Tensor, probs: torch.Tensor) -> None:
-        """Refresh the memory bank with every training sample's eval-mode outputs."""
-        self.bank_feats, self.bank_probs = feats.detach().float().clone(), probs.detach().float().clone()
+        """Refresh the memory bank with every training sample's eval-mode outputs (the prior's posteriors
+        in place of the network's with ``neighbours: prior``)."""
+        self.bank_feats = feats.detach().float().clone()
+        self.bank_probs = probs.detach().float().clone() if self.prior is None else self._prior(self.bank_feats)
 
     @torch.no_grad()
     def soft_labels(
@@ -228,9 +272,10 @@ class LDLVA(Method):
         index = torch.arange(len(feats), device=feats.device)
         if self.soft_label == "prediction":
             return probs, 1.0 - self.lambdas()
+        nbr_probs = probs if self.prior is None else self._prior(feats)
         with evaluating(self):
             d = torch.cat(
-                [self.aggregate(i, feats[i], feats[self.knn[i]], probs[self.knn[i]]) for i in index.split(1024)]
+                [self.aggregate(i, feats[i], feats[self.knn[i]], nbr_probs[self.knn[i]]) for i in index.split(1024)]
             )
         t = self.targets(index, labels, d)
         return t, 1.0 - self.lambdas()
