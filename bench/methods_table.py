@@ -16,6 +16,9 @@ trained tables, without training anything more:
   LDLVA with pseudo VA uses: the folds and the final one), the matched control of ``ldlva@circumplex``;
 - ``cleanlab``: cleanlab's label-quality AUROC and ``find_label_issues`` on the same out-of-fold models.
 
+and one trained: ``ce2view``, two CE networks on AKT's weak and strong views predicting together
+(``akt:adaptive=false:attention_weight=0:kl_weight=0``), the matched control of ``akt``.
+
 The FER+ protocol: ``--carve-val 0.1`` makes the folder's Valid split the test and carves a validation
 split from Train by subject; every default is chosen on ``val_*`` figures, ``test_*`` are only reported.
 
@@ -56,7 +59,10 @@ from ferdata.experiment import (
 )
 from ferdata.train.settings import NEEDS_KNN, TrainSettings
 
-CONTROLS = ("ce+prior", "cleanlab")
+CONTROLS = ("ce+prior", "cleanlab")  # computed from trained tables
+ALIASES = {  # trained controls, by a short name
+    "ce2view": "akt:adaptive=false:attention_weight=0:kl_weight=0",  # two CE networks on AKT's two views
+}
 COLUMNS = (  # (metric, heading) of the printed table; every metric is in the row files
     ("val_accuracy_true", "val acc"),
     ("val_kl", "val KL"),
@@ -79,7 +85,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def method_settings(base: TrainSettings, spec: str) -> tuple[TrainSettings, str]:
     """The train settings and VA source of a spec such as ``ldlva@circumplex:lambda_lr=20``."""
-    head, *changes = spec.split(":")
+    head, *changes = ALIASES.get(spec, spec).split(":")
     name, _, va = head.partition("@")
     cfg = replace(base, method=name)
     opts = getattr(cfg, name, None)

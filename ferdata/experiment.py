@@ -24,7 +24,7 @@ from ferdata.core.errors import FerdataError
 from ferdata.core.groups import group_of, split_groups
 from ferdata.core.io import fork, locate, read_table, stable_hash, write_json, write_table
 from ferdata.core.settings import as_dict
-from ferdata.train.settings import TrainSettings
+from ferdata.train.settings import METHODS, TrainSettings
 
 
 def carve_validation(src: str | Path, to: str | Path, *, share: float = 0.1, seed: int = 0) -> Path:
@@ -90,7 +90,8 @@ def prepare(base: str | Path, work: str | Path, condition: Condition, train: Tra
 
     c, work = condition, Path(work)
     marker = work / "condition.json"
-    wanted = {"condition": asdict(c), "train": as_dict(train), "base": str(Path(base).resolve())}
+    trains = {k: v for k, v in as_dict(train).items() if k not in METHODS}  # the prior is CE: no method options
+    wanted = {"condition": asdict(c), "train": trains, "base": str(Path(base).resolve())}
     if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(wanted)):
         return work  # prepared before (a resumed benchmark)
     fork(base, work)

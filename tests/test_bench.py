@@ -70,3 +70,36 @@ def test_precision_parity_pairs_runs_by_seed(tmp_path):
     assert entry["seeds"] == [0, 1]
     assert math.isclose(entry["test_accuracy_true"]["mean"], -0.015)
     assert math.isclose(entry["test_accuracy_true"]["fp32"], 0.71)
+
+
+def test_methods_table_specs_name_a_method_its_options_and_va():
+    import methods_table
+
+    from ferdata.train.settings import TrainSettings
+
+    base = TrainSettings()
+    cfg, va = methods_table.method_settings(base, "ldlva@circumplex:lambda_lr=20:epochs=3")
+    assert cfg.method == "ldlva" and cfg.ldlva.lambda_lr == 20 and cfg.epochs == 3 and va == "circumplex"
+    cfg, va = methods_table.method_settings(base, "ce:calibration=none")
+    assert cfg.method == "ce" and cfg.calibration == "none" and va == "-"
+    cfg, _ = methods_table.method_settings(base, "ce2view")
+    assert cfg.method == "akt" and not cfg.akt.adaptive and cfg.akt.kl_weight == 0 and cfg.akt.attention_weight == 0
+    assert methods_table.method_settings(base, "ldlva")[1] == "dataset"
+
+
+def test_methods_table_summary_pairs_seeds_with_ce():
+    import methods_table
+
+    rows = [
+        {"data": "d", "ratio": 0.3, "seed": s, "method": m, "test_accuracy_true": acc}
+        for s, (ce, ldlva) in enumerate([(0.50, 0.55), (0.60, 0.64), (0.55, 0.61)])
+        for m, acc in (("ce", ce), ("ldlva", ldlva))
+    ]
+    rows.append({"data": "d", "ratio": 0.3, "seed": 9, "method": "ldlva", "test_accuracy_true": 0.9})  # no CE seed 9
+    entries = {e["method"]: e for e in methods_table.summary(rows)}
+    mean, lo, hi = entries["ldlva"]["test_accuracy_true_vs_ce"]
+    assert math.isclose(mean, 0.05) and lo < mean < hi  # paired on seeds 0-2 only
+    assert entries["ldlva"]["seeds"] == [0, 1, 2, 9]
+    assert "test_accuracy_true_vs_ce" not in entries["ce"]
+    text = methods_table.markdown(list(entries.values()), "header")
+    assert "| d | 0.3 | ldlva | 0,1,2,9 |" in text and "Δ 0.050 [" in text

@@ -99,6 +99,11 @@ class AKTOptions(Settings):
         min=0.0,
         max=1.0,
     )
+    adaptive: bool = option(
+        True,
+        "false: both branches learn the given label alone (with attention_weight and kl_weight 0, the matched "
+        "control of AKT: two CE networks on the same weak and strong views, predicting together)",
+    )
 
 
 @dataclass(frozen=True)

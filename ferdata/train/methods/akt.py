@@ -57,7 +57,7 @@ from torch import nn
 
 from ferdata.core.errors import FerdataError
 from ferdata.train.backbones import build_backbone
-from ferdata.train.methods.base import Batch, Method, soft_cross_entropy
+from ferdata.train.methods.base import Batch, Method, confidence, soft_cross_entropy
 
 
 def attention_map(feature_map: torch.Tensor) -> torch.Tensor:
@@ -118,14 +118,18 @@ class AKT(Method):
         kl_weight: float = 1.0,
         warmup_epochs: int = 5,
         floor: float = 0.5,
+        adaptive: bool = True,
     ):
         super().__init__()
         self.branch = build_backbone(backbone, num_classes, weights=weights or None)
         self.attention_weight, self.kl_weight, self.warmup_epochs = attention_weight, kl_weight, warmup_epochs
-        self.floor = floor
+        self.floor, self.adaptive = floor, adaptive
+        self.uncertainty_is_entropy = not adaptive  # the control's soft label is its fused prediction
         self.epoch, self.epochs = 0, 1
 
     def ramp(self) -> float:
+        if not self.adaptive:
+            return 0.0
         return min(1.0, self.epoch / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
 
     @staticmethod
@@ -173,4 +177,6 @@ class AKT(Method):
         c = probs.shape[1]
         hw = (feats.shape[1] - 2 * c - self.branch.embed_dim) // 2
         att_a, att_b, p_a, p_b = feats[:, self.branch.embed_dim :].split([hw, hw, c, c], dim=1)
+        if not self.adaptive:  # the CE control: its prediction, as CE's soft label is
+            return probs, 1.0 - confidence(probs)
         return adaptive_targets(p_a, p_b, att_a, att_b, labels, 1.0, self.floor)
