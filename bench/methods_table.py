@@ -13,7 +13,8 @@ Method specs: a method name with options and, for LDLVA, its VA source:
 trained tables, without training anything more:
 
 - ``ce+prior``: CE's prediction averaged with the prior's out-of-fold fold models (as many networks as
-  LDLVA with pseudo VA uses: the folds and the final one), the matched control of ``ldlva@circumplex``;
+  LDLVA with pseudo VA uses: the folds and the final one), calibrated on val as the trainer calibrates a
+  method; the matched control of ``ldlva@circumplex``;
 - ``cleanlab``: cleanlab's label-quality AUROC and ``find_label_issues`` on the same out-of-fold models.
 
 and one trained: ``ce2view``, two CE networks on AKT's weak and strong views predicting together
@@ -49,6 +50,7 @@ from ferdata.core.settings import load_params, resolve
 from ferdata.evaluate import label_issue_scores, mean_interval, paired_interval
 from ferdata.experiment import (
     Condition,
+    calibrated,
     carve_validation,
     ensemble,
     prepare,
@@ -157,7 +159,7 @@ def run_condition(args: argparse.Namespace, base: Path, name: str, ratio: float,
         ce = learned.get("ce")
         if ce is None:
             ce = read_learned(work / "models" / row_path(Path(), name, ratio, seed, "ce").stem)
-        table = ensemble([ce, prior_table(data)], [1.0, float(args.folds)])
+        table = calibrated(data, ensemble([ce, prior_table(data)], [1.0, float(args.folds)]))
         save(args, name, ratio, seed, "ce+prior", {"va": "-", **score_table(data, table)}, 0.0)
     if "cleanlab" in specs and ratio > 0:
         save(args, name, ratio, seed, "cleanlab", {"va": "-", **cleanlab_row(data)}, 0.0)

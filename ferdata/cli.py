@@ -277,9 +277,12 @@ def train(settings, folders, params) -> None:
 
     out = run(folders["data"], folders["models"], settings)
     log, rate = out["epochs"], out["train_samples"] / max(out["train_seconds"], 1e-9)
+    cal = out["calibration"]
+    calibrated = f", calibrated: T {cal['temperature']:.2f}, prior weight {cal['prior_weight']:.2f}"
+    calibrated = "" if cal["mode"] == "none" else calibrated
     typer.echo(
-        f"trained {settings.method}/{settings.backbone} for {len(log)} epochs: final val acc {log[-1]['val_acc']:.3f} "
-        f"({rate:.0f} faces/s while training; {trained_on(out['engine'])})"
+        f"trained {settings.method}/{settings.backbone} for {len(log)} epochs: final val acc {log[-1]['val_acc']:.3f}"
+        f"{calibrated} ({rate:.0f} faces/s while training; {trained_on(out['engine'])})"
     )
 
 

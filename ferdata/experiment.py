@@ -138,6 +138,32 @@ def ensemble(tables: list[pd.DataFrame], weights: list[float] | None = None) -> 
     return tables[0][["sample_id", "split"]].assign(distribution=list(total), uncertainty=normalised_entropy(total))
 
 
+def calibrated(data: str | Path, table: pd.DataFrame, mode: str = "prior_temperature") -> pd.DataFrame:
+    """``table`` calibrated as the trainer calibrates a method (ferdata/train/calibrate.py), fitted on its
+    validation rows: for controls assembled from several models (an ensemble of differently calibrated
+    ones)."""
+    import torch
+
+    from ferdata.core.classes import class_index, normalised_entropy
+    from ferdata.train.calibrate import fit_calibration
+
+    labels, _, classes = read_scoring(data)
+    plan, _ = read_table(locate(data, "plan.parquet"), "plan")
+    given = labels.set_index("sample_id")["label"]
+    train = labels[labels["split"] == "train"]
+    rows = table.set_index("sample_id")
+    val = labels.loc[labels["split"] == "val", "sample_id"]
+    cal = fit_calibration(
+        np.stack(rows.loc[val, "distribution"].to_numpy()),
+        class_index(given.loc[val].to_numpy(), classes),
+        train_counts=np.bincount(class_index(train["label"].to_numpy(), classes), minlength=len(classes)),
+        plan_counts=np.bincount(class_index(given.loc[plan["sample_id"]].to_numpy(), classes), minlength=len(classes)),
+        mode=mode,
+    )
+    probs = cal.apply(torch.tensor(np.stack(table["distribution"].to_numpy()), dtype=torch.float64)).numpy()
+    return table.assign(distribution=list(probs), uncertainty=normalised_entropy(probs))
+
+
 def prior_table(data: str | Path) -> pd.DataFrame:
     """The fork's out-of-fold prior as a learned-style table (held-out posteriors for training faces, the
     fold models' mean for the others)."""

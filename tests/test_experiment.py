@@ -5,7 +5,7 @@ import pytest
 from ferdata.core.errors import FerdataError
 from ferdata.core.groups import group_of
 from ferdata.core.io import locate, read_table
-from ferdata.experiment import Condition, carve_validation, ensemble, prepare, score_table
+from ferdata.experiment import Condition, calibrated, carve_validation, ensemble, prepare, score_table
 from ferdata.train.settings import TrainSettings
 
 
@@ -66,3 +66,22 @@ def test_ensemble_is_the_weighted_mean_and_scores(trained_dir):
     assert isinstance(mixed, pd.DataFrame) and list(mixed["sample_id"]) == list(learned["sample_id"])
     metrics = score_table(trained_dir, mixed)
     assert 0 <= metrics["test_accuracy_true"] <= 1 and "noise_auroc" in metrics
+
+
+def test_a_control_is_calibrated_as_a_method_is(trained_dir):
+    """calibrated() fits on the validation rows only: the NLL of the validation labels does not rise."""
+    from ferdata.core.classes import class_index
+
+    learned, _ = read_table(trained_dir / "models" / "learned.parquet", "learned")
+    labels, meta = read_table(trained_dir / "labels.parquet", "labels")
+    flat = learned.assign(distribution=[np.sqrt(np.asarray(d)) / np.sqrt(d).sum() for d in learned["distribution"]])
+    out = calibrated(trained_dir, flat)
+    val = (labels.set_index("sample_id").loc[out["sample_id"], "split"] == "val").to_numpy()
+    given = class_index(labels.set_index("sample_id").loc[out["sample_id"], "label"].to_numpy()[val], meta["classes"])
+
+    def nll(table):
+        p = np.stack(table["distribution"].to_numpy())[val]
+        return -np.log(p[np.arange(len(p)), given]).mean()
+
+    assert nll(out) <= nll(flat) + 1e-9
+    assert np.allclose(np.stack(out["distribution"].to_numpy()).sum(1), 1)

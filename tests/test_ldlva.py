@@ -190,6 +190,15 @@ def test_neighbours_from_the_prior_bring_its_posteriors(mode):
         _method(mode, neighbours="prior")
 
 
+def test_trust_can_start_at_the_priors_belief_in_the_label():
+    prior = torch.softmax(torch.randn(N, C, generator=torch.Generator().manual_seed(6)) * 3, 1)
+    method, labels = _method(prior=prior, trust_init="prior")
+    believed = prior[torch.arange(N), labels].clamp(0.02, 0.98)
+    assert torch.allclose(method.lambdas(), believed, atol=1e-6)
+    constant, _ = _method(prior=prior)  # the default ignores the prior
+    assert torch.allclose(constant.lambdas(), torch.sigmoid(torch.tensor(0.5)))
+
+
 def test_ldlva_trains_end_to_end(trained_dir, tmp_path):
     cfg = TrainSettings(
         method="ldlva", epochs=2, batch_size=8, image_size=32, lr=0.01, ldlva=LDLVAOptions(lambda_lr=50.0)

@@ -44,3 +44,15 @@ def test_prior_with_no_folds_writes_an_empty_table(data_dir):
     assert prior(data_dir, folds=0).empty
     table, meta = read_table(data_dir / "prior.parquet", "prior")
     assert table.empty and meta["folds"] == 0
+
+
+def test_fold_models_keep_the_plans_class_balance():
+    """The prior's posteriors are training targets and neighbours for models on the balanced plan: the
+    fold models fit a temperature, not the prior swap (unless calibration is off altogether)."""
+    from dataclasses import replace
+
+    from ferdata.train.settings import PriorSettings, TrainSettings
+
+    assert PriorSettings().fold_model().calibration == "temperature"
+    off = PriorSettings(train=replace(TrainSettings(), calibration="none"))
+    assert off.fold_model().calibration == "none"

@@ -39,7 +39,13 @@ class LDLVAOptions(Settings):
     section = "train.ldlva"
     temperature: float = option(0.5, "temperature of the VA similarity exp(-L1 / T)", above=0.0)
     calib_floor: float = option(-1.3, "lower clamp of the calibration MLP's logit")
-    init_logit: float = option(0.5, "initial logit of every sample's trust lambda")
+    init_logit: float = option(0.5, "initial logit of every sample's trust lambda (trust_init: constant)")
+    trust_init: str = option(
+        "constant",
+        "where each trust lambda_i starts: constant (sigmoid(init_logit) for every face) or prior (the out-of-fold "
+        "prior's probability of the face's given label; needs `ferdata prior`)",
+        choices=("constant", "prior"),
+    )
     lambda_lr: float = option(
         100.0, "learning rate of the per-sample trust (its own SGD); chosen on real faces, see ldlva.py", min=0.0
     )
@@ -148,7 +154,7 @@ class TrainSettings(Settings):
     @property
     def reads_prior(self) -> bool:
         """Whether the method reads the out-of-fold prior (LDLVA's neighbours from it)."""
-        return self.method == "ldlva" and self.ldlva.neighbours == "prior"
+        return self.method == "ldlva" and "prior" in (self.ldlva.neighbours, self.ldlva.trust_init)
 
 
 @dataclass(frozen=True)
@@ -168,8 +174,11 @@ class PriorSettings(Settings):
             raise UsageError("prior.folds must be 0 (skip) or at least 2, got 1")
 
     def fold_model(self) -> TrainSettings:
-        """The settings each fold model trains with."""
-        return replace(self.train, method=self.method, epochs=self.epochs)
+        """The settings each fold model trains with: its posteriors keep the plan's balanced class prior
+        (a temperature is fitted, the prior swap is not), since they are training targets and neighbours
+        for models that train on the same balanced plan."""
+        calibration = "temperature" if self.train.calibration != "none" else "none"
+        return replace(self.train, method=self.method, epochs=self.epochs, calibration=calibration)
 
 
 @dataclass(frozen=True)

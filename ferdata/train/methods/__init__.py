@@ -48,8 +48,8 @@ def build_method(name: str, ctx: MethodContext) -> Method:
         return AKT(ctx.num_classes, ctx.backbone, weights=ctx.weights, **opts)
     if ctx.knn is None or ctx.va is None:
         raise FerdataError(f"method {name} needs the VA table and KNN graph: run `ferdata va` first")
-    if opts.get("neighbours") == "prior" and ctx.prior is None:
-        raise FerdataError("ldlva.neighbours prior needs the out-of-fold prior: run `ferdata prior` first")
+    if "prior" in (opts.get("neighbours"), opts.get("trust_init")) and ctx.prior is None:
+        raise FerdataError("ldlva.neighbours/trust_init prior needs the out-of-fold prior: run `ferdata prior` first")
     return LDLVA(ctx.num_classes, ctx.embed_dim, labels=ctx.labels, knn=ctx.knn, va=ctx.va, prior=ctx.prior, **opts)
 
 

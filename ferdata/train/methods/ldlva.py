@@ -56,6 +56,7 @@ from ferdata.train.methods.base import Batch, Method, evaluating, soft_cross_ent
 
 CENTER_STEP = 0.5  # alpha, the centres' own step size (official code)
 CENTER_PUSH = 0.1  # scale of the push between centres (official code)
+TRUST_FLOOR = 0.02  # trust_init prior: lambda_i starts within [0.02, 0.98] (a finite logit)
 
 
 def local_similarity(va_i: torch.Tensor, va_j: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -160,6 +161,7 @@ class LDLVA(Method):
         neighbour_mode: str = "bank",
         soft_label: str = "prediction",
         neighbours: str = "network",
+        trust_init: str = "constant",
         prior: torch.Tensor | None = None,
     ):
         super().__init__()
@@ -176,7 +178,13 @@ class LDLVA(Method):
             nn.ReLU(inplace=True),
             nn.Linear(256, 1),
         )
-        self.logit = nn.Parameter(torch.full((n,), float(init_logit)))
+        if trust_init == "prior":
+            if prior is None:
+                raise FerdataError("ldlva trust_init 'prior' needs the out-of-fold posteriors of the training faces")
+            believed = prior.float()[torch.arange(n), labels.long()].clamp(TRUST_FLOOR, 1 - TRUST_FLOOR)
+            self.logit = nn.Parameter(torch.logit(believed))
+        else:
+            self.logit = nn.Parameter(torch.full((n,), float(init_logit)))
         self.register_buffer("centers", torch.zeros(num_classes, embed_dim))
         self.register_buffer("labels", labels.long().clone())
         knn = knn.long()
