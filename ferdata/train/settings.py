@@ -96,7 +96,9 @@ class AKTOptions(Settings):
 
     section = "train.akt"
     attention_weight: float = option(1.0, "weight of the attention-consistency loss", min=0.0)
-    kl_weight: float = option(1.0, "weight of the symmetric KL between the branches", min=0.0)
+    kl_weight: float = option(
+        0.1, "weight of the symmetric KL between the branches (1 stalls training on real faces, see akt.py)", min=0.0
+    )
     warmup_epochs: int = option(5, "epochs over which the adaptive targets are ramped in (0: from the start)", min=0)
     floor: float = option(
         0.5,
