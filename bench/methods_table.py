@@ -172,13 +172,15 @@ def read_learned(models: Path):
 
 
 def cleanlab_row(data: Path) -> dict:
-    """cleanlab on the fork's out-of-fold prior: its AUROC is the ``noise_auroc`` of this row."""
+    """cleanlab on the fork's out-of-fold prior, calibrated on val as a method is (the prior's own
+    posteriors keep the plan's balance; cleanlab's AUROC on them was 0.763 against 0.886 calibrated, FER+
+    30% noise, seed 0): its AUROC is the ``noise_auroc`` of this row."""
     import numpy as np
 
     from ferdata.core.classes import class_index
 
     labels, _, classes = read_scoring(data)
-    oof = prior_table(data).set_index("sample_id")
+    oof = calibrated(data, prior_table(data)).set_index("sample_id")  # as every method's, on val
     train = labels[labels["split"] == "train"]
     probs = np.stack(oof.loc[train["sample_id"], "distribution"].to_numpy())
     out = label_issue_scores(class_index(train["label"].to_numpy(), classes), probs, train["flipped"].to_numpy())
