@@ -249,6 +249,46 @@ def markdown(entries: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def targets(entries: list[dict], default: str) -> list[str]:
+    """Issue 32's targets for ``default``, read off the test figures of the table, one line each."""
+    by = {(e["data"], e["ratio"], e["method"]): e for e in entries}
+    lines = []
+    for data in sorted({e["data"] for e in entries}):
+        mine, ce = by.get((data, 0.0, default)), by.get((data, 0.0, "ce"))
+        if mine and ce and "test_kl_vs_ce" in mine:
+            d, lo, hi = mine["test_kl_vs_ce"]
+            rel = d / ce["test_kl"][0]
+            ok = rel <= -0.05 and hi < 0
+            lines.append(f"{data} noise 0: test KL {100 * rel:+.1f}% vs CE, Δ [{lo:+.3f}, {hi:+.3f}]: {_verdict(ok)}")
+            acc, ce_acc = mine["test_accuracy_true"], ce["test_accuracy_true"]
+            ok = acc[0] >= ce_acc[1]
+            lines.append(
+                f"{data} noise 0: test acc {acc[0]:.3f}, CE [{ce_acc[1]:.3f}, {ce_acc[2]:.3f}] -> {_verdict(ok)}"
+            )
+        for (d_, r, m), e in by.items():
+            if d_ == data and r == 0.0 and m not in ("ce", *CONTROLS) and ce:
+                gap = e["test_accuracy_true"][0] - ce["test_accuracy_true"][0]
+                if gap < -0.03:
+                    lines.append(
+                        f"{data} noise 0: {m} test acc {100 * gap:+.1f} points vs CE -> collapses (3-point limit)"
+                    )
+        mine, ce, clean = by.get((data, 0.3, default)), by.get((data, 0.3, "ce")), by.get((data, 0.3, "cleanlab"))
+        if mine and ce and "test_accuracy_true_vs_ce" in mine:
+            d, lo, hi = mine["test_accuracy_true_vs_ce"]
+            ok = d >= 0.03
+            lines.append(
+                f"{data} 30% noise: acc {100 * d:+.1f} points vs CE [{100 * lo:+.1f}, {100 * hi:+.1f}]: {_verdict(ok)}"
+            )
+        if mine and clean:
+            gap = mine["noise_auroc"][0] - clean["noise_auroc"][0]
+            lines.append(f"{data} 30% noise: noise AUROC {gap:+.3f} vs cleanlab -> {_verdict(gap >= 0.03)}")
+    return lines
+
+
 def provenance(argv: list[str]) -> str:
     """Commit, machine and command of the run, for the top of the table."""
     try:
@@ -284,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/ferdata-methods-table"))
     ap.add_argument("--out", type=Path, default=Path("reports/bench/methods"))
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--default", default="", help="also check issue 32's targets for this method spec")
     args = ap.parse_args(argv)
     if not args.summary_only:
         params = apply_sets(dict(load_params(args.params)), args.set)
@@ -297,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
                     run_condition(args, base, name, ratio, seed, train)
     entries = summary(load_rows(args.out), None)
     text = markdown(entries, provenance(argv))
+    if args.default:
+        text += (
+            "\nTargets for "
+            + args.default
+            + ":\n\n"
+            + "".join(f"- {line}\n" for line in targets(entries, args.default))
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text)
     print(text)
