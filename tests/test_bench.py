@@ -103,3 +103,27 @@ def test_methods_table_summary_pairs_seeds_with_ce():
     assert "test_accuracy_true_vs_ce" not in entries["ce"]
     text = methods_table.markdown(list(entries.values()), "header")
     assert "| d | 0.3 | ldlva | 0,1,2,9 |" in text and "Δ 0.050 [" in text
+
+
+def test_methods_table_targets_read_the_test_figures():
+    import methods_table
+
+    def e(ratio, method, acc, kl=None, auroc=None, **extra):
+        out = {"data": "d", "ratio": ratio, "method": method, "test_accuracy_true": (acc, acc - 0.01, acc + 0.01)}
+        out |= {"test_kl": (kl, kl, kl)} if kl else {}
+        out |= {"noise_auroc": (auroc, auroc, auroc)} if auroc else {}
+        return out | extra
+
+    entries = [
+        e(0.0, "ce", 0.70, 0.80),
+        e(0.0, "m", 0.70, 0.74, test_kl_vs_ce=(-0.06, -0.08, -0.04)),
+        e(0.0, "bad", 0.60, 0.90),
+        e(0.3, "ce", 0.60, auroc=0.90),
+        e(0.3, "m", 0.62, auroc=0.92, test_accuracy_true_vs_ce=(0.02, 0.0, 0.04)),
+        e(0.3, "cleanlab", float("nan"), auroc=0.85),
+    ]
+    lines = methods_table.targets(entries, "m")
+    assert any("test KL -7.5% vs CE" in line and line.endswith("met") for line in lines)
+    assert any("bad test acc -10.0 points" in line and "collapses" in line for line in lines)
+    assert any("acc +2.0 points vs CE" in line and line.endswith("missed") for line in lines)
+    assert any("noise AUROC +0.070 vs cleanlab -> met" in line for line in lines)
