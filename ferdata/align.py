@@ -79,18 +79,31 @@ STAGE = Stage(
 def read_image(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read any image as 8-bit RGB (grey, CMYK, alpha and 16-bit converted); raise ValueError if it is
     missing, unreadable, a corrupt or truncated JPEG (which OpenCV would silently half-decode), or larger
-    than ``max_pixels``. Bytes after a JPEG's end marker are ignored, as every decoder does."""
+    than ``max_pixels``. Bytes after a JPEG's end marker are ignored, as every decoder does. An EXIF
+    orientation (a phone photo's) is applied, so the face is upright as a viewer shows it."""
+    from ferdata.adapters.base import file_problem
+
+    problem = file_problem(path)
+    if problem:  # a named pipe would block the read for ever
+        raise ValueError(f"unreadable or missing image: {problem[1]}")
     try:
         data = np.fromfile(path, np.uint8)
     except OSError:
         raise ValueError("unreadable or missing image") from None
     if data[:2].tobytes() == b"\xff\xd8":
         check_jpeg(data.tobytes())
-    if max_pixels is not None:
-        check_size(data.tobytes(), max_pixels)
+    size, orientation = image_header(data.tobytes())
+    if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
+        raise ValueError(f"too large: {size[0]}x{size[1]} pixels, more than align.max_pixels ({max_pixels})")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ValueError("unreadable or missing image")
+    img = to_rgb8(img)
+    return apply_orientation(img, orientation)
+
+
+def to_rgb8(img: np.ndarray) -> np.ndarray:
+    """OpenCV's decoded array (grey, BGR, BGRA; 8 or 16 bit) as 8-bit RGB."""
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -115,18 +128,40 @@ def check_jpeg(data: bytes) -> None:
             raise ValueError(f"unreadable image: corrupt JPEG ({text})") from None
 
 
-def check_size(data: bytes, max_pixels: int) -> None:
-    """Raise ValueError when the image's header says it has more than ``max_pixels`` pixels (decoding it
-    would take width x height x 3 bytes per worker)."""
+def image_header(data: bytes) -> tuple[tuple[int, int] | None, int]:
+    """(width, height) and the EXIF orientation (1-8, 1 = as stored) from the header alone; (None, 1) for
+    what PIL does not know (OpenCV decides). PIL's own pixel limit is lifted for this read, since its
+    DecompressionBombError would hide the size that align.max_pixels judges."""
+    import warnings
+
     from PIL import Image
 
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Exception:  # not an image PIL knows: OpenCV decides
-        return
-    if width * height > max_pixels:
-        raise ValueError(f"too large: {width}x{height} pixels, more than align.max_pixels ({max_pixels})")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                size = img.size
+                try:
+                    orientation = int(img.getexif().get(0x0112, 1))
+                except Exception:  # a damaged EXIF block: the pixels as stored
+                    orientation = 1
+    except Exception:
+        return None, 1
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return size, orientation if 1 <= orientation <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """``img`` turned upright by its EXIF orientation tag (the TIFF/EXIF definition of values 1-8)."""
+    moves = {2: (0, True), 3: (2, False), 4: (2, True), 5: (1, True), 6: (3, False), 7: (3, True), 8: (1, False)}
+    if orientation not in moves:
+        return img
+    turns, mirror = moves[orientation]  # counter-clockwise quarter turns, after a left-right mirror
+    if mirror:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(np.rot90(img, turns))
 
 
 def warp_to_template(img: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:

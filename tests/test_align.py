@@ -33,6 +33,45 @@ def test_read_image_rejects_broken_files(tmp_path):
             raise AssertionError(f"{path} should not read")
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_image_turns_a_phone_photo_upright(tmp_path, orientation):
+    """Every EXIF orientation gives the picture a viewer shows (PIL's exif_transpose), JPEG and PNG."""
+    from PIL import Image, ImageOps
+
+    rgb = np.zeros((24, 40, 3), np.uint8)
+    rgb[:6, :10] = (255, 0, 0)  # a red block top left: any turn or mirror moves it
+    rgb[18:, 30:] = (0, 0, 255)
+    for suffix in ("png", "jpg"):
+        img = Image.fromarray(rgb)
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(tmp_path / f"photo.{suffix}", exif=exif.tobytes(), quality=100)
+        with Image.open(tmp_path / f"photo.{suffix}") as shown:
+            expected = np.asarray(ImageOps.exif_transpose(shown).convert("RGB"), np.int16)
+        got = read_image(tmp_path / f"photo.{suffix}")
+        assert got.shape == expected.shape and np.abs(got.astype(np.int16) - expected).max() <= 8, suffix
+
+
+def test_pil_s_own_pixel_limit_does_not_hide_a_huge_image(tmp_path, monkeypatch):
+    """PIL refuses to open images far above its MAX_IMAGE_PIXELS; the size check must still see them."""
+    from PIL import Image
+
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((40, 60, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 2,400 pixels: a DecompressionBombError for PIL
+    with pytest.raises(ValueError, match="too large: 60x40 pixels"):
+        read_image(tmp_path / "big.png", max_pixels=1000)
+    assert read_image(tmp_path / "big.png", max_pixels=10_000).shape == (40, 60, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100  # PIL's limit is left as it was
+
+
+def test_read_image_never_opens_a_named_pipe(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would wait for a writer for ever
+    with pytest.raises(ValueError, match="named pipe"):
+        read_image(tmp_path / "pipe.png")
+
+
 def test_warp_puts_landmarks_on_template():
     """Warp a synth photo and check the warped landmarks land near the template (in 112 pixels)."""
     from insightface.utils import face_align

@@ -316,6 +316,55 @@ def test_a_file_name_that_is_not_utf8_is_rejected_with_its_reason(tmp_path):
     assert "bad_path" in set(rejected["reason"]) and "not UTF-8" in " ".join(rejected["detail"])
 
 
+def test_named_pipes_and_dangling_links_are_rejected_rows_not_hangs_or_gaps(tmp_path):
+    """A folder with a named pipe and a dangling link among its images, and a CSV that names a pipe: the
+    download ends, and each one is a rejected row with its reason (an alarm fails the test if a read hangs)."""
+    from ferdata.download import download
+
+    folder = tmp_path / "faces" / "train" / "happy"
+    for i in range(3):
+        _image(folder / f"ok{i}.jpg", i)
+    os.mkfifo(folder / "pipe.jpg")
+    os.symlink(tmp_path / "gone.jpg", folder / "link.jpg")
+    (tmp_path / "faces.csv").write_text("path,label\nfaces/train/happy/ok0.jpg,happy\nfaces/train/happy/pipe.jpg,sad\n")
+
+    def hang(*_):
+        raise TimeoutError("a read blocked")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(60)
+    try:
+        download("folder", tmp_path / "out", source=str(tmp_path / "faces"), dataset={"val_fraction": 0.0})
+        download("csv", tmp_path / "csv", source=str(tmp_path / "faces.csv"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    rejected, _ = read_table(tmp_path / "out/rejected.parquet", "rejected")
+    why = dict(zip(rejected["path"].str.rsplit("/", n=1).str[-1], zip(rejected["reason"], rejected["detail"])))
+    assert why["pipe.jpg"][0] == "not_a_file" and "named pipe" in why["pipe.jpg"][1]
+    assert why["link.jpg"][0] == "missing_image" and "symbolic link" in why["link.jpg"][1]
+    manifest, _ = read_table(tmp_path / "out/manifest.parquet", "manifest")
+    assert len(manifest) == 3
+    rejected, _ = read_table(tmp_path / "csv/rejected.parquet", "rejected")
+    assert rejected["reason"].tolist() == ["not_a_file"]
+
+
+@pytest.mark.parametrize(
+    "name, data, expected",
+    [
+        ("utf16", "train: {epochs: 2}\n".encode("utf-16"), "not UTF-8"),
+        ("laughs", "a: &a [x, x, x, x, x, x, x, x, x, x]\n".encode()
+         + b"".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode() for p, c in zip("abcdefgh", "bcdefghi")),
+         "YAML aliases"),
+        ("deep", b"train: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested too deeply"),
+    ],
+)
+def test_params_files_that_are_not_params_are_one_line(tmp_path, name, data, expected):
+    (tmp_path / "p.yaml").write_bytes(data)
+    line = one_line(RUN.invoke(app, ["noise", "--data", str(tmp_path), "--params", str(tmp_path / "p.yaml")]), 2)
+    assert expected in line and "p.yaml" in line, line
+
+
 PARAMS = [
     "train: {epochs: 'two'}",
     "train: {epochs: 1.5}",

@@ -108,7 +108,11 @@ def normal_path(rel: str, root: Path) -> tuple[str | None, str]:
 
 
 def image_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be an image (missing, empty, not an image format), or None; reads 16 bytes only."""
+    """Why ``path`` cannot be an image (missing, a dangling link, not a regular file, empty, not an image
+    format), or None; reads 16 bytes of regular files only, so a named pipe never blocks."""
+    problem = file_problem(path)
+    if problem:
+        return problem[0]
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -122,6 +126,24 @@ def image_problem(path: Path) -> str | None:
     if head.startswith(magic) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return None
     return "unreadable"
+
+
+def file_problem(path: Path) -> tuple[str, str] | None:
+    """(reason, detail) when ``path`` is not a regular file one can read an image from, else None."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "missing_image", f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "missing_image", f"{path} does not exist"
+    except OSError as exc:
+        return "unreadable", f"{path}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        kind = "folder" if stat.S_ISDIR(mode) else "named pipe" if stat.S_ISFIFO(mode) else "device or socket"
+        return "not_a_file", f"{path} is a {kind}, not an image file; put the image itself there"
+    return None
 
 
 def landmarks68_to5(points: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -183,7 +205,8 @@ class Ingest:
             return
         problem = image_problem(root / path)
         if problem:
-            self.reject(sample_id, path, problem, f"{root / path}")
+            detail = (file_problem(root / path) or (problem, f"{root / path}"))[1]
+            self.reject(sample_id, path, problem, detail)
             return
         self.add(sample_id, split, path, label, **extra)
 
@@ -224,8 +247,9 @@ def images_under(folder: Path) -> list[Path]:
     from tqdm import tqdm
 
     found = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    # everything but folders: a dangling link or a named pipe becomes a rejected row, never a silent gap
     return sorted(
-        p for p in tqdm(found, desc=f"scan {folder.name}", unit=" files", leave=False, disable=None) if p.is_file()
+        p for p in tqdm(found, desc=f"scan {folder.name}", unit=" files", leave=False, disable=None) if not p.is_dir()
     )
 
 

@@ -78,14 +78,52 @@ def load_params(path: Path | None, *, default: Path = Path("params.yaml")) -> Pa
     if not path.is_file():
         raise UsageError(f"params file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read params file {path}: {exc.strerror}") from None
+    try:
+        check_expansion(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except RecursionError:
+        raise UsageError(f"{path} is nested too deeply to be a params file") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path} must hold a mapping of sections")
     params = Params(data)
     params.origin = str(path)
     return params
+
+
+MAX_PARAMS_VALUES = 100_000  # a real params file holds a few hundred
+
+
+def check_expansion(root: yaml.Node | None, path: Path, limit: int = MAX_PARAMS_VALUES) -> None:
+    """Refuse a YAML document whose aliases expand to more than ``limit`` values (a "billion laughs"
+    file is a few lines that would fill the memory once its values are walked)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = limit + 1  # an alias back into a node being counted: a cycle, refused
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > limit:
+                    break
+            sizes[key] = total
+        return sizes[key]
+
+    if root is not None and size(root) > limit:
+        raise UsageError(f"{path} expands to more than {limit:,} values through YAML aliases: write the values out")
 
 
 @functools.cache
