@@ -117,6 +117,40 @@ def test_a_checkpoint_of_another_network_is_a_one_line_error(tmp_path):
     assert "not a readable .safetensors" in _one_line_error("resnet18_tv", tmp_path / "bad.safetensors")
 
 
+@pytest.mark.parametrize(
+    "header, why",
+    [
+        (b"[1, 2]", "not an object"),
+        (b"null", "not an object"),
+        (b"{not json", "not JSON"),
+        (b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}', "do not match"),
+        (b'{"w": {"dtype": "F32", "shape": [400], "data_offsets": [0, 1600]}}', "do not match"),
+        (b'{"w": {"dtype": "Q8", "shape": [2], "data_offsets": [0, 8]}}', "dtype 'Q8'"),
+        (b'{"w": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}', "malformed"),
+        (b'{"w": [1]}', "no dtype"),
+    ],
+)
+def test_damaged_safetensors_headers_are_one_line(tmp_path, header, why):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    assert why in _one_line_error("resnet18_tv", path)
+
+
+def test_a_huge_safetensors_file_is_judged_by_its_header_without_reading_it(tmp_path):
+    """A 12 GiB sparse file whose header claims more than the file holds: refused at once, not read."""
+    import resource
+    import time
+
+    path = tmp_path / "big.safetensors"
+    header = b'{"w": {"dtype": "F32", "shape": [4000000000], "data_offsets": [0, 16000000000]}}'
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(12 * 2**30)
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time()
+    assert "do not match" in _one_line_error("resnet18_tv", path)
+    assert time.time() - start < 5 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB
+
+
 def test_our_own_checkpoints_still_load_body_only(tmp_path):
     src = build_backbone("resnet18", 5)
     torch.save(src.state_dict(), tmp_path / "w.pt")

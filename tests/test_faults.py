@@ -384,6 +384,7 @@ PARAMS = [
     "va: {source: emonet}",
     "train: {method: magic}",
     "download: {seed: -1}",
+    "noise: {seed: 99999999999999999999999}",
     "shard: {max_count: 0}",
     "noize: {ratio: 0.3}",
     "noise: {ratoi: 0.3}",

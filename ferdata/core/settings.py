@@ -250,6 +250,8 @@ def check_values(obj: Settings) -> None:
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise UsageError(f"{path} must be a finite number, got {value}")
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:  # tables store them as int64
+                raise UsageError(f"{path} must fit in 64 bits (below 9.2e18), got {value}")
             low, high, above, below = (meta.get(k) for k in ("min", "max", "above", "below"))
             if (
                 (low is not None and value < low)

@@ -10,10 +10,12 @@ it (pooled features, heads, losses, soft labels) is float32.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,26 +224,65 @@ SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A .safetensors file's tensors (8-byte header length, JSON header, raw little-endian data)."""
-    raw = path.read_bytes()
-    try:
-        (n,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8 : 8 + n])
-        data = memoryview(raw)[8 + n :]
-        out = {}
-        for name, spec in header.items():
-            if name == "__metadata__":
-                continue
-            if spec["dtype"] == "BF16":
-                words = np.frombuffer(data[slice(*spec["data_offsets"])], np.uint16).astype(np.int32) << 16
-                out[name] = torch.from_numpy(words).view(torch.float32).reshape(spec["shape"]).clone()
-                continue
-            dtype = SAFETENSORS_DTYPES[spec["dtype"]]
-            array = np.frombuffer(data[slice(*spec["data_offsets"])], dtype).reshape(spec["shape"])
-            out[name] = torch.from_numpy(array.copy())
-    except (struct.error, ValueError, KeyError, TypeError) as exc:
-        raise FerdataError(f"{path} is not a readable .safetensors file ({exc}); download it again") from None
-    return out
+    """A .safetensors file's tensors (8-byte header length, JSON header, raw little-endian data). The
+    header is checked before any tensor is read, and tensors are copied out of a memory map, so a huge or
+    damaged file is refused without being read whole."""
+    import mmap
+
+    def bad(why: str) -> FerdataError:
+        return FerdataError(f"{path} is not a readable .safetensors file ({why}); download it again")
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise bad("shorter than its 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 * 2**20):
+            raise bad(f"header length {n} does not fit the file")
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad(f"header is not JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise bad(f"header is a JSON {type(header).__name__}, not an object")
+        specs = {name: spec for name, spec in header.items() if name != "__metadata__"}
+        for name, spec in specs.items():
+            check_tensor_spec(name, spec, size - 8 - n, bad)
+        if not specs:
+            return {}
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            data = memoryview(mapped)[8 + n :]
+            try:
+                return {name: tensor_from(data, spec) for name, spec in specs.items()}
+            finally:
+                data.release()
+
+
+def check_tensor_spec(name: str, spec: Any, room: int, bad: Callable[[str], Exception]) -> None:
+    """Raise ``bad(...)`` unless ``spec`` is a known dtype whose shape fills its byte range in the file."""
+    if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= set(spec):
+        raise bad(f"tensor {name!r} has no dtype, shape and data_offsets")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if dtype != "BF16" and dtype not in SAFETENSORS_DTYPES:
+        raise bad(f"tensor {name!r} has dtype {dtype!r}; ferdata reads {', '.join([*SAFETENSORS_DTYPES, 'BF16'])}")
+    ints = (isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, *offsets])
+    if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and all(ints)):
+        raise bad(f"tensor {name!r} has a malformed shape or data_offsets")
+    width = 2 if dtype == "BF16" else np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
+    begin, end = offsets
+    if not begin <= end <= room or end - begin != width * math.prod(shape):
+        raise bad(f"tensor {name!r}'s bytes {begin}-{end} do not match its shape {shape} or the file")
+
+
+def tensor_from(data: memoryview, spec: dict) -> torch.Tensor:
+    """One checked tensor, copied out of the file's bytes."""
+    chunk = data[slice(*spec["data_offsets"])]
+    if spec["dtype"] == "BF16":
+        words = np.frombuffer(chunk, np.uint16).astype(np.int32) << 16
+        return torch.from_numpy(words).view(torch.float32).reshape(spec["shape"]).clone()
+    array = np.frombuffer(chunk, SAFETENSORS_DTYPES[spec["dtype"]]).reshape(spec["shape"])
+    return torch.from_numpy(array.copy())
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
