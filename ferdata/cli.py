@@ -11,6 +11,7 @@ line; bad options and settings exit 2, other failures 1.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import inspect
 import typing
@@ -66,8 +67,35 @@ def fail_cleanly(fn: Callable[..., None]) -> Callable[..., None]:
         except FerdataError as exc:
             typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            text = environment_error(exc)
+            if text is None:
+                raise
+            typer.echo(f"error: {text}", err=True)
+            raise typer.Exit(1) from None
 
     return run
+
+
+ENVIRONMENT_ERRORS = {  # errno -> (what happened, the fix); the stage's old outputs are kept whole
+    errno.ENOSPC: ("no space left on the device", "free some space (or point --data elsewhere) and run it again"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space within your quota and run it again"),
+    errno.EROFS: ("the file system is read-only", "copy the folder somewhere writable or remount it read-write"),
+    errno.EACCES: ("permission denied", "make the folder writable for you (chmod/chown) or use another one"),
+    errno.EPERM: ("operation not permitted", "make the folder writable for you (chmod/chown) or use another one"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or lower the workers"),
+    errno.ENAMETOOLONG: ("a file name is too long", "shorten the folder or file names"),
+}
+
+
+def environment_error(exc: OSError) -> str | None:
+    """One line for an error of the machine rather than of ferdata (full disk, read-only folder, ...),
+    naming the file; None for other errors, which are bugs and keep their traceback."""
+    if exc.errno not in ENVIRONMENT_ERRORS:
+        return None
+    what, fix = ENVIRONMENT_ERRORS[exc.errno]
+    where = f" at {exc.filename}" if exc.filename else ""
+    return f"{what}{where}: {fix} (a stage publishes all of its outputs or none)"
 
 
 def one_line(exc: FerdataError) -> str:

@@ -365,6 +365,55 @@ def test_params_files_that_are_not_params_are_one_line(tmp_path, name, data, exp
     assert expected in line and "p.yaml" in line, line
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (root and a mount namespace that allows it), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk case is untested on this machine")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write a filler file until the disk is full; return it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_outputs(data_dir, small_disk):
+    data = small_disk / "synth"
+    shutil.copytree(data_dir, data)
+    assert RUN.invoke(app, ["noise", "--data", str(data), "--ratio", "0.1"]).exit_code == 0
+    before = {p.name: p.read_bytes() if p.is_file() else None for p in data.iterdir()}
+    filler = _fill(small_disk)
+    for argv in (["noise", "--ratio", "0.3"], ["va", "--k", "3"]):
+        line = one_line(RUN.invoke(app, [*argv, "--data", str(data)]), 1)
+        assert "no space left on the device" in line and "free some space" in line, line
+    after = {p.name: p.read_bytes() if p.is_file() else None for p in data.iterdir()}
+    assert after == before  # nothing changed, nothing half-written left beside it
+    filler.unlink()
+    assert RUN.invoke(app, ["noise", "--data", str(data), "--ratio", "0.3"]).exit_code == 0
+
+
+def test_machine_errors_name_the_fix_and_bugs_keep_their_traceback():
+    import errno
+
+    from ferdata.cli import environment_error
+
+    line = environment_error(OSError(errno.EROFS, "Read-only file system", "/data/synth/.stage"))
+    assert "read-only" in line and "/data/synth/.stage" in line and "remount" in line
+    assert environment_error(OSError(errno.ENOENT, "No such file", "x")) is None  # a bug: the traceback stays
+
+
 PARAMS = [
     "train: {epochs: 'two'}",
     "train: {epochs: 1.5}",
