@@ -99,6 +99,12 @@ def export(
         checkpoint = run.input("model")
         if not checkpoint.is_file():
             raise FerdataError(f"{checkpoint} not found: run `ferdata train` first")
+        model_hash = file_sha256(checkpoint)
+        if learned_meta.get("model_hash") != model_hash:
+            raise FerdataError(
+                f"{checkpoint} is not the model that wrote {run.input('learned')} (its sha256 differs from the one "
+                "train recorded): re-run `ferdata train`"
+            )
         rows = labels.merge(learned[["sample_id", "distribution", "uncertainty"]], on="sample_id", how="left")
         if rows["distribution"].isna().any():
             missing = rows.loc[rows["distribution"].isna(), "sample_id"].iloc[0]
@@ -123,7 +129,7 @@ def export(
             {
                 "classes": classes,
                 "method": learned_meta["method"],
-                "model_hash": file_sha256(checkpoint),
+                "model_hash": model_hash,
                 "noise": {k: meta.get(k) for k in ("ratio", "mode", "seed")},
                 "dataset": manifest_meta.get("dataset"),
                 "va_source": va_meta.get("source"),

@@ -210,3 +210,24 @@ def test_a_soft_label_file_says_what_produced_it(trained_dir, tmp_path):
     ):
         assert text in card, card
     assert df.attrs["model_hash"] in card
+
+
+def test_export_refuses_a_model_that_did_not_write_the_learned_table(trained_dir, tmp_path):
+    """Random bytes, or a valid model of another run, in place of model.pt: an error, not soft labels
+    stamped with that file's hash."""
+    import shutil
+
+    from ferdata.export import export
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_dir, copy)
+    model = copy / "models" / "model.pt"
+    good = model.read_bytes()
+    for replacement in (np.random.default_rng(0).bytes(len(good)), good + b"\0"):
+        model.write_bytes(replacement)
+        (copy / "softlabels.parquet").unlink(missing_ok=True)
+        with pytest.raises(FerdataError, match="is not the model that wrote"):
+            export(copy, copy / "models")
+        assert not (copy / "softlabels.parquet").exists()
+    model.write_bytes(good)
+    assert len(export(copy, copy / "models")) > 0

@@ -454,6 +454,8 @@ BAD_OPTIONS = [
     ["train", "--epochs", "-1"],
     ["train", "--batch-size", "0"],
     ["train", "--image-size", "0"],
+    ["train", "--image-size", "100000"],
+    ["align", "--size", "1120000"],
     ["train", "--lr", "-1"],
     ["train", "--workers", "-1"],
     ["train", "--precision", "fp8"],

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ferdata.core.classes import class_index, normalised_entropy
 from ferdata.core.errors import FerdataError
-from ferdata.core.io import atomic_file, write_json
+from ferdata.core.io import atomic_file, file_sha256, write_json
 from ferdata.core.shards import member_table, shard_paths
 from ferdata.core.stage import Run
 from ferdata.loader import PlanBatches, ShardFaces, batches, in_order
@@ -435,11 +435,12 @@ def train(
         fitted = fit(data, cfg, rank=rank, world=world)
         if rank == 0:
             calibration = fitted.calibration.describe()
-            meta = {"classes": data.classes, "method": cfg.method, "engine": fitted.engine, "calibration": calibration}
-            run.write(fitted.learned, "learned", meta)
-            write_json({"epochs": fitted.log}, run.output("train_log"))  # plot data; the settings are params
             about = {**asdict(cfg), "classes": data.classes, "engine": fitted.engine, "calibration": calibration}
             save_checkpoint(fitted.model, fitted.method, run.output("model"), about)
+            meta = {"classes": data.classes, "method": cfg.method, "engine": fitted.engine, "calibration": calibration}
+            meta["model_hash"] = file_sha256(run.output("model"))  # export checks it is this model it stamps
+            run.write(fitted.learned, "learned", meta)
+            write_json({"epochs": fitted.log}, run.output("train_log"))  # plot data; the settings are params
         leave_distributed()
         return {
             "epochs": fitted.log,
