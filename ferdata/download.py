@@ -119,6 +119,8 @@ def download_real(name: str, out_dir: Path, settings: DownloadSettings, options:
         source, out_dir, sha256=settings.sha256 or None, max_gb=settings.max_extract_gb, max_ratio=settings.max_ratio
     )
     ing, image_root = adapter.ingest(root, out_dir, options=options, seed=settings.seed)
+    if root == (out_dir / EXTRACTED).resolve():
+        keep_inside(ing, image_root, root)
     if settings.dedupe:
         drop_duplicates(ing, image_root)
     df, rejected = finalize(ing)
@@ -127,6 +129,24 @@ def download_real(name: str, out_dir: Path, settings: DownloadSettings, options:
     df.attrs["rejected"] = rejected
     df.attrs["notes"] = ing.notes
     return df
+
+
+def keep_inside(ing: Ingest, image_root: Path, folder: Path) -> None:
+    """Reject rows whose image lies outside ``folder`` (the extracted archive): a table that came in an
+    archive may name only the archive's own files, never ``../..`` or an absolute path (or a link) to
+    files elsewhere on the machine. A CSV the user points at directly may name files anywhere."""
+    kept = []
+    for row in ing.rows:
+        target = (image_root / row["path"]).resolve()
+        if target.is_relative_to(folder):
+            kept.append(row)
+        else:
+            detail = (
+                f"{row['path']} resolves to {target}, outside the archive's folder {folder}; "
+                "an archive's tables may name only its own files"
+            )
+            ing.reject(row["sample_id"], row["path"], "outside_archive", detail)
+    ing.rows = kept
 
 
 def resolve_source(

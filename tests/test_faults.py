@@ -302,6 +302,25 @@ def test_hostile_csvs_end_in_rows_or_one_line(tmp_path):
         assert len(manifest) == 2, name
 
 
+def test_a_csv_inside_an_archive_cannot_pull_in_files_from_outside_it(tmp_path):
+    from ferdata.download import download
+
+    secret = _image(tmp_path / "elsewhere" / "secret.jpg", 3)
+    inside = _image(tmp_path / "pack" / "img.jpg", 1)
+    lines = ["path,label", "img.jpg,happy", "../../elsewhere/secret.jpg,sad", f"{secret},anger"]
+    with zipfile.ZipFile(tmp_path / "faces.zip", "w") as zf:
+        zf.writestr("faces.csv", "\n".join(lines) + "\n")
+        zf.write(inside, "img.jpg")
+    download("csv", tmp_path / "out", source=str(tmp_path / "faces.zip"))
+    manifest, _ = read_table(tmp_path / "out/manifest.parquet", "manifest")
+    rejected, _ = read_table(tmp_path / "out/rejected.parquet", "rejected")
+    assert manifest["path"].tolist() == ["img.jpg"]
+    assert rejected["reason"].tolist() == ["outside_archive"] * 2 and "secret.jpg" in " ".join(rejected["path"])
+    (tmp_path / "faces.csv").write_text("\n".join([lines[0], f"{inside},happy", f"{secret},sad"]) + "\n")
+    download("csv", tmp_path / "mine", source=str(tmp_path / "faces.csv"))  # a CSV of yours: any file
+    assert len(read_table(tmp_path / "mine/manifest.parquet", "manifest")[0]) == 2
+
+
 def test_a_file_name_that_is_not_utf8_is_rejected_with_its_reason(tmp_path):
     from ferdata.download import download
 
