@@ -4,6 +4,7 @@ never trusts the archive (no member outside the target, no links, truncation is 
 from __future__ import annotations
 
 import http.client
+import lzma
 import os
 import shutil
 import stat
@@ -11,6 +12,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -20,6 +22,26 @@ from ferdata.core.io import atomic_dir, file_sha256
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 CHUNK = 1 << 20
+READABLE_ZIP = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+READABLE_ZIP |= {getattr(zipfile, "ZIP_ZSTANDARD", zipfile.ZIP_STORED)}  # Python 3.14 reads zstd members
+DAMAGED = (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)  # as read
+
+
+class Names:
+    """Member paths already taken, so a second member of one name cannot replace the first unnoticed
+    (tar allows it; zip names that differ only after a NUL byte become one)."""
+
+    def __init__(self, archive: Path):
+        self.archive, self.files, self.dirs = archive, set(), set()
+
+    def claim(self, rel: PurePosixPath, is_dir: bool) -> None:
+        key = rel.as_posix().rstrip("/")
+        if key in self.files or (not is_dir and key in self.dirs):
+            raise FerdataError(
+                f"{self.archive} holds two members named {key!r}: one would silently replace the other; "
+                "re-pack it with unique names"
+            )
+        (self.dirs if is_dir else self.files).add(key)
 
 
 def is_url(source: str) -> bool:
@@ -154,11 +176,12 @@ def _write_member(out: Path, is_dir: bool, open_src, budget: Budget) -> int:
 
 
 def _extract_tar(archive: Path, target: Path, budget: Budget) -> int:
-    count = 0
+    count, names = 0, Names(archive)
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 rel = _member_path(member.name, archive)
+                names.claim(rel, member.isdir())
                 if member.issym() or member.islnk():
                     raise FerdataError(f"{archive} is unsafe: member {member.name!r} is a link; refusing to extract it")
                 if not (member.isfile() or member.isdir()):
@@ -167,25 +190,55 @@ def _extract_tar(archive: Path, target: Path, budget: Budget) -> int:
                 if member.isfile() and size != member.size:
                     raise EOFError(f"member {member.name} is short")
                 count += member.isfile()
-    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        raise FerdataError(f"{archive} is truncated or corrupt ({exc}); download it again") from exc
+            check_tar_end(tar)
+    except DAMAGED as exc:
+        raise FerdataError(
+            f"{archive} is truncated or corrupt ({exc or type(exc).__name__}); download it again"
+        ) from exc
     return count
 
 
+def check_tar_end(tar: tarfile.TarFile) -> None:
+    """Raise EOFError unless the members are followed by tar's end-of-archive (zero) block; then read a
+    compressed stream to its end, which checks its CRC. tarfile itself stops quietly at a cut inside a
+    header or at a member boundary, and never reaches the gzip trailer."""
+    fh = tar.fileobj
+    fh.seek(tar.offset)
+    tail = fh.read(tarfile.BLOCKSIZE)
+    if len(tail) < tarfile.BLOCKSIZE or tail.strip(b"\0"):
+        raise EOFError("it ends before tar's end-of-archive block: cut short or damaged after the last whole member")
+    while fh.read(CHUNK):
+        pass
+
+
 def _extract_zip(archive: Path, target: Path, budget: Budget) -> int:
-    count = 0
+    count, names = 0, Names(archive)
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 rel = _member_path(info.filename, archive)
+                names.claim(rel, info.is_dir())
+                if info.flag_bits & 0x1:
+                    raise FerdataError(
+                        f"{archive}: member {info.filename!r} is encrypted; unpack it with its password and "
+                        "give --from the folder"
+                    )
+                if info.compress_type not in READABLE_ZIP:
+                    raise FerdataError(
+                        f"{archive}: member {info.filename!r} uses a compression Python cannot read "
+                        f"({zipfile.compressor_names.get(info.compress_type, info.compress_type)}); re-pack it "
+                        "as a plain zip (deflate) or a tar"
+                    )
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise FerdataError(
                         f"{archive} is unsafe: member {info.filename!r} is a link; refusing to extract it"
                     )
                 _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i), budget)
                 count += not info.is_dir()
-    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
-        raise FerdataError(f"{archive} is truncated or corrupt ({exc}); download it again") from exc
+    except (*DAMAGED, zipfile.LargeZipFile, NotImplementedError) as exc:
+        raise FerdataError(
+            f"{archive} is truncated or corrupt ({exc or type(exc).__name__}); download it again"
+        ) from exc
     return count
 
 

@@ -144,3 +144,82 @@ def test_truncated_archive_is_an_error(tmp_path, suffix):
     with pytest.raises(FerdataError, match="truncated or corrupt"):
         extract(cut, tmp_path / "out", max_ratio=1e6)  # the fixture compresses 200x: no cap here
     assert not (tmp_path / "out").exists()
+
+
+def _plain_tar(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _damaged(kind: str, tmp_path):
+    """An archive of four 8 KiB images damaged in one way a download or a disk damages them."""
+    import gzip
+    import lzma
+
+    rng = __import__("random").Random(0)
+    members = [(f"img{i}.jpg", bytes(rng.randrange(256) for _ in range(8192))) for i in range(4)]
+    whole = _plain_tar(members)
+    if kind == "tar cut at a member boundary":
+        return ("a.tar", whole[: 512 + 8192 + 512 + 8192])
+    if kind == "tar cut inside a header":
+        return ("a.tar", whole[: 512 + 8192 + 200])
+    if kind == "gzip with bytes flipped":
+        packed = bytearray(gzip.compress(whole, mtime=0))
+        for i in range(len(packed) // 2, len(packed) // 2 + 64):
+            packed[i] ^= 0xFF
+        return ("a.tar.gz", bytes(packed))
+    if kind == "xz corrupt":
+        packed = bytearray(lzma.compress(whole))
+        packed[len(packed) // 2] ^= 0xFF
+        return ("a.tar.xz", bytes(packed))
+    if kind == "tar with two members of one name":
+        return ("a.tar", _plain_tar([*members, ("img1.jpg", b"other")]))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("img0.jpg", members[0][1])
+        zf.writestr("img0.jpg\0.exe", members[1][1])  # zip readers cut the name at the NUL
+    return ("a.zip", buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "tar cut at a member boundary",
+        "tar cut inside a header",
+        "gzip with bytes flipped",
+        "xz corrupt",
+        "tar with two members of one name",
+        "zip names equal before a NUL",
+    ],
+)
+def test_a_damaged_archive_is_an_error_never_a_partial_dataset(tmp_path, kind):
+    name, data = _damaged(kind, tmp_path)
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(FerdataError, match="truncated or corrupt|two members named"):
+        extract(tmp_path / name, tmp_path / "out", max_ratio=1e6)
+    assert not (tmp_path / "out").exists()
+
+
+def test_encrypted_and_unreadable_zip_members_name_the_fix(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.jpg", b"x" * 100)
+    raw = bytearray(path.read_bytes())
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # mark the member encrypted in both headers
+        at = raw.index(sig)
+        raw[at + (6 if sig == b"PK\x03\x04" else 8)] |= 0x1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FerdataError, match="is encrypted; unpack it with its password"):
+        extract(path, tmp_path / "out")
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # now PPMd (98), which Python cannot read
+        at = raw.index(sig)
+        raw[at + (6 if sig == b"PK\x03\x04" else 8)] &= 0xFE
+        raw[at + off] = 98
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FerdataError, match="ppmd"):
+        extract(path, tmp_path / "out")
