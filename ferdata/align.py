@@ -43,7 +43,9 @@ class AlignSettings(Settings):
         "resize only), auto (landmarks when every face has them, else mtcnn)",
         choices=DETECTORS,
     )
-    size: int = option(112, "output size in pixels (a multiple of 112 or 128 unless detector is none)", min=16, max=1024)
+    size: int = option(
+        112, "output size in pixels (a multiple of 112 or 128 unless detector is none)", min=16, max=1024
+    )
     jpeg_quality: int = option(95, "JPEG quality of the aligned faces", min=1, max=100)
     workers: int = option(2, "worker processes", min=1)
     mtcnn_weights: str = option("", "folder of facenet-pytorch's MTCNN weight files (default: the installed package)")

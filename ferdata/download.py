@@ -19,7 +19,7 @@ from ferdata.core.errors import FerdataError, UsageError
 from ferdata.core.settings import Settings, configure, option, resolve
 from ferdata.core.stage import Run, Stage
 from ferdata.core.tables import TABLES
-from ferdata.fetch import ARCHIVE_SUFFIXES, download_url, extract, is_archive, is_url, verify
+from ferdata.fetch import ARCHIVE_SUFFIXES, download_url, extract, extract_download, is_archive, is_url, verify
 from ferdata.synth import SynthSettings, generate
 
 if TYPE_CHECKING:
@@ -172,7 +172,8 @@ def resolve_source(
     stamp = {"archive": str(archive.resolve()), "size": archive.stat().st_size, "mtime_ns": archive.stat().st_mtime_ns}
     marker = target / ".ferdata-source.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
-        count = extract(archive, target, max_gb=max_gb, max_ratio=max_ratio)
+        unpack = extract_download if is_url(source) else extract
+        count = unpack(archive, target, max_gb=max_gb, max_ratio=max_ratio)
         marker.write_text(json.dumps(stamp, sort_keys=True))
         tqdm.write(f"extracted {count} files from {archive.name}")
     return target.resolve()

@@ -127,11 +127,40 @@ def download_url(
                 )
     try:
         verify(part, sha256=sha256, size=size)
+        refuse_web_page(part, url, dest)
     except FerdataError:
         part.unlink()
         raise
     os.replace(part, dest)
     return dest
+
+
+def refuse_web_page(path: Path, url: str, dest: Path) -> None:
+    """Raise when an archive's download is a web page (a captive portal's login, a sharing site's
+    'download' page): kept, it would be reused and fail as a corrupt archive on every run."""
+    if not is_archive(dest):
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        raise FerdataError(
+            f"{url} answered with a web page, not the archive (a network login page, or a sharing site's page "
+            "in front of the file): open it in a browser, then give --from the file's direct link or the saved archive"
+        )
+
+
+def extract_download(archive: Path, target: Path, **caps: float) -> int:
+    """``extract`` for a file ferdata downloaded: a damaged one is moved aside, so that the next run
+    downloads it again instead of reusing it."""
+    try:
+        return extract(archive, target, **caps)
+    except FerdataError as exc:
+        if "truncated or corrupt" not in str(exc):
+            raise
+        aside = archive.with_name(archive.name + ".damaged")
+        os.replace(archive, aside)
+        text = str(exc).removesuffix("; download it again")
+        raise FerdataError(f"{text}; it was moved to {aside}: the same command downloads it again") from None
 
 
 def _member_path(name: str, archive: Path) -> PurePosixPath:
@@ -192,10 +221,13 @@ def _extract_tar(archive: Path, target: Path, budget: Budget) -> int:
                 count += member.isfile()
             check_tar_end(tar)
     except DAMAGED as exc:
-        raise FerdataError(
-            f"{archive} is truncated or corrupt ({exc or type(exc).__name__}); download it again"
-        ) from exc
+        raise FerdataError(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
     return count
+
+
+def _why(exc: BaseException) -> str:
+    """An archive library's error on one line (tarfile lists every method it tried, one per line)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def check_tar_end(tar: tarfile.TarFile) -> None:
@@ -236,9 +268,7 @@ def _extract_zip(archive: Path, target: Path, budget: Budget) -> int:
                 _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i), budget)
                 count += not info.is_dir()
     except (*DAMAGED, zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise FerdataError(
-            f"{archive} is truncated or corrupt ({exc or type(exc).__name__}); download it again"
-        ) from exc
+        raise FerdataError(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
     return count
 
 

@@ -372,9 +372,12 @@ def test_named_pipes_and_dangling_links_are_rejected_rows_not_hangs_or_gaps(tmp_
     "name, data, expected",
     [
         ("utf16", "train: {epochs: 2}\n".encode("utf-16"), "not UTF-8"),
-        ("laughs", "a: &a [x, x, x, x, x, x, x, x, x, x]\n".encode()
-         + b"".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode() for p, c in zip("abcdefgh", "bcdefghi")),
-         "YAML aliases"),
+        (
+            "laughs",
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n".encode()
+            + b"".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode() for p, c in zip("abcdefgh", "bcdefghi")),
+            "YAML aliases",
+        ),
         ("deep", b"train: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested too deeply"),
     ],
 )

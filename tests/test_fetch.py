@@ -223,3 +223,47 @@ def test_encrypted_and_unreadable_zip_members_name_the_fix(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(FerdataError, match="ppmd"):
         extract(path, tmp_path / "out")
+
+
+class Files(BaseHTTPRequestHandler):
+    """Serves ``bodies[path]``, one body per request in turn (the last one for ever after)."""
+
+    bodies: ClassVar[dict[str, list[bytes]]] = {}
+
+    def do_GET(self):
+        queue = type(self).bodies[self.path]
+        body = queue.pop(0) if len(queue) > 1 else queue[0]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_web_page_or_a_damaged_download_is_never_reused(tmp_path):
+    """A captive portal's page in place of the archive is refused and not kept; a damaged archive is moved
+    aside, so the next run downloads it again and succeeds."""
+    import gzip
+
+    from ferdata.download import resolve_source
+
+    good = gzip.compress(_plain_tar([("faces/a.jpg", b"a" * 1000)]), mtime=0)
+    Files.bodies = {
+        "/portal.tar.gz": [b"<!DOCTYPE html><html><body>Log in to the hotel Wi-Fi</body></html>"],
+        "/data.tar.gz": [good[: len(good) // 2] + b"\0" * (len(good) - len(good) // 2), good],
+    }
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with pytest.raises(FerdataError, match="answered with a web page"):
+            resolve_source(f"{base}/portal.tar.gz", tmp_path / "p")
+        assert not list((tmp_path / "p").rglob("portal.tar.gz*"))
+        with pytest.raises(FerdataError, match="truncated or corrupt.*moved to .*the same command downloads it again"):
+            resolve_source(f"{base}/data.tar.gz", tmp_path / "d")
+        root = resolve_source(f"{base}/data.tar.gz", tmp_path / "d")
+        assert (root / "faces/a.jpg").read_bytes() == b"a" * 1000
+    finally:
+        httpd.shutdown()
