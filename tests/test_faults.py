@@ -374,7 +374,7 @@ def test_named_pipes_and_dangling_links_are_rejected_rows_not_hangs_or_gaps(tmp_
         ("utf16", "train: {epochs: 2}\n".encode("utf-16"), "not UTF-8"),
         (
             "laughs",
-            "a: &a [x, x, x, x, x, x, x, x, x, x]\n".encode()
+            b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
             + b"".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode() for p, c in zip("abcdefgh", "bcdefghi")),
             "YAML aliases",
         ),

@@ -242,3 +242,25 @@ def test_every_table_reads_the_same_with_the_floor_pyarrow(trained_dir, tmp_path
     assert floor["version"].startswith("16.")
     for p in paths:
         assert floor["tables"][p] == json.loads(json.dumps(pq.read_table(p).to_pylist(), default=str)), p
+
+
+def test_damaged_metadata_and_retyped_columns_are_one_line(tmp_path):
+    import pyarrow as pa
+
+    path = write_table(_plan(), tmp_path / "plan.parquet", "plan")
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    meta[b"ferdata.rows"] = b"{not json"
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "bad_meta.parquet")
+    with pytest.raises(FerdataError, match="metadata 'ferdata.rows' is damaged"):
+        read_table(tmp_path / "bad_meta.parquet", "plan")
+    epoch = table.schema.get_field_index("epoch")
+    as_text = table.set_column(epoch, "epoch", pa.array(["0", "0", "0"]))
+    pq.write_table(as_text.replace_schema_metadata(table.schema.metadata), tmp_path / "text.parquet")
+    assert read_table(tmp_path / "text.parquet", "plan")[0]["epoch"].tolist() == [0, 0, 0]  # a lossless cast
+    as_words = table.set_column(epoch, "epoch", pa.array(["zero", "0", "0"]))
+    pq.write_table(as_words.replace_schema_metadata(table.schema.metadata), tmp_path / "words.parquet")
+    with pytest.raises(
+        FerdataError, match="column 'epoch' is stored as string, expected int32; re-run `ferdata sample`"
+    ):
+        read_table(tmp_path / "words.parquet", "plan")

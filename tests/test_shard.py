@@ -51,3 +51,18 @@ def test_nothing_to_shard(data_dir):
     with pytest.raises(FerdataError, match="no aligned face to shard"):
         shard(data_dir)
     assert len(pd.read_parquet(data_dir / "shard_index.parquet")) == 48  # the old output survives
+
+
+@pytest.mark.parametrize("damage", ["garbage header", "garbage size"])
+def test_a_damaged_shard_header_is_one_line(shards_dir, tmp_path, damage):
+    from ferdata.core.shards import member_table
+
+    first = sorted((shards_dir / "shards").glob("*.tar"))[0]
+    raw = bytearray(first.read_bytes())
+    if damage == "garbage header":
+        raw[:512] = b"\x07" * 512
+    else:
+        raw[124:136] = b"zzzzzzzzzzz\0"
+    (tmp_path / first.name).write_bytes(bytes(raw))
+    with pytest.raises(FerdataError, match=r"is damaged .*re-run `ferdata shard`"):
+        member_table([tmp_path / first.name])

@@ -69,9 +69,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     raw = pq.read_schema(path).metadata or {}
     out = {}
     for key, value in raw.items():
-        name = key.decode()
+        name = key.decode(errors="replace")
         if name.startswith("ferdata."):
-            out[name[len("ferdata.") :]] = json.loads(value.decode())
+            try:
+                out[name[len("ferdata.") :]] = json.loads(value.decode())
+            except (UnicodeDecodeError, ValueError):
+                raise FerdataError(
+                    f"{path}: its metadata {name!r} is damaged (not JSON); re-run the stage that writes it"
+                ) from None
     return out
 
 
@@ -92,13 +97,32 @@ def read_table(path: str | Path, kind: str, *, hint: str = "") -> tuple[pd.DataF
     writer = f"`ferdata {TABLES[kind].writer}`" if kind in TABLES else "the stage that writes it"
     if missing:
         raise FerdataError(f"{path} lacks columns {missing}; re-run {writer}")
-    df = table.select(want.names).to_pandas()
+    df = conform_types(table.select(want.names), want, path, writer).to_pandas()
     if "rows" in meta and (len(df) != meta["rows"] or ids_hash(df["sample_id"]) != meta.get("ids_hash")):
         raise FerdataError(
             f"{path} was changed after ferdata wrote it ({len(df)} rows, {meta['rows']} when written, "
             f"or other sample ids); re-run {writer}"
         )
     return df, meta
+
+
+def conform_types(table: pa.Table, want: pa.Schema, path: Path, writer: str) -> pa.Table:
+    """``table`` with its columns in the schema's types: a lossless cast where one is stored in another
+    type (a hand edit, another tool), else a one-line error naming the column."""
+    if all(table.schema.field(f.name).type == f.type for f in want):
+        return table
+    columns = []
+    for field in want:
+        column = table.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                raise FerdataError(
+                    f"{path}: column {field.name!r} is stored as {column.type}, expected {field.type}; re-run {writer}"
+                ) from None
+        columns.append(column)
+    return pa.table(columns, names=want.names)
 
 
 def ids_hash(ids: pd.Series) -> str:

@@ -28,13 +28,16 @@ class _NotPlain(Exception):
 def _entries(fh, path: Path) -> Iterator[tuple[str, int, int]]:
     """(key, data offset, size) of every JPEG member: the fast ustar walk, else tarfile's parser."""
     try:
-        yield from _ustar_entries(fh, path)  # raises _NotPlain at the first header, before yielding
-    except _NotPlain:
-        with tarfile.open(path, "r:") as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                if m.isfile() and ext.lower() in ("jpg", "jpeg"):
-                    yield key, m.offset_data, m.size
+        try:
+            yield from _ustar_entries(fh, path)  # raises _NotPlain at the first header, before yielding
+        except _NotPlain:
+            with tarfile.open(path, "r:") as tar:
+                for m in tar:
+                    key, _, ext = m.name.partition(".")
+                    if m.isfile() and ext.lower() in ("jpg", "jpeg"):
+                        yield key, m.offset_data, m.size
+    except (tarfile.TarError, ValueError, UnicodeDecodeError) as exc:  # a header that is not tar's
+        raise FerdataError(f"shard {path} is damaged ({exc}); re-run `ferdata shard`") from None
 
 
 def _ustar_entries(fh, path: Path) -> Iterator[tuple[str, int, int]]:
