@@ -4,6 +4,7 @@ write the canonical manifest plus the table of rejected rows."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -55,6 +56,19 @@ STAGE = Stage(
     DownloadSettings,
     writes=("manifest", "rejected", "raw"),
 )
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(name: str, what: str) -> None:
+    """A dataset name becomes folders (data/<name>, reports/<name>) and every sample id's prefix: it may
+    hold letters, digits, '-' and '_' only, so it can never climb out of a folder or split a key."""
+    if not NAME.fullmatch(name):
+        raise UsageError(
+            f"{what} {name!r} may hold only letters, digits, '-' and '_' (at most 64, starting with a letter or "
+            "digit): it names folders and prefixes sample ids"
+        )
 
 
 def dataset_options(name: str, adapter: str = "") -> type[Settings]:
@@ -250,11 +264,14 @@ def download(
     the dataset's own options (``SynthSettings`` for synth, the adapter's ``Options``, or a mapping of
     them); ``options`` change fields of ``settings`` (``seed=3``)."""
     settings = configure(DownloadSettings, settings, options)
+    check_name(name, "the dataset's name")
     cls = dataset_options(name, settings.adapter)
     if not isinstance(dataset, Settings):
         dataset = resolve(cls, {name: dict(dataset or {})}, section=name)
     if getattr(dataset, "name", None) == "":  # the generic adapters name their samples after the dataset
         dataset = replace(dataset, name=name)
+    if getattr(dataset, "name", None):
+        check_name(dataset.name, f"{name}.name")
     with STAGE.start(settings, extra=dataset, data=out_dir) as run:
         out_dir = Path(out_dir)
         if name == "synth" and not settings.adapter:

@@ -321,6 +321,19 @@ def test_a_csv_inside_an_archive_cannot_pull_in_files_from_outside_it(tmp_path):
     assert len(read_table(tmp_path / "mine/manifest.parquet", "manifest")[0]) == 2
 
 
+@pytest.mark.parametrize("argv", [["my/faces", "--adapter", "csv"], ["../up", "--adapter", "csv"], ["csv", "--params"]])
+def test_a_dataset_name_that_would_make_paths_is_refused(tmp_path, argv):
+    _image(tmp_path / "a.jpg", 1)
+    (tmp_path / "f.csv").write_text("path,label\na.jpg,happy\n")
+    if argv[-1] == "--params":
+        (tmp_path / "p.yaml").write_text("csv: {name: a/b}\n")
+        argv = [*argv, str(tmp_path / "p.yaml")]
+    line = one_line(
+        RUN.invoke(app, ["download", *argv, "--from", str(tmp_path / "f.csv"), "--data", str(tmp_path / "d")]), 2
+    )
+    assert "may hold only letters, digits" in line and not (tmp_path / "d").exists()
+
+
 def test_a_file_name_that_is_not_utf8_is_rejected_with_its_reason(tmp_path):
     from ferdata.download import download
 
