@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.core.errors import FerdataError, UsageError
-from ferdata.core.io import image_root, read_table, stable_hash, write_json
+from ferdata.core.io import file_problem, image_root, read_table, stable_hash, write_json
 from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Run, Stage
 from ferdata.core.tables import TABLES
@@ -83,8 +83,6 @@ def read_image(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
     missing, unreadable, a corrupt or truncated JPEG (which OpenCV would silently half-decode), or larger
     than ``max_pixels``. Bytes after a JPEG's end marker are ignored, as every decoder does. An EXIF
     orientation (a phone photo's) is applied, so the face is upright as a viewer shows it."""
-    from ferdata.adapters.base import file_problem
-
     problem = file_problem(path)
     if problem:  # a named pipe would block the read for ever
         raise ValueError(f"unreadable or missing image: {problem[1]}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.io import atomic_file
 from ferdata.core.settings import Settings, configure, option, resolve
 from ferdata.core.stage import Run, Stage
 from ferdata.core.tables import TABLES
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from ferdata.adapters.base import Ingest
 
 RAW = TABLES["raw"].file
-EXTRACTED = "extracted"
+EXTRACTED = TABLES["extracted"].file
 DOWNLOADS = "downloads"
 
 
@@ -54,7 +55,7 @@ STAGE = Stage(
     "Generate synth, or ingest a real dataset through its adapter; write its manifest and rejected rows.",
     __name__,
     DownloadSettings,
-    writes=("manifest", "rejected", "raw"),
+    writes=("manifest", "rejected", "raw", "extracted"),
 )
 
 
@@ -119,8 +120,12 @@ def download_synth(run: Run, cfg: SynthSettings) -> pd.DataFrame:
     return df
 
 
-def download_real(name: str, out_dir: Path, settings: DownloadSettings, options: Settings) -> pd.DataFrame:
-    """Ingest a real dataset from a URL, an archive or a folder through its adapter."""
+def download_real(
+    name: str, out_dir: Path, settings: DownloadSettings, options: Settings, run: Run | None = None
+) -> pd.DataFrame:
+    """Ingest a real dataset from a URL, an archive or a folder through its adapter. An archive is
+    extracted into the run's staged ``extracted/``, published together with the manifest: a rejected or
+    killed download leaves the old dataset's files and manifest whole."""
     from ferdata.adapters import ADAPTERS
 
     adapter = ADAPTERS[settings.adapter or name]
@@ -129,16 +134,28 @@ def download_real(name: str, out_dir: Path, settings: DownloadSettings, options:
         raise UsageError(
             f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); {adapter.where}"
         )
+    staged = (lambda: run.output("extracted")) if run is not None else None
     root = resolve_source(
-        source, out_dir, sha256=settings.sha256 or None, max_gb=settings.max_extract_gb, max_ratio=settings.max_ratio
+        source,
+        out_dir,
+        sha256=settings.sha256 or None,
+        max_gb=settings.max_extract_gb,
+        max_ratio=settings.max_ratio,
+        staged=staged,
     )
     ing, image_root = adapter.ingest(root, out_dir, options=options, seed=settings.seed)
-    if root == (out_dir / EXTRACTED).resolve():
+    extracted = run.staged.get("extracted") if run is not None else None
+    published = image_root
+    if extracted is not None and root == extracted.resolve():
+        keep_inside(ing, image_root, root)
+        if image_root.resolve().is_relative_to(root):  # where the files lie once published
+            published = (out_dir / EXTRACTED).resolve() / image_root.resolve().relative_to(root)
+    elif root == (out_dir / EXTRACTED).resolve():
         keep_inside(ing, image_root, root)
     if settings.dedupe:
         drop_duplicates(ing, image_root)
     df, rejected = finalize(ing)
-    df.attrs["root"] = _relative_root(image_root, out_dir)
+    df.attrs["root"] = _relative_root(published, out_dir)
     df.attrs["source"] = source
     df.attrs["rejected"] = rejected
     df.attrs["notes"] = ing.notes
@@ -164,10 +181,17 @@ def keep_inside(ing: Ingest, image_root: Path, folder: Path) -> None:
 
 
 def resolve_source(
-    source: str, out_dir: Path, *, sha256: str | None = None, max_gb: float = 500.0, max_ratio: float = 100.0
+    source: str,
+    out_dir: Path,
+    *,
+    sha256: str | None = None,
+    max_gb: float = 500.0,
+    max_ratio: float = 100.0,
+    staged: Callable[[], Path] | None = None,
 ) -> Path:
     """A local folder holding the dataset: the folder itself, or an archive (downloaded first) extracted
-    into ``out_dir/extracted`` (skipped when that archive was already extracted there)."""
+    into ``staged()`` (a run's staging folder, published with the manifest) or else ``out_dir/extracted``;
+    skipped when that archive was already extracted there."""
     if is_url(source):
         name = Path(urllib.parse.urlparse(source).path).name or "download"
         archive = download_url(source, out_dir / DOWNLOADS / name, sha256=sha256)
@@ -184,13 +208,26 @@ def resolve_source(
         raise FerdataError(f"{archive} is neither a folder, a CSV nor an archive ({', '.join(ARCHIVE_SUFFIXES)})")
     target = out_dir / EXTRACTED
     stamp = {"archive": str(archive.resolve()), "size": archive.stat().st_size, "mtime_ns": archive.stat().st_mtime_ns}
-    marker = target / ".ferdata-source.json"
-    if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
-        unpack = extract_download if is_url(source) else extract
-        count = unpack(archive, target, max_gb=max_gb, max_ratio=max_ratio)
-        marker.write_text(json.dumps(stamp, sort_keys=True))
-        tqdm.write(f"extracted {count} files from {archive.name}")
+    if read_marker(target / SOURCE_MARKER) == stamp:
+        return target.resolve()
+    target = staged() if staged is not None else target
+    unpack = extract_download if is_url(source) else extract
+    count = unpack(archive, target, max_gb=max_gb, max_ratio=max_ratio)
+    with atomic_file(target / SOURCE_MARKER) as tmp:
+        tmp.write_text(json.dumps(stamp, sort_keys=True))
+    tqdm.write(f"extracted {count} files from {archive.name}")
     return target.resolve()
+
+
+SOURCE_MARKER = ".ferdata-source.json"
+
+
+def read_marker(path: Path) -> dict | None:
+    """The archive an ``extracted/`` folder came from; None when absent or unreadable (extract again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _relative_root(root: Path, out_dir: Path) -> str:
@@ -278,7 +315,7 @@ def download(
             df = download_synth(run, dataset)
             df.attrs["rejected"] = pd.DataFrame(columns=["sample_id", "path", "reason", "detail"])
         else:
-            df = download_real(name, out_dir, run.settings, dataset)
+            df = download_real(name, out_dir, run.settings, dataset, run)
         if df.empty:
             raise FerdataError(f"dataset {name} produced no samples; check its options")
         dup = df["sample_id"][df["sample_id"].duplicated()]

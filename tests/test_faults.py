@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
+from ferdata.core.errors import FerdataError
 from ferdata.core.io import read_table, write_table
 
 RUN = CliRunner()
@@ -83,6 +84,65 @@ def test_align_killed_mid_publication_is_completed_by_the_next_stage(data_dir):
     table, _ = read_table(data_dir / "aligned.parquet", "aligned")
     assert len(table) == 48 and len(list((data_dir / "aligned").glob("*.jpg"))) == 48
     assert not (data_dir / ".align-work").exists() and not list(data_dir.glob(".ferdata-*.journal.json"))
+
+
+def _faces_zip(path: Path, seeds: list[int], labels: list[str]) -> Path:
+    """A zip of a faces.csv and one image per seed."""
+    with zipfile.ZipFile(path, "w") as zf:
+        rows = ["path,label"]
+        for seed, label in zip(seeds, labels):
+            data = cv2.imencode(".png", np.random.default_rng(seed).integers(0, 255, (40, 40, 3), np.uint8))[1]
+            zf.writestr(f"img{seed}.png", data.tobytes())
+            rows.append(f"img{seed}.png,{label}")
+        zf.writestr("faces.csv", "\n".join(rows) + "\n")
+    return path
+
+
+def _dataset_state(folder: Path) -> dict[str, bytes]:
+    """Every published file's bytes (hidden top-level entries, the lock and staged work, left out)."""
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in files if not p.relative_to(folder).parts[0].startswith(".")
+    }
+
+
+def test_a_rejected_or_killed_re_download_keeps_the_old_dataset_whole(tmp_path):
+    """Archive A is the dataset; archive B is then rejected (no usable sample), and archive C is killed
+    between its extraction and publication: each time the manifest and A's extracted files stay as they
+    were, and the next run clears the staged leftovers."""
+    from ferdata.download import download
+
+    a = _faces_zip(tmp_path / "a.zip", [1, 2, 3], ["happy", "sad", "happy"])
+    b = _faces_zip(tmp_path / "b.zip", [4, 5], ["banana", "apple"])
+    c = _faces_zip(tmp_path / "c.zip", [6, 7, 8], ["sad", "sad", "happy"])
+    out = tmp_path / "out"
+    download("csv", out, source=str(a))
+    before = _dataset_state(out)
+    assert any(k.startswith("extracted/img1") for k in before)
+    with pytest.raises(FerdataError, match="no usable samples"):
+        download("csv", out, source=str(b))
+    assert _dataset_state(out) == before
+    kill_when(
+        f"""
+        import time
+        import ferdata.download as d
+        real = d.download_real
+        def slow(*args, **kwargs):  # the staged extraction is written; stop before publication
+            df = real(*args, **kwargs)
+            open({str(tmp_path / "extracted.flag")!r}, "w").close()
+            time.sleep(120)
+            return df
+        d.download_real = slow
+        d.download("csv", {str(out)!r}, source={str(c)!r})
+        """,
+        tmp_path / "extracted.flag",
+    )
+    assert any(p.name.startswith(".extracted.") for p in out.iterdir())  # the staged C, never published
+    assert _dataset_state(out) == before
+    download("csv", out, source=str(c))
+    after = _dataset_state(out)
+    assert any(k.startswith("extracted/img6") for k in after) and not any(k.startswith("extracted/img1") for k in after)
+    assert not [p for p in out.iterdir() if p.name.startswith(".extracted.")]
 
 
 def test_shard_killed_before_publishing_leaves_the_old_set(data_dir):

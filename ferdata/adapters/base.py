@@ -16,6 +16,7 @@ import numpy as np
 from ferdata.core.classes import CANONICAL
 from ferdata.core.errors import FerdataError
 from ferdata.core.groups import split_groups
+from ferdata.core.io import file_problem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 SPLITS = ("train", "val", "test")
@@ -126,24 +127,6 @@ def image_problem(path: Path) -> str | None:
     if head.startswith(magic) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return None
     return "unreadable"
-
-
-def file_problem(path: Path) -> tuple[str, str] | None:
-    """(reason, detail) when ``path`` is not a regular file one can read an image from, else None."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        if os.path.islink(path):
-            return "missing_image", f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
-        return "missing_image", f"{path} does not exist"
-    except OSError as exc:
-        return "unreadable", f"{path}: {exc.strerror}"
-    if not stat.S_ISREG(mode):
-        kind = "folder" if stat.S_ISDIR(mode) else "named pipe" if stat.S_ISFIFO(mode) else "device or socket"
-        return "not_a_file", f"{path} is a {kind}, not an image file; put the image itself there"
-    return None
 
 
 def landmarks68_to5(points: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -315,3 +315,21 @@ def file_sha256(path: str | Path, *, progress: Callable[[int], Any] | None = Non
             if progress is not None:
                 progress(len(block))
     return digest.hexdigest()
+
+
+def file_problem(path: Path) -> tuple[str, str] | None:
+    """(reason, detail) when ``path`` is not a regular file one can read an image from, else None."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "missing_image", f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "missing_image", f"{path} does not exist"
+    except OSError as exc:
+        return "unreadable", f"{path}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        kind = "folder" if stat.S_ISDIR(mode) else "named pipe" if stat.S_ISFIFO(mode) else "device or socket"
+        return "not_a_file", f"{path} is a {kind}, not an image file; put the image itself there"
+    return None

@@ -98,6 +98,7 @@ TABLES: dict[str, Table] = _tables(
         ),
     ),
     Table("raw", "raw", "download", optional=True),  # synth's generated photos; real datasets stay where they are
+    Table("extracted", "extracted", "download", optional=True),  # an archive's files, published with the manifest
     Table(
         "aligned",
         "aligned.parquet",
