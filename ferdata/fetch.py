@@ -27,6 +27,10 @@ READABLE_ZIP |= {getattr(zipfile, "ZIP_ZSTANDARD", zipfile.ZIP_STORED)}  # Pytho
 DAMAGED = (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)  # as read
 
 
+class DamagedArchive(FerdataError):
+    """An archive whose bytes are damaged (truncated, corrupt stream), as opposed to one that is unsafe."""
+
+
 class Names:
     """Member paths already taken, so a second member of one name cannot replace the first unnoticed
     (tar allows it; zip names that differ only after a NUL byte become one)."""
@@ -154,9 +158,7 @@ def extract_download(archive: Path, target: Path, **caps: float) -> int:
     downloads it again instead of reusing it."""
     try:
         return extract(archive, target, **caps)
-    except FerdataError as exc:
-        if "truncated or corrupt" not in str(exc):
-            raise
+    except DamagedArchive as exc:
         aside = archive.with_name(archive.name + ".damaged")
         os.replace(archive, aside)
         text = str(exc).removesuffix("; download it again")
@@ -221,7 +223,7 @@ def _extract_tar(archive: Path, target: Path, budget: Budget) -> int:
                 count += member.isfile()
             check_tar_end(tar)
     except DAMAGED as exc:
-        raise FerdataError(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
+        raise DamagedArchive(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
     return count
 
 
@@ -268,7 +270,7 @@ def _extract_zip(archive: Path, target: Path, budget: Budget) -> int:
                 _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i), budget)
                 count += not info.is_dir()
     except (*DAMAGED, zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise FerdataError(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
+        raise DamagedArchive(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
     return count
 
 

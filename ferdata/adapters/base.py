@@ -108,25 +108,24 @@ def normal_path(rel: str, root: Path) -> tuple[str | None, str]:
     return posixpath.normpath(path), ""
 
 
-def image_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be an image (missing, a dangling link, not a regular file, empty, not an image
-    format), or None; reads 16 bytes of regular files only, so a named pipe never blocks."""
+def image_problem(path: Path) -> tuple[str, str] | None:
+    """(reason, detail) when ``path`` cannot be an image (missing, a dangling link, not a regular file,
+    empty, not an image format), else None; reads 16 bytes of regular files only, so a named pipe never
+    blocks."""
     problem = file_problem(path)
     if problem:
-        return problem[0]
+        return problem
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
     except FileNotFoundError:
-        return "missing_image"
+        return "missing_image", str(path)
     except OSError:
-        return "unreadable"
-    if not head:
-        return "unreadable"
+        return "unreadable", str(path)
     magic = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
     if head.startswith(magic) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return None
-    return "unreadable"
+    return "unreadable", str(path)  # empty, or not an image format
 
 
 def landmarks68_to5(points: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -188,8 +187,7 @@ class Ingest:
             return
         problem = image_problem(root / path)
         if problem:
-            detail = (file_problem(root / path) or (problem, f"{root / path}"))[1]
-            self.reject(sample_id, path, problem, detail)
+            self.reject(sample_id, path, *problem)
             return
         self.add(sample_id, split, path, label, **extra)
 

@@ -82,7 +82,7 @@ def add_votes(ing: Ingest, root: Path, sid: str, split: str, path: str, counts: 
     dist = np.asarray(votes, np.float64) / sum(votes)
     problem = image_problem(root / path)
     if problem:
-        ing.reject(sid, path, problem, str(root / path))
+        ing.reject(sid, path, *problem)
         return
     ing.add(sid, split, path, label, votes=votes, true_dist=dist)
 
