@@ -362,9 +362,7 @@ def align(
                 f"{len(lost)} aligned faces of the finished chunks are missing from {faces} (e.g. "
                 f"{lost[0]}); the work was cleared: run `ferdata align` again"
             )
-        staged = run.output("aligned_faces")
-        staged.rmdir()
-        faces.rename(staged)
+        run.adopt("aligned_faces", faces)  # moved by the publication itself: a kill before it loses no face
         run.write(table, "aligned", {"classes": meta["classes"], "size": s.size, "detector": s.detector})
         run.then_remove.append(work)  # the work folder goes with the publication, not before
     if not (table["status"] == "ok").any():  # published, so its reasons can be read; but nothing can go on

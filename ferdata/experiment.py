@@ -22,7 +22,7 @@ import pandas as pd
 
 from ferdata.core.errors import FerdataError
 from ferdata.core.groups import group_of, split_groups
-from ferdata.core.io import fork, locate, read_table, stable_hash, write_json, write_table
+from ferdata.core.io import INTEGRITY_KEYS, fork, locate, read_table, stable_hash, write_json, write_table
 from ferdata.core.settings import as_dict
 from ferdata.train.settings import METHODS, TrainSettings
 
@@ -55,7 +55,7 @@ def carve_validation(src: str | Path, to: str | Path, *, share: float = 0.1, see
     fork(src, to)
     out = manifest.assign(split=split)
     carved = {"from": str(src), "val_share": share, "seed": seed, "held_out_as": "test"}
-    meta = {k: v for k, v in meta.items() if k not in ("table", "schema_version", "version", "rows", "ids_hash")}
+    meta = {k: v for k, v in meta.items() if k not in INTEGRITY_KEYS}
     meta = {**meta, "carved": carved, "settings_hash": stable_hash({"base": meta.get("settings_hash"), **carved})}
     base = locate(src, "manifest.parquet").parent
     write_table(out, to / "manifest.parquet", "manifest", meta, where=lambda rel: base / rel)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ferdata.core.errors import FerdataError
 from ferdata.core.settings import Settings, option
-from ferdata.core.shards import SHARD_PATTERN
+from ferdata.core.shards import SHARD_PATTERN, shard_digests
 from ferdata.core.stage import Stage
 
 
@@ -64,7 +64,8 @@ def shard(data_dir: str | Path, settings: ShardSettings | None = None, **options
             rows.append({"sample_id": r.sample_id, "shard": name, "position": i % max_count})
         writer.close()
         index = pd.DataFrame(rows)
-        run.write(index, "shard_index", {"classes": meta["classes"], "size": meta.get("size")})
+        digests = shard_digests(sorted(tmp.glob("shard-*.tar")))  # readers check the shards against these
+        run.write(index, "shard_index", {"classes": meta["classes"], "size": meta.get("size"), "shard_sha256": digests})
         return index
 
 

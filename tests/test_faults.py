@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from ferdata.cli import app
 from ferdata.core.errors import FerdataError
-from ferdata.core.io import read_table, write_table
+from ferdata.core.io import INTEGRITY_KEYS, read_table, write_table
 
 RUN = CliRunner()
 
@@ -43,15 +43,15 @@ def pause_publishing(marker: Path, after: int) -> str:
     """Child-script lines: the publication stops for good after ``after`` of its moves."""
     return f"""
         import time
-        import ferdata.core.io as io
-        real, moves = io._move, []
+        import ferdata.core.publish as pub
+        real, moves = pub._move, []
         def move(src, dst, old):
             if len(moves) == {after}:
                 open({str(marker)!r}, "w").close()
                 time.sleep(120)
             moves.append(dst)
             real(src, dst, old)
-        io._move = move
+        pub._move = move
     """
 
 
@@ -78,7 +78,7 @@ def test_align_killed_mid_publication_is_completed_by_the_next_stage(data_dir):
     """,
         marker,
     )  # killed after aligned/ moved in, before aligned.parquet
-    assert list(data_dir.glob(".ferdata-align.journal.json"))
+    assert list(data_dir.glob(".ferdata-align-*.journal.json"))
     result = RUN.invoke(app, ["shard", "--data", str(data_dir)])
     assert result.exit_code == 0, result.output  # the journal completes align's publication first
     table, _ = read_table(data_dir / "aligned.parquet", "aligned")
@@ -251,6 +251,59 @@ def test_a_row_deleted_from_a_table_is_noticed_downstream(data_dir):
         line = one_line(RUN.invoke(app, [stage, "--data", str(data_dir)]), 1)
         assert "shard_index.parquet was changed after ferdata wrote it (47 rows, 48" in line and "ferdata shard" in line
     assert len(index) == 48
+
+
+@pytest.mark.parametrize("table, column", [("labels.parquet", "label"), ("va.parquet", "valence")])
+def test_an_in_range_edit_of_one_value_is_noticed_where_the_table_is_read(trained_dir, tmp_path, table, column):
+    """One value changed to another legal value (a label to another class, a valence within [-1, 1]),
+    the metadata kept: every reader stops with one line naming the stage that remakes the table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data, ignore=shutil.ignore_patterns("models"))
+    stored = pq.read_table(data / table)
+    values = stored.column(column).to_pylist()
+    values[0] = (values[0] + 1) % 7 if column == "label" else -values[0] / 2
+    edited = stored.set_column(
+        stored.schema.get_field_index(column), column, pa.array(values, stored.schema.field(column).type)
+    )
+    pq.write_table(edited.replace_schema_metadata(stored.schema.metadata), data / table)
+    writer = {"labels.parquet": "ferdata noise", "va.parquet": "ferdata va"}[table]
+    line = one_line(
+        RUN.invoke(
+            app, ["sample", "--data", str(data)] if table == "labels.parquet" else ["validate", str(data / table)]
+        ),
+        1,
+    )
+    assert f"{table} was changed after ferdata wrote it (its values no longer match" in line and writer in line, line
+    pq.write_table(stored, data / table)  # the file as written reads again
+    assert RUN.invoke(app, ["validate", str(data / table)]).exit_code == 0
+
+
+def test_a_face_replaced_inside_a_shard_is_noticed_by_every_reader(trained_dir, tmp_path):
+    """A face's bytes overwritten in place by a grey square of the same byte size (the tar stays valid
+    and every size and offset still fits): training and the report stop with one line naming the shard."""
+    from ferdata.core.shards import member_table, shard_paths
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data)
+    shards = sorted((data / "shards").glob("shard-*.tar"))
+    first = member_table(shards).iloc[0]
+    grey = cv2.imencode(".jpg", np.full((112, 112, 3), 128, np.uint8))[1].tobytes()
+    patch = (grey + b"\0" * int(first["size"]))[: int(first["size"])]
+    with open(shards[int(first["shard"])], "r+b") as fh:
+        fh.seek(int(first["offset"]))
+        fh.write(patch)
+    argv = ["train", "--data", str(data), "--models", str(tmp_path / "m"), "--epochs", "1", "--batch-size", "8"]
+    for command in (
+        argv,
+        ["report", "--data", str(data), "--models", str(data / "models"), "--reports", str(tmp_path / "r")],
+    ):
+        line = one_line(RUN.invoke(app, command), 1)
+        assert shards[int(first["shard"])].name in line and "changed after `ferdata shard` wrote it" in line, line
+    assert RUN.invoke(app, ["shard", "--data", str(data), "--max-count", "20"]).exit_code == 0  # the fix it names
+    assert shard_paths(data / "shards") == shards  # and the shards check again
 
 
 def test_validate_knows_every_table_kind(trained_dir):
@@ -612,6 +665,9 @@ def test_an_error_in_a_dataloader_worker_is_one_line(trained_dir, tmp_path):
         for i in range(m["offset"] + m["size"] // 2, m["offset"] + m["size"] // 2 + 30):
             blob[i] ^= 0x55
     shards[0].write_bytes(bytes(blob))
+    index, meta = read_table(data / "shard_index.parquet", "shard_index")
+    meta = {k: v for k, v in meta.items() if k not in INTEGRITY_KEYS and k != "shard_sha256"}
+    write_table(index, data / "shard_index.parquet", "shard_index", meta)  # no recorded sha256: the worker decodes
     result = RUN.invoke(
         app,
         [
@@ -689,7 +745,7 @@ def test_one_writer_per_dataset_folder(data_dir):
             textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from ferdata.core.io import locked
+        from ferdata.core.publish import locked
         with locked(Path({str(data_dir)!r}), "noise"):
             open({str(marker)!r}, "w").close()
             time.sleep(120)

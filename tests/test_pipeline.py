@@ -178,3 +178,67 @@ def test_soft_labels_are_fetched_by_artifact_name_and_version(repo, tmp_path):
     model = tmp_path / "model.pt"
     _dvc(repo, "get", str(repo), "models/synth/model.pt", "--rev", "synth-softlabels@v1.0.0", "-o", str(model))
     assert model.stat().st_size > 0
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "FERDATA_SUITES": "off",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+@pytest.mark.slow
+def test_a_killed_or_locked_dvc_repro_keeps_the_last_outputs(repo):
+    """DVC deletes a stage's outputs before its command unless they persist: a `dvc repro` killed in train
+    kept no model.pt, and one run beside a hand-run stage holding the folder deleted its table. With
+    `persist: true` both keep the last good outputs, and the next `dvc repro` finishes the job."""
+    import signal
+    import time
+
+    _dvc(repo, "repro")
+    kept = ("models/synth/model.pt", "models/synth/train_log.json", "data/synth/labels.parquet")
+    before = {p: (repo / p).read_bytes() for p in kept}
+    params = (repo / "params.yaml").read_text()
+    changed = yaml.safe_load(params)
+    changed["train"]["epochs"] = 40
+    (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lock = repo / "models/synth/.ferdata.lock"
+    start = time.time()
+    while not (lock.is_file() and "ferdata train" in lock.read_text()):  # train holds its folder: kill now
+        assert proc.poll() is None and time.time() - start < 120
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert {p: (repo / p).read_bytes() for p in kept} == before
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from ferdata.core.publish import locked\n"
+         "with locked(Path('data/synth'), 'noise'):\n    print('held', flush=True); time.sleep(120)"],
+        cwd=repo, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        changed["noise"]["ratio"] = 0.35
+        (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        out = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "-s", "noise"], cwd=repo, env=_env(), capture_output=True, text=True
+        )
+        assert out.returncode != 0 and "is being written by ferdata noise" in out.stdout + out.stderr
+        assert {p: (repo / p).read_bytes() for p in kept} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    (repo / "params.yaml").write_text(params)
+    _dvc(repo, "repro")  # the interrupted work is done again; the outputs match the params once more
+    assert "Data and pipelines are up to date" in _dvc(repo, "status")

@@ -119,6 +119,12 @@ def _check_stage(name: str, body: dict, forks: dict[str, str] | None = None, mad
         problems.append(f"{name}: writes {path} but does not declare it as an output")
     for path in sorted(outs - want["writes"]):
         problems.append(f"{name}: declares {path} as an output, which no command of it writes")
+    for key in ("outs", "metrics", "plots"):
+        for entry in body.get(key) or []:
+            flags = next(iter(entry.values())) if isinstance(entry, dict) else {}
+            if not (flags or {}).get("persist"):
+                path = next(iter(entry)) if isinstance(entry, dict) else entry
+                problems.append(f"{name}: {path} is not persist: true (DVC would delete it before the run)")
     return problems
 
 
@@ -144,8 +150,16 @@ def test_the_check_fails_when_a_table_is_left_out():
     body["deps"] = [d for d in body["deps"] if not d.endswith("manifest.parquet")]
     assert _check_stage("sample", body) == ["sample: reads data/${dataset}/manifest.parquet but does not depend on it"]
     body = dict(_stages("dvc.yaml")["va"])
-    body["outs"] = [o for o in body["outs"] if not str(o).endswith("knn.parquet")]
+    body["outs"] = [o for o in body["outs"] if "knn.parquet" not in str(o)]
     assert _check_stage("va", body) == ["va: writes data/${dataset}/knn.parquet but does not declare it as an output"]
+
+
+def test_the_check_fails_when_an_output_would_be_deleted_before_its_run():
+    body = dict(_stages("dvc.yaml")["noise"])
+    body["outs"] = ["data/${dataset}/labels.parquet"]
+    assert _check_stage("noise", body) == [
+        "noise: data/${dataset}/labels.parquet is not persist: true (DVC would delete it before the run)"
+    ]
 
 
 def test_stage_params_cover_the_sections_their_settings_read():

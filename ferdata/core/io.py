@@ -1,5 +1,5 @@
-"""Table and file I/O shared by every stage: schema-checked parquet, atomic writes, publishing a
-stage's outputs as one set, the one-writer lock of a dataset folder, hashes."""
+"""Table and file I/O shared by every stage: schema-checked parquet, atomic writes, dataset forks,
+hashes. Publishing a stage's outputs as one set and the folder lock are in :mod:`ferdata.core.publish`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ferdata.core.errors import FerdataError
@@ -33,6 +35,9 @@ def _conform(df: pd.DataFrame, kind: str) -> pa.Table:
         return pa.Table.from_pandas(columns, schema=schema, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
         raise FerdataError(f"{kind} table does not fit its schema: {exc}") from exc
+
+
+INTEGRITY_KEYS = ("table", "schema_version", "version", "rows", "ids_hash", "values_hash")  # what write_table adds
 
 
 def write_table(
@@ -55,7 +60,13 @@ def write_table(
         check_table(df, kind, meta, Path(path), where)
     info = {"ferdata.table": kind, "ferdata.schema_version": SCHEMA_VERSION, "ferdata.version": __version__}
     info.update({f"ferdata.{k}": v for k, v in (meta or {}).items()})
-    info.update({"ferdata.rows": len(df), "ferdata.ids_hash": ids_hash(df["sample_id"])})
+    info.update(
+        {
+            "ferdata.rows": len(df),
+            "ferdata.ids_hash": ids_hash(df["sample_id"]),
+            "ferdata.values_hash": values_hash(table),
+        }
+    )
     encoded = {k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in info.items()}
     table = table.replace_schema_metadata(encoded)
     path = Path(path)
@@ -97,11 +108,17 @@ def read_table(path: str | Path, kind: str, *, hint: str = "") -> tuple[pd.DataF
     writer = f"`ferdata {TABLES[kind].writer}`" if kind in TABLES else "the stage that writes it"
     if missing:
         raise FerdataError(f"{path} lacks columns {missing}; re-run {writer}")
-    df = conform_types(table.select(want.names), want, path, writer).to_pandas()
+    table = conform_types(table.select(want.names), want, path, writer)
+    df = table.to_pandas()
     if "rows" in meta and (len(df) != meta["rows"] or ids_hash(df["sample_id"]) != meta.get("ids_hash")):
         raise FerdataError(
             f"{path} was changed after ferdata wrote it ({len(df)} rows, {meta['rows']} when written, "
             f"or other sample ids); re-run {writer}"
+        )
+    if "values_hash" in meta and values_hash(table) != meta["values_hash"]:
+        raise FerdataError(
+            f"{path} was changed after ferdata wrote it (its values no longer match the hash it was written "
+            f"with); re-run {writer} to remake it (a table edited on purpose belongs in a new file)"
         )
     return df, meta
 
@@ -123,6 +140,36 @@ def conform_types(table: pa.Table, want: pa.Schema, path: Path, writer: str) -> 
                 ) from None
         columns.append(column)
     return pa.table(columns, names=want.names)
+
+
+def values_hash(table: pa.Table) -> str:
+    """A short hash of a table's values, column by column (nulls, list lengths and bit patterns included),
+    independent of how parquet chunks or encodes them: an in-range edit of one value is noticed. Tables
+    written before carry it under this key: a change to how it is computed needs a new key."""
+    digest = hashlib.sha256()
+    for name in table.column_names:
+        digest.update(name.encode() + b"\0")
+        _feed(digest, table.column(name).combine_chunks())
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest: Any, array: pa.Array) -> None:
+    digest.update(np.asarray(array.is_null(), dtype=np.uint8).tobytes())
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        digest.update(np.asarray(pc.list_value_length(array).fill_null(-1), dtype=np.int64).tobytes())
+        _feed(digest, array.flatten())
+    elif pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        array = array.cast(pa.large_string())
+        _, offsets, data = array.buffers()
+        ends = np.frombuffer(offsets, np.int64)[array.offset : array.offset + len(array) + 1]
+        digest.update((ends - ends[0]).tobytes())
+        if data is not None:
+            digest.update(memoryview(data)[ends[0] : ends[-1]])
+    else:
+        zero = pa.scalar(False) if pa.types.is_boolean(array.type) else pa.scalar(0, array.type)
+        digest.update(array.fill_null(zero).to_numpy(zero_copy_only=False).tobytes())
 
 
 def ids_hash(ids: pd.Series) -> str:
@@ -175,95 +222,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def staging(path: Path, token: str) -> Path:
-    """Where a run writes ``path`` until it publishes its outputs (a hidden sibling)."""
-    return path.with_name(f".{path.name}.{token}.tmp")
-
-
-def stale(path: Path) -> list[Path]:
-    """The temporaries a killed writer of ``path`` may have left beside it."""
-    mine = (f".{path.name}.*.tmp", f"..{path.name}.*.tmp", f".{path.name}.old")  # staged, its atomic temp, set aside
-    return [p for pattern in mine for p in path.parent.glob(pattern)]
-
-
 def remove(path: Path) -> None:
+    """Delete a file, link or folder if it is there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
-
-
-def publish(moves: list[tuple[Path, Path]], journal: Path, *, then_remove: list[Path] = ()) -> None:
-    """Move staged outputs onto their places as one set. The moves are written to ``journal`` first, so a
-    run killed half way through is completed (:func:`recover`) before any stage reads the folder: a
-    reader never sees some outputs of one run beside others of another."""
-    plan = {
-        "moves": [[str(a.resolve()), str(b.resolve())] for a, b in moves],
-        "remove": [str(p.resolve()) for p in then_remove],
-    }
-    write_json(plan, journal)
-    _complete(journal)
-
-
-def recover(folder: Path) -> list[str]:
-    """Complete every publication a killed run left half done in ``folder``; the journals completed."""
-    done = []
-    for journal in sorted(folder.glob(".ferdata-*.journal.json")):
-        _complete(journal)
-        done.append(journal.name)
-    return done
-
-
-def _move(src: Path, dst: Path, old: Path) -> None:
-    """Put ``src`` at ``dst``; a folder cannot be replaced in one rename, so the old one steps aside."""
-    if dst.is_dir() and not dst.is_symlink():
-        remove(old)
-        dst.rename(old)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-
-
-def _complete(journal: Path) -> None:
-    plan = json.loads(journal.read_text())
-    for src, dst in plan["moves"]:
-        src, dst = Path(src), Path(dst)
-        old = dst.with_name(f".{dst.name}.old")
-        if src.exists():
-            _move(src, dst, old)
-        remove(old)
-    for path in plan["remove"]:
-        remove(Path(path))
-    journal.unlink()
-
-
-@contextlib.contextmanager
-def locked(folder: Path, holder: str) -> Iterator[None]:
-    """Hold ``folder``'s writer lock (one ferdata stage writes a dataset folder at a time); a second
-    writer gets a one-line error naming the first."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform: run unguarded
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ".ferdata.lock"
-    with open(path, "a+") as fh:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a POSIX lock: not inherited by forked workers
-        except OSError:
-            fh.seek(0)
-            other = fh.read().strip() or "another ferdata stage"
-            raise FerdataError(f"{folder} is being written by {other}; wait for it to finish") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"ferdata {holder} (pid {os.getpid()})")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
 def image_root(data_dir: str | Path, meta: dict[str, Any]) -> Path:
@@ -274,19 +238,34 @@ def image_root(data_dir: str | Path, meta: dict[str, Any]) -> Path:
 BASE = "base.json"
 
 
+def lineage(folder: str | Path) -> list[Path]:
+    """``folder`` and the dataset folders it was forked from (``base.json``), nearest first."""
+    chain = [Path(folder)]
+    for _ in range(16):
+        base = chain[-1] / BASE
+        if not base.is_file():
+            break
+        try:
+            chain.append(chain[-1] / json.loads(base.read_text())["base"])
+        except (ValueError, KeyError, TypeError):
+            raise FerdataError(f"{base} is damaged; run `ferdata fork` again to remake it") from None
+    return chain
+
+
 def locate(data_dir: str | Path, name: str) -> Path:
     """``data_dir/name``, else the same file in the dataset folder this one was forked from (``base.json``)."""
-    folder = Path(data_dir)
-    for _ in range(16):
-        if (folder / name).exists() or not (folder / BASE).is_file():
-            break
-        folder = folder / json.loads((folder / BASE).read_text())["base"]
-    return folder / name if (folder / name).exists() else Path(data_dir) / name
+    for folder in lineage(data_dir):
+        if (folder / name).exists():
+            return folder / name
+    return Path(data_dir) / name
 
 
 def fork(data_dir: str | Path, to: str | Path) -> Path:
     """Make ``to`` a dataset folder that reads what it lacks (images, manifest, VA) from ``data_dir``."""
+    from ferdata.core.publish import settle_all  # publish builds on this module
+
     data_dir, to = Path(data_dir), Path(to)
+    settle_all([data_dir])  # a base left mid-publication is completed before it is forked
     if not (data_dir / TABLES["manifest"].file).is_file() and not (data_dir / BASE).is_file():
         raise FerdataError(f"{data_dir} is not a dataset folder (no manifest.parquet); run `ferdata download` first")
     to.mkdir(parents=True, exist_ok=True)

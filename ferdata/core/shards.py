@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ferdata.core.errors import FerdataError
+from ferdata.core.io import file_sha256, read_meta
 
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -98,11 +99,49 @@ def decode(jpeg: bytes | memoryview, size: int | None = None) -> np.ndarray:
 
 
 def shard_paths(shard_dir: str | Path) -> list[Path]:
-    """The shards of a dataset, in order."""
-    shards = sorted(Path(shard_dir).glob("shard-*.tar"))
+    """The shards of a dataset, in order, each checked against the sha256 the shard stage recorded in
+    the shard index beside them: a face replaced in a shard (even by one of the same size) is an error."""
+    shard_dir = Path(shard_dir)
+    shards = sorted(shard_dir.glob("shard-*.tar"))
     if not shards:
         raise FerdataError(f"no shard-*.tar in {shard_dir}; run `ferdata shard` first")
+    index = shard_dir.parent / "shard_index.parquet"
+    recorded = read_meta(index).get("shard_sha256") if index.is_file() else None
+    if recorded is not None:
+        check_shards(shards, recorded, index)
     return shards
+
+
+_CHECKED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: each shard hashed once per process
+
+
+def shard_digests(shards: Iterable[Path]) -> dict[str, str]:
+    """{file name: sha256} of the shards (what the shard index records)."""
+    out = {}
+    for path in shards:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _CHECKED:
+            _CHECKED[key] = file_sha256(path)
+        out[path.name] = _CHECKED[key]
+    return out
+
+
+def check_shards(shards: list[Path], recorded: dict[str, str], index: Path) -> None:
+    names = {p.name for p in shards}
+    if names != set(recorded):
+        extra, lost = sorted(names - set(recorded)), sorted(set(recorded) - names)
+        raise FerdataError(
+            f"the shards beside {index} are not the set it records (extra {extra[:3]}, missing {lost[:3]}); "
+            "re-run `ferdata shard`"
+        )
+    digests = shard_digests(shards)
+    changed = [name for name in sorted(names) if digests[name] != recorded[name]]
+    if changed:
+        raise FerdataError(
+            f"{shards[0].parent / changed[0]} was changed after `ferdata shard` wrote it (its sha256 no longer "
+            f"matches {index.name}; {len(changed)} shard(s) differ); re-run `ferdata shard`"
+        )
 
 
 class ShardReader:

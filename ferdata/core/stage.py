@@ -24,18 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from ferdata.core.io import (
-    locate,
-    locked,
-    publish,
-    read_table,
-    recover,
-    remove,
-    stable_hash,
-    staging,
-    stale,
-    write_table,
-)
+from ferdata.core.io import locate, read_table, remove, stable_hash, write_table
+from ferdata.core.publish import locked, publish, recover, settle_all, staging, stale
 from ferdata.core.settings import Settings, as_dict, configure
 from ferdata.core.tables import TABLES, Table
 
@@ -101,24 +91,29 @@ class Run:
         self.stage, self.settings, self.folders, self.extra, self.lock = stage, settings, folders, extra, lock
         self.inputs: dict[str, Any] = {}
         self.staged: dict[str, Path] = {}
+        self.adopted: dict[str, Path] = {}  # outputs built elsewhere (align's work folder): kept on failure
         self.then_remove: list[Path] = []
         self.token = uuid.uuid4().hex[:12]
         self._held = contextlib.ExitStack()
 
     def __enter__(self) -> Run:
-        """Complete publications cut short in its folders, lock the folders it writes, clear the staged
-        leftovers of killed runs of this stage."""
-        for folder in self.folders.values():
-            if folder.is_dir():
-                recover(folder)
-        if self.lock:
-            written = {self._folder(TABLES[k]) for k in self.stage.writes if TABLES[k].folder != "repo"}
-            for folder in sorted(written):
-                self._held.enter_context(locked(folder, self.stage.name))
-            for kind in self.stage.writes:
-                if TABLES[kind].folder != "repo":
-                    for leftover in stale(self._folder(TABLES[kind]) / TABLES[kind].file):
-                        remove(leftover)
+        """Lock the folders it writes and complete the publications killed runs left in them, clear the
+        staged leftovers of killed runs of this stage; complete (under their writers' locks) those left
+        in the folders it only reads."""
+        try:
+            if self.lock:
+                written = {self._folder(TABLES[k]) for k in self.stage.writes if TABLES[k].folder != "repo"}
+                for folder in sorted(written):
+                    self._held.enter_context(locked(folder, self.stage.name))
+                    recover(folder)
+                for kind in self.stage.writes:
+                    if TABLES[kind].folder != "repo":
+                        for leftover in stale(self._folder(TABLES[kind]) / TABLES[kind].file):
+                            remove(leftover)
+            settle_all(self.folders.values())  # those it locked were recovered above and are skipped
+        except BaseException:
+            self._held.close()
+            raise
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
@@ -131,16 +126,26 @@ class Run:
             self._held.close()
 
     def commit(self) -> None:
-        """Publish every staged output as one set (nothing staged, nothing to do)."""
-        moves = [
-            (path, self._folder(TABLES[kind]) / TABLES[kind].file)
-            for kind, path in self.staged.items()
-            if path.exists()
-        ]
-        if moves or self.then_remove:
-            journal = self.folders.get("data", moves[0][1].parent if moves else Path("."))
-            publish(moves, journal / f".ferdata-{self.stage.name}.journal.json", then_remove=self.then_remove)
+        """Publish every staged (and adopted) output as one set, with a journal in each folder it lands
+        in, owned by this run (nothing staged, nothing to do)."""
+        sets: dict[Path, tuple[list[tuple[Path, Path]], list[Path]]] = {}
+        for kind, path in {**self.staged, **self.adopted}.items():
+            if path.exists():
+                folder = self._folder(TABLES[kind])
+                sets.setdefault(folder, ([], []))[0].append((path, folder / TABLES[kind].file))
+        for path in self.then_remove:
+            folder = next(f for f in self.folders.values() if f.resolve() in path.resolve().parents)
+            sets.setdefault(folder, ([], []))[1].append(path)
+        if sets:
+            publish(sets, f"{self.stage.name}-{self.token}")
         self.staged.clear()
+        self.adopted.clear()
+
+    def adopt(self, kind: str, path: Path) -> None:
+        """Publish ``path`` (built and resumable outside the staging paths) as the declared output
+        ``kind``; unlike a staged output it stays where it is if the run fails or is killed."""
+        self._table(kind, self.stage.writes)
+        self.adopted[kind] = path
 
     def _table(self, kind: str, declared: tuple[str, ...]) -> Table:
         if kind not in declared:
@@ -211,8 +216,10 @@ class Run:
 
     def _where(self, folder: Path):
         """Where a path relative to ``folder`` is now: inside this run's staged folder outputs if it
-        starts with one of them (the manifest's ``raw/...`` before ``raw/`` is published)."""
-        folders = {TABLES[k].file: p for k, p in self.staged.items() if TABLES[k].is_folder}
+        starts with one of them (the manifest's ``raw/...`` before ``raw/`` is published, align's faces
+        in its work folder)."""
+        staged = {**self.staged, **self.adopted}
+        folders = {TABLES[k].file: p for k, p in staged.items() if TABLES[k].is_folder}
 
         def where(rel: str) -> Path:
             head, _, rest = rel.partition("/")
