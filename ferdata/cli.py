@@ -85,6 +85,8 @@ ENVIRONMENT_ERRORS = {  # errno -> (what happened, the fix); the stage's old out
     errno.EPERM: ("operation not permitted", "make the folder writable for you (chmod/chown) or use another one"),
     errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or lower the workers"),
     errno.ENAMETOOLONG: ("a file name is too long", "shorten the folder or file names"),
+    errno.ENOTDIR: ("a file stands where a folder should be", "give a path whose parents are folders"),
+    errno.EEXIST: ("a file stands where a folder should be", "move the file or give another path"),
 }
 
 
@@ -105,7 +107,7 @@ def one_line(exc: FerdataError) -> str:
     text = str(exc).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
+    return " ".join(text.split())  # a library's message quoted inside may hold newlines
 
 
 def read_params(path: Path | None, *, dataset: str | None = None, quiet: bool = False) -> Params:

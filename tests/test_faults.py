@@ -796,3 +796,19 @@ def test_killed_align_leaves_no_workers(data_dir):
     child.wait()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+@pytest.mark.parametrize("stage", ["download synth", "align", "noise", "train", "report"])
+def test_a_folder_option_naming_a_file_is_one_line(tmp_path, stage):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for where in (afile, afile / "below"):
+        line = one_line(RUN.invoke(app, [*stage.split(), "--data", str(where)]), 1)
+        said = ("is a file, not a folder", "a file stands where", "not found: run `ferdata")  # readers: the input
+        assert str(where) in line and any(words in line for words in said), line
+
+
+def test_a_library_message_with_newlines_still_prints_as_one_line(tmp_path):
+    (tmp_path / "manifest.parquet").write_bytes(b"PAR1" + b"\0" * 8 + b"PAR1")
+    line = one_line(RUN.invoke(app, ["align", "--data", str(tmp_path)]), 1)
+    assert "is not a readable parquet file" in line and "re-run the stage that writes it" in line

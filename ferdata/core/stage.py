@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from ferdata.core.errors import FerdataError
 from ferdata.core.io import locate, read_table, remove, stable_hash, write_table
 from ferdata.core.publish import locked, publish, recover, settle_all, staging, stale
 from ferdata.core.settings import Settings, as_dict, configure
@@ -100,6 +101,9 @@ class Run:
         """Lock the folders it writes and complete the publications killed runs left in them, clear the
         staged leftovers of killed runs of this stage; complete (under their writers' locks) those left
         in the folders it only reads."""
+        for key, folder in self.folders.items():
+            if folder.exists() and not folder.is_dir():
+                raise FerdataError(f"{folder} is a file, not a folder: give --{key} a dataset folder (or a new path)")
         try:
             if self.lock:
                 written = {self._folder(TABLES[k]) for k in self.stage.writes if TABLES[k].folder != "repo"}
