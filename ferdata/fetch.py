@@ -3,6 +3,7 @@ never trusts the archive (no member outside the target, no links, truncation is 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import lzma
 import os
@@ -41,10 +42,20 @@ class Names:
     def claim(self, rel: PurePosixPath, is_dir: bool) -> None:
         key = rel.as_posix().rstrip("/")
         if key in self.files or (not is_dir and key in self.dirs):
+            what = "a file and a folder" if key in self.dirs or is_dir else "two members"
             raise FerdataError(
-                f"{self.archive} holds two members named {key!r}: one would silently replace the other; "
+                f"{self.archive} holds {what} named {key!r}: one would silently replace the other; "
                 "re-pack it with unique names"
             )
+        for parent in rel.parents:  # a member below a file: that name is both
+            name = parent.as_posix()
+            if name in self.files:
+                raise FerdataError(
+                    f"{self.archive} holds a file and a folder named {name!r} ({key!r} lies below it); "
+                    "re-pack it with unique names"
+                )
+            if name != ".":
+                self.dirs.add(name)
         (self.dirs if is_dir else self.files).add(key)
 
 
@@ -191,18 +202,32 @@ class Budget:
             )
 
 
+class Unwritable(Exception):
+    """The machine refused to write a member (full disk, a name too long, ...): not the archive's fault."""
+
+    def __init__(self, error: OSError):
+        self.error = error
+
+
 def _write_member(out: Path, is_dir: bool, open_src, budget: Budget) -> int:
     """Write one checked member (a folder, or a file's bytes) within ``budget``; return its size in bytes."""
-    if is_dir:
-        out.mkdir(parents=True, exist_ok=True)
-        return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
     size = 0
-    with open_src() as src, open(out, "wb") as fh:
-        while block := src.read(CHUNK):
-            budget.take(len(block))
-            fh.write(block)
-            size += len(block)
+    with open_src() if not is_dir else contextlib.nullcontext() as src:
+        try:
+            (out if is_dir else out.parent).mkdir(parents=True, exist_ok=True)
+            fh = None if is_dir else open(out, "wb")
+        except OSError as exc:
+            raise Unwritable(exc) from None
+        if fh is None:
+            return 0
+        with fh:
+            while block := src.read(CHUNK):  # a read error is the archive's
+                budget.take(len(block))
+                try:
+                    fh.write(block)
+                except OSError as exc:
+                    raise Unwritable(exc) from None
+                size += len(block)
     return size
 
 
@@ -222,6 +247,8 @@ def _extract_tar(archive: Path, target: Path, budget: Budget) -> int:
                     raise EOFError(f"member {member.name} is short")
                 count += member.isfile()
             check_tar_end(tar)
+    except Unwritable as exc:  # the CLI names the machine's problem and its fix
+        raise OSError(exc.error.errno, exc.error.strerror, f"{archive} (member {str(rel)[:80]!r})") from None
     except DAMAGED as exc:
         raise DamagedArchive(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
     return count
@@ -269,6 +296,8 @@ def _extract_zip(archive: Path, target: Path, budget: Budget) -> int:
                     )
                 _write_member(target / rel, info.is_dir(), lambda i=info: zf.open(i), budget)
                 count += not info.is_dir()
+    except Unwritable as exc:  # the CLI names the machine's problem and its fix
+        raise OSError(exc.error.errno, exc.error.strerror, f"{archive} (member {str(rel)[:80]!r})") from None
     except (*DAMAGED, zipfile.LargeZipFile, NotImplementedError) as exc:
         raise DamagedArchive(f"{archive} is truncated or corrupt ({_why(exc)}); download it again") from exc
     return count

@@ -267,3 +267,35 @@ def test_a_web_page_or_a_damaged_download_is_never_reused(tmp_path):
         assert (root / "faces/a.jpg").read_bytes() == b"a" * 1000
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+@pytest.mark.parametrize("order", [("img.png", "img.png/x.png"), ("img.png/x.png", "img.png")])
+def test_a_file_and_a_folder_of_one_name_is_named_not_called_corrupt(tmp_path, fmt, order):
+    import io
+    import tarfile
+
+    path = tmp_path / f"a.{fmt}"
+    if fmt == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name in order:
+                zf.writestr(name, b"x" * 10)
+    else:
+        with tarfile.open(path, "w") as tf:
+            for name in order:
+                info = tarfile.TarInfo(name)
+                info.size = 10
+                tf.addfile(info, io.BytesIO(b"x" * 10))
+    with pytest.raises(FerdataError, match="holds a file and a folder named 'img.png'.*re-pack it") as caught:
+        extract(path, tmp_path / "out")
+    assert "corrupt" not in str(caught.value) and not (tmp_path / "out").exists()
+
+
+def test_a_member_name_the_file_system_refuses_is_the_machine_s_error_not_corruption(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a" * 300 + ".png", b"x" * 10)
+    with pytest.raises(OSError) as caught:
+        extract(path, tmp_path / "out")
+    assert caught.value.errno == 36 and str(path) in str(caught.value.filename)  # ENAMETOOLONG, for the CLI's line
+    assert not isinstance(caught.value, FerdataError) and not (tmp_path / "out").exists()
