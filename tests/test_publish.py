@@ -219,3 +219,11 @@ def test_a_read_only_folder_with_a_pending_publication_says_what_to_do(data_dir,
     with pytest.raises(FerdataError, match="left half published, and it is not writable: make it writable"):
         with TRAIN.start(data=data_dir, models=tmp_path / "models"):
             pass
+
+
+def test_a_fork_of_a_folder_left_mid_publication_completes_it_first(data_dir, tmp_path):
+    killed_mid_publication(data_dir)
+    result = RUN.invoke(app, ["fork", "--data", str(data_dir), "--to", str(tmp_path / "variant")])
+    assert result.exit_code == 0, result.output
+    assert aligned_whole(data_dir)  # the base is whole before anything reads it through the fork
+    assert RUN.invoke(app, ["noise", "--data", str(tmp_path / "variant")]).exit_code == 0
