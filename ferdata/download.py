@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferdata.core.errors import FerdataError, UsageError
+from ferdata.core.groups import describe_splits
 from ferdata.core.io import atomic_file
 from ferdata.core.settings import Settings, configure, option, resolve
 from ferdata.core.stage import Run, Stage
@@ -159,6 +160,7 @@ def download_real(
     df.attrs["source"] = source
     df.attrs["rejected"] = rejected
     df.attrs["notes"] = ing.notes
+    df.attrs["subject_pattern"] = ing.subject_pattern
     return df
 
 
@@ -327,6 +329,7 @@ def download(
         df = df.sort_values("sample_id", kind="stable").reset_index(drop=True)
         df.attrs = attrs
         meta = {"dataset": name, "classes": attrs["classes"], "root": attrs.get("root", ".")}
+        meta["splits_by"] = {**describe_splits(df), "pattern": attrs.get("subject_pattern")}
         if attrs.get("source"):
             meta["source"] = attrs["source"]
         run.write(attrs["rejected"], "rejected", {"dataset": name})

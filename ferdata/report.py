@@ -136,6 +136,7 @@ def report(
             ("Dataset", f"{dataset}: {len(soft)} labelled faces, {len(classes)} classes ({', '.join(classes)})"),
             ("Method", str(meta.get("method"))),
             ("Injected noise", f"{float(noise.get('ratio') or 0):.0%} of training labels, {noise.get('mode')}"),
+            ("Splits", describe_split_groups(man_meta.get("splits_by"), dataset)),
             ("Settings hash", str(meta.get("settings_hash"))),
         ]
         figures.write_html(
@@ -148,6 +149,23 @@ def report(
             figures=pictures,
         )
         return metrics
+
+
+def describe_split_groups(info: dict[str, Any] | None, dataset: str) -> str:
+    """The manifest's record of how its splits keep people apart, in words (a warning when they do not)."""
+    if not info:
+        return "not recorded (a manifest from before ferdata recorded it)"
+    if info["by"] == "image":
+        return (
+            f"WARNING: per image ({info['groups']} images, no subject information): one person's faces can sit "
+            f"in train and test, so the test score flatters; set {dataset}.subject_pattern and download again"
+        )
+    how = f" (read with the {info['pattern']} pattern)" if info.get("pattern") else ""
+    shared = info["shared_groups"]
+    line = f"by {info['by']}{how}: {info['groups']} {info['by']}s, " + (
+        f"WARNING {shared} of them in more than one split" if shared else "none in more than one split"
+    )
+    return line + (f"; {info['ungrouped']} faces without a {info['by']}" if info.get("ungrouped") else "")
 
 
 def headline(metrics: dict[str, float], method: str | None, dataset: str) -> str:

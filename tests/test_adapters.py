@@ -396,3 +396,86 @@ def test_archive_source_and_missing_source(tmp_path):
         download("rafdb", tmp_path / "out2")
     with pytest.raises(FerdataError, match=r"rafdb not found under .*expected EmoLabel/list_patition_label.txt"):
         download("rafdb", tmp_path / "out2", source=str(src))
+
+
+def _ck_folder(root, subjects=12, sequences=2, frames=3):
+    """A CK+48-like folder: <class>/S<subject>_<sequence>_<frame>.png, one class per sequence."""
+    classes = ["happy", "sadness", "surprise", "anger"]
+    for s in range(subjects):
+        for q in range(sequences):
+            for f in range(frames):
+                img(root / classes[(s + q) % 4] / f"S{s + 10:03d}_{q + 1:03d}_{f + 1:08d}.png")
+    return root
+
+
+def test_a_plain_folder_of_ck_faces_gets_subject_disjoint_splits(tmp_path, capsys):
+    from ferdata.download import summarize
+
+    source = _ck_folder(tmp_path / "CK+48")
+    df = download("ck", tmp_path / "out", source=str(source), adapter="folder")
+    m, meta, _ = tables(tmp_path / "out")
+    assert m["subject_id"].nunique() == 12 and m["video_id"].nunique() == 24
+    assert m.groupby("subject_id")["split"].nunique().max() == 1  # per image, most subjects crossed splits
+    assert set(m["split"]) == {"train", "val", "test"}
+    assert meta["splits_by"] == {"by": "subject", "groups": 12, "shared_groups": 0, "ungrouped": 0, "pattern": "ckplus"}
+    assert "splits by subject: 12 subjects read with the ckplus pattern" in summarize(df)
+
+
+def test_a_folder_without_subjects_warns_that_its_splits_are_per_image(tmp_path):
+    from ferdata.download import summarize
+
+    for i in range(12):
+        img(tmp_path / "faces" / ("happy" if i % 2 else "sad") / f"photo{i}.jpg")
+    df = download("mine", tmp_path / "out", source=str(tmp_path / "faces"), adapter="folder")
+    _, meta, _ = tables(tmp_path / "out")
+    assert meta["splits_by"]["by"] == "image" and meta["splits_by"]["groups"] == 12
+    line = summarize(df)
+    assert "WARNING no subject information: splits are per image (12 images)" in line
+    assert "mine.subject_pattern" in line
+
+
+def test_subject_patterns_by_preset_regex_or_none(tmp_path):
+    from ferdata.core.errors import UsageError
+
+    for i in range(8):
+        img(tmp_path / "f" / "happy" / f"p{i % 4}-shot{i}.jpg")
+    source = str(tmp_path / "f")
+    download(
+        "own", tmp_path / "o1", source=source, adapter="folder", dataset={"subject_pattern": r"^p(?P<subject>\d)-"}
+    )
+    m, meta, _ = tables(tmp_path / "o1")
+    assert sorted(m["subject_id"].unique()) == ["0", "1", "2", "3"] and meta["splits_by"]["pattern"] == "custom"
+    assert m.groupby("subject_id")["split"].nunique().max() == 1
+    _ck_folder(tmp_path / "ck", subjects=4)
+    download("own", tmp_path / "o2", source=str(tmp_path / "ck"), adapter="folder", dataset={"subject_pattern": "none"})
+    assert tables(tmp_path / "o2")[1]["splits_by"]["by"] == "image"
+    for bad, words in (("(", "is not a regular expression"), (r"p(\d)", "has no (?P<subject>...) group")):
+        with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+            download("own", tmp_path / "o3", source=source, adapter="folder", dataset={"subject_pattern": bad})
+
+
+def test_a_csv_reads_subjects_from_its_paths_when_it_has_no_subject_column(tmp_path):
+    rows = [["path", "label"]]
+    for s in range(6):
+        for f in range(3):
+            name = f"S{s:03d}_001_{f:08d}.png"
+            img(tmp_path / "imgs" / name)
+            rows.append([name, "happy" if s % 2 else "sad"])
+    with open(tmp_path / "imgs/faces.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    download("csv", tmp_path / "out", source=str(tmp_path / "imgs/faces.csv"))
+    m, meta, _ = tables(tmp_path / "out")
+    assert m["subject_id"].nunique() == 6 and meta["splits_by"]["pattern"] == "ckplus"
+    assert m.groupby("subject_id")["split"].nunique().max() == 1
+
+
+def test_jaffe_and_kdef_names_are_recognised():
+    from ferdata.adapters.subjects import choose
+
+    jaffe = choose("auto", ["KA.AN1.39.tiff", "KL.HA2.30.tiff", "UY.FE2.153.tiff"], option="x")
+    assert jaffe.name == "jaffe" and jaffe.read("KA.AN1.39.tiff") == ("KA", None)
+    kdef = choose("auto", ["AF01ANS.JPG", "BM12HAS.JPG", "AF02SUHL.JPG"], option="x")
+    assert kdef.name == "kdef" and kdef.read("BM12HAS.JPG") == ("M12", None)
+    nested = choose("subfolder", ["alice/1.jpg", "bob/2.jpg"], option="x")
+    assert nested.read("alice/1.jpg") == ("alice", None)
+    assert choose("auto", ["a.jpg", "b.jpg"], option="x").name is None

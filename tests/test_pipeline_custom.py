@@ -17,7 +17,8 @@ import ferdata
 def _own_faces(
     root: Path, classes: tuple[str, ...] = ("neutral", "happy", "sad", "anger"), per_class: int = 12
 ) -> None:
-    """A folder of face photos of four classes (no fear, surprise, disgust or contempt): <root>/<class>/*.png."""
+    """A folder of face photos of four classes (no fear, surprise, disgust or contempt): <root>/<class>/*.png,
+    named as CK+ names its frames (S<subject>_<sequence>_<frame>.png)."""
     import cv2
 
     from ferdata.synth import SynthSettings, generate
@@ -27,7 +28,8 @@ def _own_faces(
         cls = classes[i % len(classes)]
         if i < per_class * len(classes):
             (root / cls).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / cls / f"img{i:03d}.png"), face.image)
+            subject = int("".join(ch for ch in face.subject_id if ch.isdigit()))
+            cv2.imwrite(str(root / cls / f"S{subject:03d}_{i:03d}_{face.frame:08d}.png"), face.image)
 
 
 @pytest.mark.slow
@@ -74,3 +76,8 @@ def test_your_own_faces_through_the_custom_pipeline(tmp_path_factory):
     aligned = pd.read_parquet(repo / "data/custom/aligned.parquet")
     assert set(aligned["detector"]) == {"none"} and soft["sample_id"].str.startswith("custom-").all()
     assert "didn't change" in _dvc(repo, "repro", "pipelines/custom/dvc.yaml")
+    manifest = pd.read_parquet(repo / "data/custom/manifest.parquet")
+    assert manifest.groupby("subject_id")["split"].nunique().max() == 1  # a person on one side only
+    assert manifest["subject_id"].nunique() == 8 and set(manifest["split"]) == {"train", "val", "test"}
+    page = (repo / "reports/custom/index.html").read_text()
+    assert "by subject (read with the ckplus pattern): 8 subjects, none in more than one split" in page

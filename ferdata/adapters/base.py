@@ -143,6 +143,7 @@ class Ingest:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     classes: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    subject_pattern: str | None = None  # the file-name pattern subjects were read with (generic adapters)
 
     def add(self, sample_id: str, split: str, path: str, label: int, **extra: Any) -> None:
         row = {
@@ -235,7 +236,8 @@ def images_under(folder: Path) -> list[Path]:
 
 
 def _group(row: dict[str, Any], key: str) -> str:
-    return str(row.get(key) or row["sample_id"])
+    """A row's group: its ``key`` (the subject), else its video, else itself (as ``group_of`` reads a manifest)."""
+    return str(row.get(key) or row.get("video_id") or row["sample_id"])
 
 
 def finish_splits(ing: Ingest, *, seed: int, val: float, test: float = 0.0, key: str = "subject_id") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ferdata.adapters.base import (
     SPLIT_ALIASES,
@@ -18,8 +18,16 @@ from ferdata.adapters.base import (
     path_id,
     safe_id,
 )
+from ferdata.adapters.subjects import PRESETS, Subjects, choose
 from ferdata.core.errors import FerdataError
 from ferdata.core.settings import Settings, option
+
+SUBJECT_HELP = (
+    "how a file's subject (and video) is read from its path, so splits keep a person together: auto (the "
+    f"presets {', '.join(p for p in PRESETS if p != 'subfolder')} when one reads nearly every file), none, "
+    + ", ".join(PRESETS)
+    + ", or a regex with (?P<subject>...) and optionally (?P<video>...)"
+)
 
 PATH_COLUMNS = ("path", "image", "file", "filename", "image_path", "subDirectory_filePath")
 LABEL_COLUMNS = ("label", "emotion", "expression", "class")
@@ -37,6 +45,7 @@ class FolderOptions(Settings):
     test_fraction: float = option(
         0.2, "share of images (or subjects) in test when the folder has no splits", min=0.0, below=1.0
     )
+    subject_pattern: str = option("auto", SUBJECT_HELP)
 
 
 @dataclass(frozen=True)
@@ -57,15 +66,44 @@ class CsvOptions(Settings):
     test_fraction: float = option(
         0.2, "share of images (or subjects) in test when the table has no splits", min=0.0, below=1.0
     )
+    subject_pattern: str = option("auto", SUBJECT_HELP + " (when subject_column is empty)")
 
 
-def _splits(ing: Ingest, options: FolderOptions | CsvOptions, seed: int, key: str = "subject_id") -> None:
+def _splits(ing: Ingest, options: FolderOptions | CsvOptions, seed: int, subjects: Subjects) -> None:
     val, test = options.val_fraction, options.test_fraction
-    if all(r["split"] is None for r in ing.rows):
-        finish_splits(ing, seed=seed, val=val, test=test, key=key)
+    shipped = any(r["split"] is not None for r in ing.rows)
+    if not shipped:
+        finish_splits(ing, seed=seed, val=val, test=test)
     else:
-        finish_splits(ing, seed=seed, val=0.0, key=key)
-        carve_val(ing, seed=seed, val=val, key=key)
+        finish_splits(ing, seed=seed, val=0.0)
+        carve_val(ing, seed=seed, val=val)
+    note_groups(ing, subjects, option=f"{options.name or options.section}.subject_pattern")
+
+
+def note_groups(ing: Ingest, subjects: Subjects, *, option: str) -> None:
+    """A note in the summary line on how the splits keep people apart, a warning when they cannot (no
+    subject information, or shipped splits that share subjects)."""
+    ing.subject_pattern = subjects.name
+    rows = ing.rows
+    splits_of: dict[str, set] = {}
+    for r in rows:
+        if r["subject_id"]:
+            splits_of.setdefault(r["subject_id"], set()).add(r["split"])
+    shared = sum(len(s) > 1 for s in splits_of.values())
+    if not splits_of and rows:
+        ing.notes.append(
+            f"WARNING no subject information: splits are per image ({len(rows)} images), so one person's faces "
+            f"can sit in train and test and the test score flatters; set {option} (ckplus, jaffe, kdef, "
+            "subfolder, or a regex) or give the subjects in a CSV column"
+        )
+    elif shared:
+        ing.notes.append(f"WARNING {shared} subjects sit in more than one of the shipped splits")
+    elif splits_of:
+        how = f"the {subjects.name} pattern" if subjects.name else "the subject column"
+        ing.notes.append(f"splits by subject: {len(splits_of)} subjects read with {how}")
+    alone = sum(not r["subject_id"] for r in rows)
+    if splits_of and alone:
+        ing.notes.append(f"{alone} images have no subject (each is its own group)")
 
 
 def ingest_folder(source: Path, out_dir: Path, *, options: FolderOptions, seed: int = 0) -> tuple[Ingest, Path]:
@@ -84,20 +122,35 @@ def ingest_folder(source: Path, out_dir: Path, *, options: FolderOptions, seed: 
         if by_split
         else [(None, p) for p in top]
     )
+    found = []
     for split, cls in groups:
         for img in images_under(cls):
             rel, why = normal_path(str(img.relative_to(source)), source)
             if rel is None:
                 ing.reject(f"{ing.dataset}-" + safe_id(str(img.relative_to(source))), None, "bad_path", why)
                 continue
-            ing.add_checked(
-                source, path_id(ing.dataset, rel), split, rel, canonical_label(cls.name), raw_label=cls.name
-            )
-    if not ing.rows and not ing.rejected:
+            found.append((split, cls, rel))
+    if not found and not ing.rejected:
         raise FerdataError(
             f"folder dataset: no images under {source}; expected <root>/<split>/<class>/*.jpg or <root>/<class>/*.jpg"
         )
-    _splits(ing, options, seed)
+    # the path below the class folder: a split/class prefix would make every class its own "subject"
+    inner = {rel: str(PurePosixPath(rel).relative_to(PurePosixPath(cls.relative_to(source).as_posix())))
+             for _, cls, rel in found}  # fmt: skip
+    subjects = choose(options.subject_pattern, list(inner.values()), option=f"{ing.dataset}.subject_pattern")
+    for split, cls, rel in found:
+        subject, video = subjects.read(inner[rel])
+        ing.add_checked(
+            source,
+            path_id(ing.dataset, rel),
+            split,
+            rel,
+            canonical_label(cls.name),
+            raw_label=cls.name,
+            subject_id=subject,
+            video_id=video,
+        )
+    _splits(ing, options, seed, subjects)
     return ing, source
 
 
@@ -164,6 +217,13 @@ def ingest_csv(source: Path, out_dir: Path, *, options: CsvOptions, seed: int = 
     root = root or guess_image_root(table, [(r.get(path_col) or "").strip() for r in rows[:50]])
     split_col = options.split_column
     subject_col = options.subject_column
+    subjects = (
+        Subjects(None, None)  # the column names them
+        if subject_col
+        else choose(
+            options.subject_pattern, [(r.get(path_col) or "").strip() for r in rows], option="csv.subject_pattern"
+        )
+    )
     seen: set[str] = set()
     for n, row in enumerate(rows, 2):
         rel, why = normal_path((row.get(path_col) or "").strip(), root)
@@ -180,14 +240,7 @@ def ingest_csv(source: Path, out_dir: Path, *, options: CsvOptions, seed: int = 
             ing.reject(sid, rel, "unknown_split", f"{table.name} line {n}: {row.get(split_col)!r}")
             continue
         raw = (row.get(label_col) or "").strip()
-        ing.add_checked(
-            root,
-            sid,
-            split,
-            rel,
-            canonical_label(raw),
-            raw_label=raw,
-            subject_id=(row.get(subject_col) or None) if subject_col else None,
-        )
-    _splits(ing, options, seed)
+        subject, video = ((row.get(subject_col) or "").strip() or None, None) if subject_col else subjects.read(rel)
+        ing.add_checked(root, sid, split, rel, canonical_label(raw), raw_label=raw, subject_id=subject, video_id=video)
+    _splits(ing, options, seed, subjects)
     return ing, root

@@ -44,3 +44,26 @@ def fold_groups(groups: Iterable[str], *, folds: int, seed: int) -> np.ndarray:
     groups = [str(g) for g in groups]
     fold_of = {g: i % folds for i, g in enumerate(rank_groups(groups, seed))}
     return np.array([fold_of[g] for g in groups], np.int64)
+
+
+def describe_splits(manifest: pd.DataFrame) -> dict:
+    """How a manifest's splits keep people apart: grouped by subject, video or image, how many groups,
+    and how many subjects (or videos) sit in more than one split (0 for honest splits)."""
+    by = (
+        "subject"
+        if manifest["subject_id"].notna().any()
+        else "video"
+        if manifest["video_id"].notna().any()
+        else "image"
+    )
+    key = {"subject": "subject_id", "video": "video_id"}.get(by)
+    if key is None:
+        return {"by": "image", "groups": len(manifest), "shared_groups": 0, "ungrouped": len(manifest)}
+    known = manifest[manifest[key].notna()]
+    spread = known.groupby(key)["split"].nunique()
+    return {
+        "by": by,
+        "groups": len(spread),
+        "shared_groups": int((spread > 1).sum()),
+        "ungrouped": int(manifest[key].isna().sum()),
+    }
