@@ -242,3 +242,29 @@ def test_a_killed_or_locked_dvc_repro_keeps_the_last_outputs(repo):
     (repo / "params.yaml").write_text(params)
     _dvc(repo, "repro")  # the interrupted work is done again; the outputs match the params once more
     assert "Data and pipelines are up to date" in _dvc(repo, "status")
+
+
+@pytest.mark.slow
+def test_a_bad_experiment_value_fails_before_any_output_is_touched(repo):
+    """`dvc exp run -S train.method=ldl` (a typo) beside a valid change upstream: the first stage DVC runs
+    checks the whole params file and stops, so no stage publishes anything and DVC deletes nothing
+    (before, train's outputs were gone: models/synth/ was empty)."""
+    _dvc(repo, "repro")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "before the bad experiment")  # exp run needs a commit
+    params = (repo / "params.yaml").read_text()
+    outputs = [p for p in (repo / "models/synth").iterdir() if p.is_file() and not p.name.startswith(".")]
+    outputs += [repo / "data/synth/labels.parquet", repo / "data/synth/plan.parquet"]
+    before = {p: p.read_bytes() for p in outputs}
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "noise.ratio=0.2", "-S", "train.method=ldl"],
+        cwd=repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "train.method 'ldl': use one of" in text, text
+    assert {p: p.read_bytes() for p in outputs} == before
+    (repo / "params.yaml").write_text(params)  # what `git checkout params.yaml` does (or use `dvc exp run --temp`)
+    assert "Data and pipelines are up to date" in _dvc(repo, "status")
