@@ -417,4 +417,16 @@ def summarize(table: pd.DataFrame) -> str:
         + ")"
     )
     flags = table["flags"].dropna().str.split(",").explode().value_counts().sort_index()
-    return line + ("; flagged " + ", ".join(f"{k} {v}" for k, v in flags.items()) if len(flags) else "")
+    line += "; flagged " + ", ".join(f"{k} {v}" for k, v in flags.items()) if len(flags) else ""
+    left = int((table["status"] != "ok").sum())
+    if left:
+        line += (
+            f"; the {left} faces not aligned are left out of every later stage (aligned.parquet lists them with "
+            "their reason, the report counts them)"
+            + (
+                "; align.no_face: center_crop keeps undetected faces as centre crops"
+                if (table["status"] == "no_face").any()
+                else ""
+            )
+        )
+    return line

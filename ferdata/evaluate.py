@@ -116,6 +116,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "val_accuracy": ("Validation accuracy vs the clean label", "as the test figure, on validation faces"),
     "val_kl": ("Validation KL to the truth", "as the test figure, on validation faces"),
     "flipped_labels": ("Flipped training labels", "how many training labels the noise stage flipped"),
+    "not_aligned": (
+        "Faces not aligned",
+        "faces of the manifest that align could not use (no face found, unreadable): in no later table",
+    ),
 }
 _WHERE = {"test": "test predictions", "val": "validation predictions", "soft_label": "training soft labels"}
 for _where, _what in _WHERE.items():
@@ -133,8 +137,9 @@ def score(
 ) -> dict[str, float]:
     """The metrics of :data:`METRICS` that the data allow (true distributions, injected noise), by key.
 
-    ``table`` has ``sample_id, split, distribution`` (in ``classes`` order) and ``uncertainty`` (the
-    learned table, the soft labels, any prediction); ``suspected_noisy`` when it has one. ``labels``
+    ``table`` has ``sample_id, split, distribution`` (in ``classes`` order) and an uncertainty (the
+    learned table's ``uncertainty``, or the soft labels' see :func:`uncertainty_of`); ``suspected_noisy``
+    when it has one. ``labels``
     is labels.parquet (canonical ids: label, clean_label, flipped) and ``manifest`` gives ``true_dist``.
     Distributions are renormalised before scoring."""
     df = table.drop(columns=[c for c in ("label", "clean_label", "flipped") if c in table]).merge(
@@ -168,12 +173,21 @@ def score(
     if flipped.any() and (train & ~flipped).any():
         p_given = dist[np.arange(len(df)), given]
         out["noise_auroc"] = auroc(1.0 - p_given[train], flipped[train])
-        out["noise_auroc_uncertainty"] = auroc(df["uncertainty"].to_numpy()[train], flipped[train])
+        out["noise_auroc_uncertainty"] = auroc(uncertainty_of(df)[train], flipped[train])
         if "suspected_noisy" in df:
             suspected = df["suspected_noisy"].to_numpy(bool) & train
             out["suspected_precision"] = float(flipped[suspected].mean()) if suspected.any() else 0.0
         out["flips_recovered"] = float((pred[flipped] == clean[flipped]).mean())
     return {k: out[k] for k in METRICS if k in out}
+
+
+def uncertainty_of(table: pd.DataFrame) -> np.ndarray:
+    """Each row's uncertainty: the learned table's, or a soft-label file's ``method_uncertainty`` where the
+    method learned one (LDLVA's 1 - lambda, AKT's u) and 1 - confidence (normalised entropy) elsewhere."""
+    if "uncertainty" in table:
+        return table["uncertainty"].to_numpy(np.float64)
+    own = table["method_uncertainty"].to_numpy(np.float64)
+    return np.where(np.isnan(own), 1.0 - table["confidence"].to_numpy(np.float64), own)
 
 
 def label_issue_scores(given: np.ndarray, pred_probs: np.ndarray, flipped: np.ndarray) -> dict[str, float]:

@@ -1,15 +1,18 @@
 """The export stage: the soft labels of every face as versioned parquet for other projects.
 
-One row per labelled face: its distribution over the dataset's classes (sums to 1), predicted class,
-confidence (1 - normalised entropy), uncertainty, whether its given label looks wrong, and its VA.
-File metadata names the classes in order and records method, settings hash (over every stage that
-led to it) and model hash.
+One row per labelled face: its image, its distribution over the dataset's classes (sums to 1),
+predicted class, confidence (1 - normalised entropy), the method's own uncertainty where it learned
+one, whether its given label looks wrong, and its VA. Class columns are positions in the file's classes
+(``label_index``, ``predicted_index``), never the manifest's canonical ids. File metadata names the
+classes in order and records method, settings hash (over every stage that led to it) and model hash.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -56,13 +59,14 @@ def soft_label_table(
     dist: np.ndarray,
     classes: list[str],
     *,
-    uncertainty: np.ndarray,
+    images: np.ndarray,
+    method_uncertainty: np.ndarray,
     va: pd.DataFrame,
     method: str,
     margin: float,
 ) -> pd.DataFrame:
-    """Assemble the softlabels table from per-sample arrays (given labels as canonical ids); ``label`` and
-    ``predicted`` become positions into ``classes``, the order of every distribution."""
+    """Assemble the softlabels table from per-sample arrays (given labels as canonical ids); the given and
+    predicted classes become positions into ``classes`` (``*_index``), the order of every distribution."""
     dist = dist / dist.sum(1, keepdims=True)
     given_idx = class_index(given, classes)
     top = dist.argmax(1)
@@ -72,13 +76,14 @@ def soft_label_table(
         {
             "sample_id": ids,
             "split": splits,
-            "label": given_idx,
+            "image": images,
+            "label_index": given_idx,
             "label_name": names[given_idx],
             "distribution": list(dist.astype(np.float32)),
-            "predicted": top,
+            "predicted_index": top,
             "predicted_name": names[top],
             "confidence": (1.0 - normalised_entropy(dist)).astype(np.float32),
-            "uncertainty": np.asarray(uncertainty, np.float32),
+            "method_uncertainty": np.asarray(method_uncertainty, np.float32),
             "suspected_noisy": suspect_noisy(dist, given_idx, margin),
             "valence": va["valence"].to_numpy(np.float32),
             "arousal": va["arousal"].to_numpy(np.float32),
@@ -93,7 +98,7 @@ def export(
     """Write the soft labels of ``data_dir`` from what the trained method learned for every labelled face."""
     with STAGE.start(settings, options, data=data_dir, models=models_dir) as run:
         labels, meta = run.read("labels")
-        _, manifest_meta = run.read("manifest")
+        manifest, manifest_meta = run.read("manifest")
         va, va_meta = run.read("va")
         learned, learned_meta = run.read("learned")
         checkpoint = run.input("model")
@@ -112,13 +117,20 @@ def export(
                 f"{run.input('learned')} lacks faces of labels.parquet (e.g. {missing!r}); re-run `ferdata train`"
             )
         classes = learned_meta["classes"]
+        own = learned_meta.get("own_uncertainty", False) & (rows["split"] == "train").to_numpy()
         table = soft_label_table(
             rows["sample_id"].to_numpy(),
             rows["split"].to_numpy(),
             rows["label"].to_numpy(),
             np.stack(rows["distribution"].to_numpy()).astype(np.float64),
             classes,
-            uncertainty=rows["uncertainty"].to_numpy(),
+            images=image_paths(
+                manifest,
+                manifest_meta,
+                rows["sample_id"],
+                base=os.path.relpath(run.input("manifest").parent.resolve(), Path(data_dir).resolve()),
+            ),
+            method_uncertainty=np.where(own, rows["uncertainty"].to_numpy(), np.nan),
             va=va,
             method=learned_meta["method"],
             margin=run.settings.margin,
@@ -138,6 +150,15 @@ def export(
             },
         )
         return table
+
+
+def image_paths(manifest: pd.DataFrame, meta: dict[str, Any], ids: pd.Series, *, base: str = ".") -> np.ndarray:
+    """Each face's source image as a path relative to the dataset folder (absolute where the images lie
+    outside it, as a CSV's may): what a join with the manifest would give, without one. ``base`` is the
+    manifest's folder relative to the dataset folder (a fork reads its base's manifest)."""
+    root = PurePosixPath(base.replace(os.sep, "/")) / str(meta.get("root", ".")).replace(os.sep, "/")
+    paths = manifest.set_index("sample_id")["path"].reindex(ids)
+    return np.array([posixpath.normpath(str(root / p)) for p in paths], dtype=object)
 
 
 def summarize(table: pd.DataFrame) -> str:

@@ -148,7 +148,7 @@ def plot_va(va: pd.DataFrame, labels: pd.DataFrame, classes: list[str], path: Pa
 
 
 def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Path:
-    """Histogram of the training faces' uncertainty, flipped labels against clean ones."""
+    """Histogram of the training faces' ``uncertainty`` column, flipped labels against clean ones."""
     plt = pyplot()
     df = soft[soft["split"] == "train"].merge(labels[["sample_id", "flipped"]], on="sample_id")
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -194,7 +194,7 @@ def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], pat
         rec = soft.iloc[k]
         ax_img.imshow(images[k])
         dist = np.asarray(rec["distribution"], np.float64)
-        given = int(rec["label"])
+        given = int(rec["label_index"])
         clean = int(rec["clean"]) if "clean" in rec and pd.notna(rec["clean"]) else given
         bars = ax_bar.barh(
             np.arange(len(classes)), dist, color=["#d62728" if i == given else "#1f77b4" for i in range(len(classes))]

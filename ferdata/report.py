@@ -17,7 +17,7 @@ from ferdata.core.io import atomic_file, write_json
 from ferdata.core.settings import Settings, option
 from ferdata.core.stage import Stage
 from ferdata.core.tables import TABLES
-from ferdata.evaluate import METRICS, score
+from ferdata.evaluate import METRICS, score, uncertainty_of
 
 FIGURES = ("fig_curves", "fig_class_balance", "fig_confusion", "fig_va", "fig_uncertainty", "fig_ambiguous")
 
@@ -35,7 +35,7 @@ STAGE = Stage(
     "Write metrics.json, figures and the report page.",
     __name__,
     ReportSettings,
-    reads=("softlabels", "labels", "manifest", "va", "shards"),
+    reads=("softlabels", "labels", "manifest", "va", "shards", "aligned"),
     may_read=("train_log",),  # the training curves, when the models folder is given
     writes=("metrics", "predictions", "report_page", *FIGURES),
 )
@@ -93,6 +93,9 @@ def report(
         manifest, man_meta = run.read("manifest")
         classes = meta["classes"]
         metrics = score(soft, labels, manifest, classes)
+        aligned, _ = run.read("aligned")
+        left = aligned[aligned["status"] != "ok"]
+        metrics["not_aligned"] = len(left)
         write_json(metrics, run.output("metrics"))
         figures.plot_class_balance(labels, classes, run.output("fig_class_balance"))
         split = next((s for s in ("test", "val", "train") if (soft["split"] == s).any()), "train")
@@ -101,7 +104,7 @@ def report(
         if len(rows) and rows["true_dist"].notna().all():
             truth, what = np.stack(rows["true_dist"].to_numpy()).argmax(1), "argmax of the true distribution"
         else:
-            truth, what = rows["label"].to_numpy(np.int64), f"{split} label"
+            truth, what = rows["label_index"].to_numpy(np.int64), f"{split} label"
         title = f"{split.capitalize()} confusion ({what})"
         figures.plot_confusion(confusion(truth, pred, len(classes)), classes, title, run.output("fig_confusion"))
         write_predictions(rows["sample_id"], truth, pred, classes, run.output("predictions"))
@@ -114,7 +117,9 @@ def report(
         pictures.append(
             (
                 "Uncertainty of training soft labels, flipped vs clean",
-                figures.plot_uncertainty(soft, labels, run.output("fig_uncertainty")),
+                figures.plot_uncertainty(
+                    soft.assign(uncertainty=uncertainty_of(soft)), labels, run.output("fig_uncertainty")
+                ),
             )
         )
         ambiguous = figures.most_ambiguous(soft, run.settings.gallery)
@@ -137,6 +142,7 @@ def report(
             ("Method", str(meta.get("method"))),
             ("Injected noise", f"{float(noise.get('ratio') or 0):.0%} of training labels, {noise.get('mode')}"),
             ("Splits", describe_split_groups(man_meta.get("splits_by"), dataset)),
+            ("Faces not aligned", describe_not_aligned(left, len(aligned))),
             ("Settings hash", str(meta.get("settings_hash"))),
         ]
         figures.write_html(
@@ -149,6 +155,15 @@ def report(
             figures=pictures,
         )
         return metrics
+
+
+def describe_not_aligned(left: pd.DataFrame, total: int) -> str:
+    """The faces align could not use, counted by reason, with where they are listed and the fix."""
+    if left.empty:
+        return f"none (all {total} faces of the manifest were aligned)"
+    reasons = ", ".join(f"{k} {v}" for k, v in left["status"].value_counts().sort_index().items())
+    line = f"{len(left)} of {total} ({reasons}): in no soft label; aligned.parquet lists them with their reason"
+    return line + ("; align.no_face: center_crop keeps undetected faces" if (left["status"] == "no_face").any() else "")
 
 
 def describe_split_groups(info: dict[str, Any] | None, dataset: str) -> str:

@@ -17,7 +17,15 @@ def test_soft_labels_contract(trained_dir):
     assert df["sample_id"].tolist() == labels["sample_id"].tolist()
     dist = np.stack(df["distribution"].to_numpy())
     assert dist.shape == (len(df), 7) and np.abs(dist.sum(1) - 1).max() < 1e-5
-    assert df["confidence"].between(0, 1).all() and df["uncertainty"].between(0, 1).all()
+    assert df["confidence"].between(0, 1).all()
+    assert df["method_uncertainty"].isna().all()  # CE learns no uncertainty of its own: none is made up
+    manifest, meta = read_table(trained_dir / "manifest.parquet", "manifest")
+    where = manifest.set_index("sample_id").loc[df["sample_id"]]
+    assert [trained_dir / p for p in df["image"]] == [trained_dir / meta["root"] / p for p in where["path"]]
+    assert all((trained_dir / p).is_file() for p in df["image"])
+    assert "label" not in df and "predicted" not in df  # never confused with the manifest's canonical label
+    classes = df.attrs["classes"]
+    assert [classes[i] for i in df["label_index"]] == df["label_name"].tolist()
     assert df.attrs["classes"][1] == "happy" and df.attrs["version"] == ferdata.__version__
     assert df.attrs["method"] == "ce" and len(df.attrs["model_hash"]) == 64
     # what train.precision: auto became, next to the settings that asked for it
@@ -135,7 +143,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 import ferdata
 df = ferdata.load_soft_labels({str(trained_dir / "softlabels.parquet")!r})
-print(len(df), df.attrs["classes"][df["label"].iloc[0]] == df["label_name"].iloc[0])
+print(len(df), df.attrs["classes"][df["label_index"].iloc[0]] == df["label_name"].iloc[0])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -231,3 +239,24 @@ def test_export_refuses_a_model_that_did_not_write_the_learned_table(trained_dir
         assert not (copy / "softlabels.parquet").exists()
     model.write_bytes(good)
     assert len(export(copy, copy / "models")) > 0
+
+
+def test_method_uncertainty_is_the_method_s_own_on_training_faces_only(trained_dir, tmp_path):
+    """One column, one meaning: LDLVA's 1 - lambda on training faces, null on val/test faces (where the
+    only uncertainty there is would be 1 - confidence, already a column)."""
+    import shutil
+
+    from ferdata.export import export
+    from ferdata.train.loop import train
+    from ferdata.train.settings import TrainSettings
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data, ignore=shutil.ignore_patterns("models", "softlabels.parquet"))
+    train(data, tmp_path / "m", TrainSettings(method="ldlva", epochs=1, batch_size=8, image_size=32))
+    df = export(data, tmp_path / "m")
+    own = df["method_uncertainty"]
+    train_rows = (df["split"] == "train").to_numpy()
+    assert own[train_rows].notna().all() and own[train_rows].between(0, 1).all()
+    assert own[~train_rows].isna().all()
+    learned, _ = read_table(tmp_path / "m" / "learned.parquet", "learned")
+    assert np.allclose(own[train_rows], learned.set_index("sample_id").loc[df["sample_id"][train_rows], "uncertainty"])

@@ -67,11 +67,12 @@ def test_your_own_faces_through_the_custom_pipeline(tmp_path_factory):
     assert soft.attrs["method"] == params["train"]["method"] == "arbex"  # the pipeline's method, not the root's
     labels = pd.read_parquet(repo / "data/custom/labels.parquet").set_index("sample_id").loc[soft["sample_id"]]
     given = [CANONICAL[i] for i in labels["label"]]
-    assert [classes[i] for i in soft["label"]] == given == soft["label_name"].tolist()  # label indexes classes
+    assert [classes[i] for i in soft["label_index"]] == given == soft["label_name"].tolist()  # indexes classes
     dist = np.stack(soft["distribution"].to_numpy())
-    p_given = dist[np.arange(len(soft)), soft["label"].to_numpy()]
+    p_given = dist[np.arange(len(soft)), soft["label_index"].to_numpy()]
     assert np.allclose(p_given, [d[classes.index(g)] for d, g in zip(dist, given)])
-    assert (soft["predicted"].to_numpy() == dist.argmax(1)).all()
+    assert (soft["predicted_index"].to_numpy() == dist.argmax(1)).all()
+    assert all((repo / "data/custom" / p).is_file() for p in soft["image"])  # the image, without a join
     assert not labels["flipped"].any()  # noise 0: not synth's 0.3
     aligned = pd.read_parquet(repo / "data/custom/aligned.parquet")
     assert set(aligned["detector"]) == {"none"} and soft["sample_id"].str.startswith("custom-").all()

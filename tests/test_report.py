@@ -56,3 +56,47 @@ def test_collect_sweep_makes_one_table_and_a_curve(tmp_path):
     assert (tmp_path / "summary/noise_recovery.png").stat().st_size > 10_000
     with pytest.raises(FerdataError, match="no \\*/\\*/metrics.json"):
         collect_sweep(tmp_path / "summary")
+
+
+def test_faces_align_could_not_use_are_counted_named_and_kept_out(trained_dir, tmp_path):
+    """Two faces lose their landmarks: align leaves them out and says where they are listed; the export
+    has no row for them and the report counts them (before, they vanished from every output)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ferdata.cli import app
+    from ferdata.core.io import INTEGRITY_KEYS, read_table, write_table
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data, ignore=shutil.ignore_patterns("models", "softlabels.parquet"))
+    manifest, meta = read_table(data / "manifest.parquet", "manifest")
+    lost = manifest["sample_id"].iloc[:2].tolist()
+    manifest.loc[manifest["sample_id"].isin(lost), "landmarks"] = None
+    meta = {k: v for k, v in meta.items() if k not in INTEGRITY_KEYS}
+    write_table(manifest, data / "manifest.parquet", "manifest", meta)
+    run = CliRunner()
+    out = run.invoke(app, ["align", "--data", str(data), "--detector", "landmarks", "--workers", "1"])
+    assert out.exit_code == 0 and "the 2 faces not aligned are left out of every later stage" in out.output
+    for argv in (["shard"], ["noise"], ["sample", "--per-video", "3"], ["va", "--k", "3"]):
+        assert run.invoke(app, [*argv, "--data", str(data)]).exit_code == 0
+    argv = ["--data", str(data), "--models", str(tmp_path / "m")]
+    assert run.invoke(app, ["train", *argv, "--epochs", "1", "--batch-size", "8", "--image-size", "32"]).exit_code == 0
+    assert run.invoke(app, ["export", *argv]).exit_code == 0
+    soft, _ = read_table(data / "softlabels.parquet", "softlabels")
+    assert not set(lost) & set(soft["sample_id"])
+    metrics = report(data, tmp_path / "r", models_dir=tmp_path / "m")
+    assert metrics["not_aligned"] == 2
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "2 of 48 (no_landmarks 2): in no soft label; aligned.parquet lists them with their reason" in page
+
+
+def test_undetected_faces_name_the_centre_crop_option():
+    import pandas as pd
+
+    from ferdata.report import describe_not_aligned
+
+    left = pd.DataFrame({"status": ["no_face", "no_face", "unreadable"]})
+    line = describe_not_aligned(left, 10)
+    assert line.startswith("3 of 10 (no_face 2, unreadable 1)") and "align.no_face: center_crop" in line
+    assert describe_not_aligned(left.iloc[:0], 10) == "none (all 10 faces of the manifest were aligned)"

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: softlabels label/predicted are positions into the file's classes
+SCHEMA_VERSION = "3"  # 2: softlabels label/predicted are positions into the file's classes; 3: named *_index,
+# with the image path, and method_uncertainty (null where the method learned none) in place of uncertainty
 
 FOLDERS = ("data", "models", "reports", "repo")  # data/<ds>, models/<ds>, reports/<ds>, the repository root
 
@@ -207,13 +208,14 @@ TABLES: dict[str, Table] = _tables(
             [
                 _id,
                 pa.field("split", pa.string(), nullable=False),
-                pa.field("label", pa.int16()),  # position in the file's classes
+                pa.field("image", pa.string(), nullable=False),  # relative to the dataset folder (or absolute)
+                pa.field("label_index", pa.int16()),  # position in the file's classes (not a canonical id)
                 pa.field("label_name", pa.string()),
                 pa.field("distribution", pa.list_(_f32), nullable=False),
-                pa.field("predicted", pa.int16(), nullable=False),  # position in the file's classes
+                pa.field("predicted_index", pa.int16(), nullable=False),  # position in the file's classes
                 pa.field("predicted_name", pa.string(), nullable=False),
                 pa.field("confidence", _f32, nullable=False),
-                pa.field("uncertainty", _f32, nullable=False),
+                pa.field("method_uncertainty", _f32),  # the method's own, training faces; null elsewhere
                 pa.field("suspected_noisy", pa.bool_(), nullable=False),
                 pa.field("valence", _f32),
                 pa.field("arousal", _f32),

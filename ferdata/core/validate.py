@@ -177,12 +177,14 @@ def _learned(df: pd.DataFrame, meta: dict[str, Any], where: Where | None) -> tup
 
 def _softlabels(df: pd.DataFrame, meta: dict[str, Any], where: Where | None) -> tuple[pd.DataFrame, list]:
     gxe = _gxe()
-    data, exp = _distributions(df, meta, ("confidence", "uncertainty"))
+    data, exp = _distributions(df, meta, ("confidence",))
     positions = list(range(len(meta["classes"])))
-    data["predicted"], data["label"] = df["predicted"], df["label"]
+    data["predicted_index"], data["label_index"] = df["predicted_index"], df["label_index"]
+    data["method_uncertainty"] = df["method_uncertainty"]
     exp += [
-        gxe.ExpectColumnValuesToBeInSet(column="predicted", value_set=positions),
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=positions),
+        gxe.ExpectColumnValuesToBeInSet(column="predicted_index", value_set=positions),
+        gxe.ExpectColumnValuesToBeInSet(column="label_index", value_set=positions),
+        gxe.ExpectColumnValuesToBeBetween(column="method_uncertainty", min_value=0.0, max_value=1.0),  # nulls pass
     ]
     return data, exp
 

@@ -439,6 +439,7 @@ def train(
             save_checkpoint(fitted.model, fitted.method, run.output("model"), about)
             meta = {"classes": data.classes, "method": cfg.method, "engine": fitted.engine, "calibration": calibration}
             meta["model_hash"] = file_sha256(run.output("model"))  # export checks it is this model it stamps
+            meta["own_uncertainty"] = not fitted.method.uncertainty_is_entropy  # train rows: 1 - lambda, u, ...
             run.write(fitted.learned, "learned", meta)
             write_json({"epochs": fitted.log}, run.output("train_log"))  # plot data; the settings are params
         leave_distributed()
