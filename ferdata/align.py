@@ -367,7 +367,7 @@ def align(
         run.then_remove.append(work)  # the work folder goes with the publication, not before
     if not (table["status"] == "ok").any():  # published, so its reasons can be read; but nothing can go on
         raise FerdataError(
-            f"no face of {data_dir} could be aligned ({summarize(table)}); read the reason column of "
+            f"no face of {data_dir} could be aligned ({counts(table)}); read the reason column of "
             f"{data_dir / TABLES['aligned'].file}, then change align.detector (mtcnn for photos, none "
             "for aligned crops) and run `ferdata align` again"
         )
@@ -404,29 +404,32 @@ def _align_chunks(run: Run, settings: AlignSettings, work: Path, todo: list[tupl
 
 
 def summarize(table: pd.DataFrame) -> str:
-    """One line: how many faces per status and per flag (and how far a partial run is)."""
+    """One line: how many faces per status and per flag (and how far a partial run is), and where the
+    faces not aligned went."""
+    line = counts(table)
+    left = int((table["status"] != "ok").sum()) if "total" not in table.attrs else 0
+    if left:
+        line += (
+            f"; the {left} faces not aligned are left out of every later stage (aligned.parquet lists them with "
+            "their reason, the report counts them)"
+        )
+        if (table["status"] == "no_face").any():
+            line += "; align.no_face: center_crop keeps undetected faces as centre crops"
+    return line
+
+
+def counts(table: pd.DataFrame) -> str:
+    """How many faces per status and per flag (and how far a partial run is)."""
     if "total" in table.attrs:
         return (
             f"aligned {len(table)}/{table.attrs['total']} faces so far; run `ferdata align` again (or the other "
             "parts) to finish"
         )
-    counts = table["status"].value_counts().sort_index()
+    per_status = table["status"].value_counts().sort_index()
     line = (
         f"aligned {int((table['status'] == 'ok').sum())}/{len(table)} faces ("
-        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + ", ".join(f"{k} {v}" for k, v in per_status.items())
         + ")"
     )
     flags = table["flags"].dropna().str.split(",").explode().value_counts().sort_index()
-    line += "; flagged " + ", ".join(f"{k} {v}" for k, v in flags.items()) if len(flags) else ""
-    left = int((table["status"] != "ok").sum())
-    if left:
-        line += (
-            f"; the {left} faces not aligned are left out of every later stage (aligned.parquet lists them with "
-            "their reason, the report counts them)"
-            + (
-                "; align.no_face: center_crop keeps undetected faces as centre crops"
-                if (table["status"] == "no_face").any()
-                else ""
-            )
-        )
-    return line
+    return line + ("; flagged " + ", ".join(f"{k} {v}" for k, v in flags.items()) if len(flags) else "")
