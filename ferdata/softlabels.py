@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -51,14 +52,29 @@ def _load_versioned(path: str, *, repo: str | None, rev: str | None) -> pd.DataF
     where = f"{path} at {rev or 'HEAD'} of {repo or 'this repository'}"
     with tempfile.TemporaryDirectory(prefix="ferdata-softlabels-") as tmp:
         local = Path(tmp) / Path(path).name
-        try:
-            with dvc.api.open(path, repo=repo, rev=rev, mode="rb") as src:
-                local.write_bytes(src.read())
-        except Exception as exc:  # dvc raises many kinds (missing rev, path, cache): one line for all
-            raise FerdataError(f"cannot read {where}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        for i, each in enumerate(candidates := _revisions(path, rev)):
+            try:
+                with dvc.api.open(path, repo=repo, rev=each, mode="rb") as src:
+                    local.write_bytes(src.read())
+                break
+            except Exception as exc:  # dvc raises many kinds (missing rev, path, cache): one line for all
+                if i == len(candidates) - 1:
+                    tried = f" (tried {', '.join(map(str, candidates))})" if len(candidates) > 1 else ""
+                    line = f"cannot read {where}{tried}: {type(exc).__name__}: {exc}"
+                    raise FerdataError(" ".join(line.split())) from exc
         df = load_soft_labels(local)
     df.attrs["source"] = where
     return df
+
+
+def _revisions(path: str, rev: str | None) -> list[str | None]:
+    """``rev`` as given, then, for a bare version (``v1.0.0`` or ``1.0.0``), the artifact's version tag
+    (``synth-softlabels@v1.0.0``, as ``dvc artifacts get --rev v1.0.0`` reads it)."""
+    out: list[str | None] = [rev]
+    parts = PurePosixPath(path).parts
+    if rev and re.fullmatch(r"v?\d+(\.\d+)*", rev) and len(parts) >= 3 and parts[-1] == "softlabels.parquet":
+        out.append(f"{parts[-2]}-softlabels@{rev if rev.startswith('v') else 'v' + rev}")
+    return out
 
 
 def trained_on(engine: dict) -> str:

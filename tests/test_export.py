@@ -148,6 +148,16 @@ print(len(df), df.attrs["classes"][df["label_index"].iloc[0]] == df["label_name"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["48", "True"]
+    block = code.split("import ferdata")[0]  # the same machine, for the `ferdata` command
+    soft = str(trained_dir / "softlabels.parquet")
+    for argv, rc, says in (
+        (["describe", soft], 0, "ce"),  # describe works without the pipeline extra
+        (["align", "--data", "x"], 1, "pip install 'ferdata[pipeline]'"),  # the rest names it, in one line
+    ):
+        run = block + f"from ferdata.entry import main\nmain({argv!r})\n"
+        out = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True)
+        assert out.returncode == rc and says in out.stdout + out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert rc == 0 or len(out.stderr.strip().splitlines()) == 1
 
 
 def _git(repo, *args):
@@ -191,6 +201,12 @@ def test_load_soft_labels_by_revision_of_another_repository(trained_dir, tmp_pat
     assert revs[0] in first.attrs["source"]
     with pytest.raises(FerdataError, match="cannot read data/ds/softlabels.parquet at nope of "):
         ferdata.load_soft_labels(rel, repo=str(repo), rev="nope")
+    _git(repo, "tag", "-a", "ds-softlabels@v1.0.0", revs[0], "-m", "the first soft labels")  # an artifact version
+    for short in ("v1.0.0", "1.0.0"):  # as `dvc artifacts get --rev v1.0.0` takes it
+        again = ferdata.load_soft_labels(rel, repo=str(repo), rev=short)
+        assert np.allclose(np.stack(again["distribution"].to_numpy()), np.stack(first["distribution"].to_numpy()))
+    with pytest.raises(FerdataError, match=r"at v9 of .* \(tried v9, ds-softlabels@v9\)"):
+        ferdata.load_soft_labels(rel, repo=str(repo), rev="v9")
 
 
 def test_a_soft_label_file_says_what_produced_it(trained_dir, tmp_path):
