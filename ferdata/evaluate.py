@@ -87,6 +87,11 @@ METRICS: dict[str, tuple[str, str]] = {
         "share of test faces whose predicted class is the top class of their true label distribution",
     ),
     "test_accuracy": ("Test accuracy vs the clean label", "share of test faces whose predicted class is their label"),
+    "majority_baseline_accuracy": (
+        "Majority-class baseline",
+        "test accuracy of always answering the most frequent training label (vs the true distribution's "
+        "top class where every test face has one, else the clean label): what the accuracies above must beat",
+    ),
     "test_kl": ("Test KL to the truth", "mean KL(true distribution || prediction) on test faces; 0 is perfect"),
     "soft_label_kl": (
         "Soft-label KL to the truth",
@@ -168,6 +173,13 @@ def score(
         for name, values in distances(true, dist[rows]).items():
             out[f"{where}_{name}"] = float(values.mean())
     train = split == "train"
+    test = split == "test"
+    if test.any() and train.any():
+        majority = np.bincount(given[train & (given >= 0)], minlength=len(classes)).argmax()
+        reference = clean[test]
+        if has_true[test].all():
+            reference = np.stack(df.loc[test, "true_dist"].to_numpy()).argmax(1)
+        out["majority_baseline_accuracy"] = float((reference == majority).mean())
     flipped = df["flipped"].to_numpy(bool) & train
     out["flipped_labels"] = int(flipped.sum())
     if flipped.any() and (train & ~flipped).any():

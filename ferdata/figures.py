@@ -19,6 +19,14 @@ from ferdata.core.stage import Stage
 COLOURS = ("#7f7f7f", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#d62728", "#e377c2")
 
 
+def class_colour(name: str) -> str:
+    """One colour per canonical class (neutral grey, happy green, ...), the same on every report page
+    whatever subset of classes a dataset has."""
+    from ferdata.core.classes import CANONICAL
+
+    return COLOURS[CANONICAL.index(name) % len(COLOURS)] if name in CANONICAL else "#17becf"
+
+
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
@@ -130,9 +138,7 @@ def plot_va(va: pd.DataFrame, labels: pd.DataFrame, classes: list[str], path: Pa
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for i, name in enumerate(classes):
         m = idx == i
-        ax.scatter(
-            df.loc[m, "valence"], df.loc[m, "arousal"], s=6, alpha=0.5, color=COLOURS[i % len(COLOURS)], label=name
-        )
+        ax.scatter(df.loc[m, "valence"], df.loc[m, "arousal"], s=6, alpha=0.5, color=class_colour(name), label=name)
     ax.set(
         xlim=(-1.05, 1.05),
         ylim=(-1.05, 1.05),
@@ -153,11 +159,12 @@ def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Pa
     df = soft[soft["split"] == "train"].merge(labels[["sample_id", "flipped"]], on="sample_id")
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(0, 1, 31)
+    noisy = bool(df["flipped"].any())
     ax.hist(
         df.loc[~df["flipped"], "uncertainty"],
         bins=bins,
         alpha=0.6,
-        label=f"clean ({(~df['flipped']).sum()})",
+        label=f"clean ({(~df['flipped']).sum()})" if noisy else f"training faces ({len(df)}, no injected noise)",
         density=True,
     )
     if df["flipped"].any():
@@ -168,17 +175,16 @@ def plot_uncertainty(soft: pd.DataFrame, labels: pd.DataFrame, path: Path) -> Pa
             label=f"flipped ({df['flipped'].sum()})",
             density=True,
         )
-    ax.set(
-        xlabel="uncertainty of the exported soft label", ylabel="density", title="Uncertainty: flipped vs clean labels"
-    )
+    title = "Uncertainty: flipped vs clean labels" if noisy else "Uncertainty of the training soft labels"
+    ax.set(xlabel="uncertainty of the exported soft label", ylabel="density", title=title)
     ax.legend()
     fig.tight_layout()
     return save_png(fig, path)
 
 
-def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], path: Path) -> Path:
+def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], path: Path, *, noisy: bool = True) -> Path:
     """The most ambiguous training faces beside their soft labels, two faces a row: the given label in
-    red, the clean one (before injected noise) outlined, flipped labels said so in the title."""
+    red; with injected noise, the clean one outlined and flipped labels said so in the title."""
     plt = pyplot()
     n, per_row = len(soft), 2
     rows = -(-n // per_row)
@@ -205,9 +211,9 @@ def plot_gallery(soft: pd.DataFrame, images: np.ndarray, classes: list[str], pat
         ax_bar.invert_yaxis()
         ax_bar.set_xlim(0, 1)
         ax_bar.tick_params(axis="x", labelsize=9)
-        flipped = f"flipped from {classes[clean]}" if clean != given else "not flipped"
-        ax_bar.set_title(f"given {classes[given]} ({flipped})", fontsize=10, loc="left")
-    fig.suptitle("Red: the given label; outlined: the clean label", fontsize=11)
+        flipped = f" (flipped from {classes[clean]})" if clean != given else " (not flipped)" if noisy else ""
+        ax_bar.set_title(f"given {classes[given]}{flipped}", fontsize=10, loc="left")
+    fig.suptitle("Red: the given label; outlined: the clean label" if noisy else "Red: the given label", fontsize=11)
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -231,14 +237,27 @@ def write_html(
     metrics: dict[str, float],
     names: dict[str, tuple[str, str]],
     figures: list[tuple[str, Path]],
+    tables: list[tuple[str, pd.DataFrame]] = (),
 ) -> Path:
     """One self-contained page (figures inlined as data URIs, no script, nothing fetched): a headline,
-    what was run, every metric by name with its meaning, then the figures."""
+    what was run, every metric by name with its meaning, the tables (e.g. the suspected labels), then
+    the figures."""
     about = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in context)
     rows = "".join(
         f"<tr><th>{html.escape(names[k][0])}</th><td class=v>{html.escape(_fmt(v))}</td>"
         f"<td class=m>{html.escape(names[k][1])} <code>{html.escape(k)}</code></td></tr>"
         for k, v in metrics.items()
+    )
+    listed = "".join(
+        f"<h2>{html.escape(caption)}</h2><table><tr>"
+        + "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+        + "</tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+            for row in df.itertuples(index=False)
+        )
+        + "</table>"
+        for caption, df in tables
     )
     body = "".join(
         f"<figure><figcaption>{html.escape(caption)}</figcaption>"
@@ -263,6 +282,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 <table>{about}</table>
 <h2>Metrics</h2>
 <table>{rows}</table>
+{listed}
 {body}
 </body></html>
 """
@@ -272,7 +292,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float | np.floating) else str(value)
 
 
 VEGA_LITE = "5.21"  # DVC's plot templates are Vega-Lite 5 specs

@@ -35,7 +35,7 @@ STAGE = Stage(
     "Write metrics.json, figures and the report page.",
     __name__,
     ReportSettings,
-    reads=("softlabels", "labels", "manifest", "va", "shards", "aligned"),
+    reads=("softlabels", "labels", "manifest", "va", "shards", "aligned", "rejected"),
     may_read=("train_log",),  # the training curves, when the models folder is given
     writes=("metrics", "predictions", "report_page", *FIGURES),
 )
@@ -122,6 +122,7 @@ def report(
                 ),
             )
         )
+        noisy = bool(labels["flipped"].any())
         ambiguous = figures.most_ambiguous(soft, run.settings.gallery)
         clean = labels.set_index("sample_id")["clean_label"].reindex(ambiguous["sample_id"])
         ambiguous = ambiguous.assign(clean=class_index(clean.to_numpy(), classes))
@@ -132,15 +133,28 @@ def report(
             pictures.append(
                 (
                     f"The {len(ambiguous)} most ambiguous training faces and their soft labels",
-                    figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous")),
+                    figures.plot_gallery(ambiguous, images, classes, run.output("fig_ambiguous"), noisy=noisy),
                 )
             )
         dataset = man_meta.get("dataset", Path(data_dir).name)
         noise = meta.get("noise") or {}
+        trained = meta.get("train") or {}
+        rejected, _ = run.read("rejected")
+        reasons = ", ".join(f"{k} {v}" for k, v in rejected["reason"].value_counts().sort_index().items())
         context = [
             ("Dataset", f"{dataset}: {len(soft)} labelled faces, {len(classes)} classes ({', '.join(classes)})"),
-            ("Method", str(meta.get("method"))),
-            ("Injected noise", f"{float(noise.get('ratio') or 0):.0%} of training labels, {noise.get('mode')}"),
+            (
+                "Model",
+                f"{meta.get('method')}, backbone {trained.get('backbone')}, {trained.get('epochs')} epochs at "
+                f"{trained.get('image_size')} px; ferdata {meta.get('version')}",
+            ),
+            (
+                "Injected noise",
+                f"{float(noise.get('ratio') or 0):.0%} of training labels, {noise.get('mode')}"
+                if noisy or float(noise.get("ratio") or 0) > 0
+                else "none: the labels as the dataset gives them",
+            ),
+            ("Rejected at download", f"{len(rejected)} ({reasons})" if len(rejected) else "none"),
             ("Splits", describe_split_groups(man_meta.get("splits_by"), dataset)),
             ("Faces not aligned", describe_not_aligned(left, len(aligned))),
             ("Settings hash", str(meta.get("settings_hash"))),
@@ -153,8 +167,42 @@ def report(
             metrics=metrics,
             names=METRICS,
             figures=pictures,
+            tables=[suspected_table(soft, labels, classes, noisy=noisy)],
         )
         return metrics
+
+
+SUSPECTED_ROWS = 30
+
+
+def suspected_table(
+    soft: pd.DataFrame, labels: pd.DataFrame, classes: list[str], *, noisy: bool
+) -> tuple[str, pd.DataFrame]:
+    """The training labels most likely wrong, as cleanlab users expect them: ``suspected_noisy`` faces
+    ranked by the probability of their given label, lowest first, with their image paths."""
+    train = soft[(soft["split"] == "train") & soft["suspected_noisy"]].copy()
+    dist = np.stack(train["distribution"].to_numpy()) if len(train) else np.zeros((0, len(classes)))
+    train["p_given"] = dist[np.arange(len(train)), train["label_index"].to_numpy()] if len(train) else []
+    train = train.sort_values(["p_given", "sample_id"], kind="stable")
+    top = train.head(SUSPECTED_ROWS)
+    table = pd.DataFrame(
+        {
+            "rank": np.arange(1, len(top) + 1),
+            "sample_id": top["sample_id"].to_numpy(),
+            "image": top["image"].to_numpy(),
+            "given": top["label_name"].to_numpy(),
+            "suggested": top["predicted_name"].to_numpy(),
+            "p(given)": top["p_given"].to_numpy(np.float64),
+            "confidence": top["confidence"].to_numpy(np.float64),
+        }
+    )
+    if noisy:  # the truth is known: say which suspicions are right
+        table["flipped"] = labels.set_index("sample_id")["flipped"].reindex(top["sample_id"]).to_numpy()
+    caption = (
+        f"Training labels most likely wrong: {len(train)} suspected (suspected_noisy), the first "
+        f"{len(top)} by the probability of their given label"
+    )
+    return caption, table
 
 
 def describe_not_aligned(left: pd.DataFrame, total: int) -> str:

@@ -100,6 +100,9 @@ def test_score_against_hand_computed_values():
     assert m["test_chebyshev"] == pytest.approx(np.mean([0.8 + 0.2 / 3 - 0.3, 0.8 + 0.2 / 3 - 0.7]))
     assert m["test_intersection"] == pytest.approx(np.minimum(true, pred).sum(1).mean())
     assert {"soft_label_kl", "val_kl", "soft_label_cosine"} <= set(m)
+    assert m["majority_baseline_accuracy"] == 0.0  # training labels' majority: happy; the test faces are sad, neutral
+    labels = labels.assign(label=[0, 0, 2, 1, 1, 2, 0])  # now neutral is the majority: right for one of two
+    assert score(table, labels, manifest, classes)["majority_baseline_accuracy"] == 0.5
 
 
 def test_score_takes_given_labels_from_the_labels_table_not_the_scored_one():

@@ -100,3 +100,38 @@ def test_undetected_faces_name_the_centre_crop_option():
     line = describe_not_aligned(left, 10)
     assert line.startswith("3 of 10 (no_face 2, unreadable 1)") and "align.no_face: center_crop" in line
     assert describe_not_aligned(left.iloc[:0], 10) == "none (all 10 faces of the manifest were aligned)"
+
+
+def test_a_report_on_labels_without_injected_noise_reads_as_a_dataset_not_a_simulation(trained_dir, tmp_path):
+    import shutil
+
+    from ferdata.export import export
+    from ferdata.noise import noise
+    from ferdata.sample import sample
+    from ferdata.train.loop import train
+    from ferdata.train.settings import TrainSettings
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data, ignore=shutil.ignore_patterns("models", "softlabels.parquet"))
+    noise(data, ratio=0.0)
+    sample(data, epochs=2, per_video=3)
+    train(data, tmp_path / "m", TrainSettings(epochs=2, batch_size=8, image_size=32, lr=0.01))
+    soft = export(data, tmp_path / "m", margin=0.0)  # margin 0: every disagreement is suspected
+    metrics = report(data, tmp_path / "r", models_dir=tmp_path / "m")
+    assert 0 <= metrics["majority_baseline_accuracy"] <= 1 and "noise_auroc" not in metrics
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "none: the labels as the dataset gives them" in page and "Injected noise</th><td>0%" not in page
+    assert "small_cnn, 2 epochs at 32 px" in page and "Rejected at download</th><td>none" in page
+    suspected = soft[(soft["split"] == "train") & soft["suspected_noisy"]]
+    assert f"Training labels most likely wrong: {len(suspected)} suspected" in page
+    first = suspected.assign(p=[d[i] for d, i in zip(suspected["distribution"], suspected["label_index"])])
+    first = first.sort_values(["p", "sample_id"]).iloc[0]
+    assert f"<td>1</td><td>{first['sample_id']}</td><td>{first['image']}</td>" in page  # ranked, with its image
+    assert "<th>flipped</th>" not in page  # no truth to compare with
+
+
+def test_class_colours_are_fixed_per_canonical_class():
+    from ferdata.figures import class_colour
+
+    assert class_colour("happy") == class_colour("happy") != class_colour("sad")
+    assert class_colour("neutral") == "#7f7f7f"
