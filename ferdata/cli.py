@@ -385,6 +385,20 @@ def pipeline(
 
 @app.command()
 @fail_cleanly
+def init(
+    name: str = typer.Argument(..., help="a name for your faces (letters, digits, - and _)"),
+    source: str = typer.Option("", "--from", help="your folder, archive or CSV (download.source)"),
+) -> None:
+    """Write pipelines/<name>/params.yaml for your own faces (the custom pipeline's settings, renamed)."""
+    from ferdata.stages import init_pipeline, write_pipeline
+
+    params = init_pipeline(name, source)
+    out = write_pipeline(name)
+    typer.echo(f"wrote {params} and {out}; check download.source and align.detector there, then: dvc repro {out}")
+
+
+@app.command()
+@fail_cleanly
 def validate(
     path: Path = typer.Argument(..., help="a ferdata parquet table (manifest, va, labels, knn, softlabels, ...)"),
 ) -> None:

@@ -133,7 +133,8 @@ def download_real(
     source = settings.source
     if not source:
         raise UsageError(
-            f"{name} needs --from PATH_OR_URL (an archive or folder holding {adapter.expected}); {adapter.where}"
+            f"{name} needs a source: set download.source in its params file or give --from PATH_OR_URL (an "
+            f"archive or folder holding {adapter.expected}); {adapter.where}"
         )
     staged = (lambda: run.output("extracted")) if run is not None else None
     root = resolve_source(
@@ -358,4 +359,15 @@ def summarize(df: pd.DataFrame) -> str:
         line += "; rejected 0"
     for note in df.attrs.get("notes") or []:
         line += f"; {note}"
+    train = df.loc[df["split"] == "train", "label"].value_counts()
+    few = {CANONICAL[int(k)]: int(train.get(k, 0)) for k in classes.index if train.get(k, 0) < FEW_FACES}
+    if few:
+        line += (
+            f"; WARNING classes with fewer than {FEW_FACES} training faces ("
+            + ", ".join(f"{k} {v}" for k, v in few.items())
+            + "): their accuracy and soft labels rest on very little"
+        )
     return line
+
+
+FEW_FACES = 10

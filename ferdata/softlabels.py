@@ -73,7 +73,9 @@ def _revisions(path: str, rev: str | None) -> list[str | None]:
     out: list[str | None] = [rev]
     parts = PurePosixPath(path).parts
     if rev and re.fullmatch(r"v?\d+(\.\d+)*", rev) and len(parts) >= 3 and parts[-1] == "softlabels.parquet":
-        out.append(f"{parts[-2]}-softlabels@{rev if rev.startswith('v') else 'v' + rev}")
+        version = rev if rev.startswith("v") else "v" + rev
+        out.append(f"{parts[-2]}-softlabels@{version}")  # the root pipeline's artifact
+        out.append(f"pipelines/{parts[-2]}={parts[-2]}-softlabels@{version}")  # a dataset pipeline's
     return out
 
 

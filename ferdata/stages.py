@@ -127,6 +127,34 @@ def write_pipeline(name: str, root: Path = Path(".")) -> Path:
     return out
 
 
+def init_pipeline(name: str, source: str = "", root: Path = Path(".")) -> Path:
+    """Write ``pipelines/<name>/params.yaml`` for faces of the user's under their own name: the custom
+    pipeline's settings with the dataset and its options section renamed (a copied file whose section
+    still says ``custom`` would leave the options unread), and ``download.source`` filled in."""
+    import json
+    import re
+
+    from ferdata.core.errors import UsageError
+    from ferdata.core.io import atomic_file
+    from ferdata.download import check_name, known_datasets
+
+    check_name(name, "the dataset's name")
+    if name in known_datasets() or name in ("custom", "noise-sweep", "templates"):
+        raise UsageError(f"{name!r} is taken (a known dataset or pipeline); choose another name for your faces")
+    out = root / "pipelines" / name / "params.yaml"
+    if out.exists():
+        raise UsageError(f"{out} exists already; edit it, or choose another name")
+    text = (root / "pipelines" / "custom" / "params.yaml").read_text()
+    text = re.sub(r"(?m)^dataset: custom\b", f"dataset: {name}", text)
+    text = re.sub(r"(?m)^custom:", f"{name}:", text)
+    if source:
+        text = re.sub(r'(?m)^(  source: )""', lambda m: m.group(1) + json.dumps(source), text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out) as tmp:
+        tmp.write_text(f"# Written by `ferdata init {name}` from pipelines/custom/params.yaml.\n" + text)
+    return out
+
+
 def artifacts_block(name: str) -> str:
     """The ``artifacts:`` of a dataset pipeline: its soft labels and model, fetched elsewhere as
     ``dvc artifacts get <repo> pipelines/<name>:<name>-softlabels`` (versions: annotated git tags

@@ -392,7 +392,9 @@ def test_archive_source_and_missing_source(tmp_path):
     download("folder", tmp_path / "out", source=str(tmp_path / "faces.tar.gz"))
     m, meta, _ = tables(tmp_path / "out")
     assert meta["root"] == "extracted/faces" and (tmp_path / "out" / meta["root"] / m["path"].iloc[0]).is_file()
-    with pytest.raises(FerdataError, match=r"rafdb needs --from .*list_patition_label.txt.*whdeng"):
+    with pytest.raises(
+        FerdataError, match=r"rafdb needs a source: set download.source .* --from .*list_patition_label.txt.*whdeng"
+    ):
         download("rafdb", tmp_path / "out2")
     with pytest.raises(FerdataError, match=r"rafdb not found under .*expected EmoLabel/list_patition_label.txt"):
         download("rafdb", tmp_path / "out2", source=str(src))
@@ -479,3 +481,19 @@ def test_jaffe_and_kdef_names_are_recognised():
     nested = choose("subfolder", ["alice/1.jpg", "bob/2.jpg"], option="x")
     assert nested.read("alice/1.jpg") == ("alice", None)
     assert choose("auto", ["a.jpg", "b.jpg"], option="x").name is None
+
+
+def test_a_csv_says_what_it_guessed_and_where_it_looked(tmp_path):
+    from ferdata.download import summarize
+
+    (tmp_path / "t").mkdir()
+    rows = [["file", "emotion"]] + [[f"f{i}.png", "happy" if i % 2 else "sad"] for i in range(24)]
+    with open(tmp_path / "t/list.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    with pytest.raises(FerdataError, match=r"24 of 24 images listed in .*list.csv are not under .*searched .*images"):
+        download("csv", tmp_path / "o1", source=str(tmp_path / "t/list.csv"))
+    for i in range(24):
+        img(tmp_path / "t/images" / f"f{i}.png")
+    line = summarize(download("csv", tmp_path / "o2", source=str(tmp_path / "t/list.csv")))
+    assert "read list.csv: paths from column 'file', labels from 'emotion', images under" in line
+    assert "(guessed)" in line and "WARNING classes with fewer than 10 training faces" in line

@@ -133,3 +133,26 @@ def test_the_root_params_do_not_leak_onto_another_dataset(tmp_path, monkeypatch)
             assert "detector auto -> mtcnn (0/24 faces have landmarks)" in result.output
             assert "note: ./params.yaml is the synth pipeline's; folder takes the stages' defaults" in result.output
     assert "flipped 0/" in result.output
+
+
+def test_init_writes_a_pipeline_for_your_faces_under_their_name(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from ferdata.stages import check
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "pipelines", tmp_path / "pipelines")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["init", "myfaces", "--from", "/data/my faces"])
+    assert result.exit_code == 0, result.output
+    params = yaml.safe_load((tmp_path / "pipelines/myfaces/params.yaml").read_text())
+    assert params["dataset"] == "myfaces" and "custom" not in params and "myfaces" in params
+    assert params["download"]["source"] == "/data/my faces" and params["download"]["adapter"] == "folder"
+    check(params)  # every section is one the stages read
+    assert (tmp_path / "pipelines/myfaces/dvc.yaml").is_file()
+    again = CliRunner().invoke(app, ["init", "myfaces"])
+    assert again.exit_code == 2 and "exists already" in again.output
+    assert CliRunner().invoke(app, ["init", "ferplus"]).exit_code == 2  # a known dataset's name is taken

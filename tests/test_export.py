@@ -205,7 +205,9 @@ def test_load_soft_labels_by_revision_of_another_repository(trained_dir, tmp_pat
     for short in ("v1.0.0", "1.0.0"):  # as `dvc artifacts get --rev v1.0.0` takes it
         again = ferdata.load_soft_labels(rel, repo=str(repo), rev=short)
         assert np.allclose(np.stack(again["distribution"].to_numpy()), np.stack(first["distribution"].to_numpy()))
-    with pytest.raises(FerdataError, match=r"at v9 of .* \(tried v9, ds-softlabels@v9\)"):
+    with pytest.raises(
+        FerdataError, match=r"at v9 of .* \(tried v9, ds-softlabels@v9, pipelines/ds=ds-softlabels@v9\)"
+    ):
         ferdata.load_soft_labels(rel, repo=str(repo), rev="v9")
 
 

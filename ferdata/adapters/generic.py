@@ -190,11 +190,15 @@ def read_csv(table: Path, ing: Ingest) -> tuple[list[str], list[dict[str, str]]]
     raise AssertionError("unreachable: Latin-1 decodes any bytes")
 
 
+def image_root_candidates(table: Path) -> list[Path]:
+    """Where a CSV's relative paths may start: its folder, its parent, or an ``images`` folder beside either."""
+    return [table.parent, table.parent.parent, table.parent / "images", table.parent.parent / "images"]
+
+
 def guess_image_root(table: Path, paths: list[str]) -> Path:
-    """The folder the CSV's paths are relative to: its own, its parent, or an ``images`` folder beside either."""
-    candidates = [table.parent, table.parent.parent, table.parent / "images", table.parent.parent / "images"]
+    """The folder the CSV's paths are relative to: the first candidate where most of them exist."""
     paths = [p for p in paths if p]
-    for folder in candidates:
+    for folder in image_root_candidates(table):
         if paths and sum((folder / p).is_file() for p in paths) * 2 > len(paths):
             return folder
     return table.parent
@@ -242,5 +246,18 @@ def ingest_csv(source: Path, out_dir: Path, *, options: CsvOptions, seed: int = 
         raw = (row.get(label_col) or "").strip()
         subject, video = ((row.get(subject_col) or "").strip() or None, None) if subject_col else subjects.read(rel)
         ing.add_checked(root, sid, split, rel, canonical_label(raw), raw_label=raw, subject_id=subject, video_id=video)
+    guessed = [f"paths from column {path_col!r}", f"labels from {label_col!r}"]
+    guessed.append(f"images under {root}" + ("" if options.images else " (guessed)"))
+    ing.notes.append(f"read {table.name}: " + ", ".join(guessed))
+    missing = sum(r["reason"] == "missing_image" for r in ing.rejected)
+    if missing and missing * 2 >= len(rows):
+        searched = [str(options.images)] if options.images else [str(p) for p in image_root_candidates(table)]
+        detail = (
+            f"{missing} of {len(rows)} images listed in {table} are not under {root} (searched "
+            f"{', '.join(searched)}); set the csv option images to the folder the paths start from"
+        )
+        if not ing.rows:
+            raise FerdataError(detail)
+        ing.notes.append("WARNING " + detail)
     _splits(ing, options, seed, subjects)
     return ing, root

@@ -278,9 +278,10 @@ def fit(
     world: int = 1,
     quiet: bool = False,
     engine: Engine | None = None,
+    tag: str = "",
 ) -> Fitted:
     """Train ``cfg.method`` on the first ``cfg.epochs`` epochs of the plan (on ``engine``, by default the
-    one ``cfg`` asks for)."""
+    one ``cfg`` asks for); ``tag`` prefixes its progress lines (the prior's fold)."""
     classes, labels = data.classes, data.labels.reset_index(drop=True)
     engine = engine or make_engine(cfg)
     device = engine.device
@@ -362,7 +363,7 @@ def fit(
             step_loss,
             [opt, *method.own_optimizers()],
             sched,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"{tag}epoch {epoch + 1}/{cfg.epochs}",
             quiet=quiet or rank != 0,
             scaler=scaler,
         )
@@ -372,7 +373,8 @@ def fit(
         log.append({"epoch": epoch + 1, "loss": loss, "val_acc": val_acc})  # no timings: the log is a DVC output
         if rank == 0 and not quiet:
             tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} val acc {val_acc:.3f} ({time.time() - start:.1f} s)"
+                f"{tag}epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} val acc {val_acc:.3f} "
+                f"({time.time() - start:.1f} s)"
             )
     del train_loader, val_loader, train_eval  # persistent workers exit here
     calibration = fit_calibration(

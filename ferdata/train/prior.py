@@ -44,7 +44,13 @@ def out_of_fold(
     for f in range(settings.folds):
         held = fold == f
         fold_labels = labels.assign(split=np.where(held, "holdout", labels["split"]))
-        fitted = fit(replace(data, labels=fold_labels), settings.fold_model(), rank=rank, world=world)
+        fitted = fit(
+            replace(data, labels=fold_labels),
+            settings.fold_model(),
+            rank=rank,
+            world=world,
+            tag=f"fold {f + 1}/{settings.folds}: ",
+        )
         if rank == 0:
             learned = fitted.learned
             dist = np.stack(learned["distribution"].to_numpy())
