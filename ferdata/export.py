@@ -33,6 +33,12 @@ class ExportSettings(Settings):
     margin: float = option(
         0.2, "suspected noisy: the top class beats the given label by more than this", min=0.0, max=1.0
     )
+    train_distribution: str = option(
+        "model",
+        "a training face's distribution: model (the method's soft label: on a small clean set, a memorised "
+        "near one-hot) or out_of_fold (the prior stage's prediction from a model that never saw the face)",
+        choices=("model", "out_of_fold"),
+    )
 
 
 STAGE = Stage(
@@ -42,6 +48,7 @@ STAGE = Stage(
     ExportSettings,
     reads=("manifest", "labels", "va", "learned", "model"),
     writes=("softlabels",),
+    may_read=("prior",),  # export.train_distribution: out_of_fold
 )
 
 
@@ -118,6 +125,8 @@ def export(
             )
         classes = learned_meta["classes"]
         own = learned_meta.get("own_uncertainty", False) & (rows["split"] == "train").to_numpy()
+        if run.settings.train_distribution == "out_of_fold":
+            rows, own = held_out_for_training_faces(run, rows, classes), np.zeros(len(rows), bool)
         table = soft_label_table(
             rows["sample_id"].to_numpy(),
             rows["split"].to_numpy(),
@@ -150,6 +159,32 @@ def export(
             },
         )
         return table
+
+
+def held_out_for_training_faces(run: Any, rows: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """``rows`` with each training face's distribution replaced by the prior stage's out-of-fold one (a CE
+    model trained on the other folds: it never saw the face); val/test faces keep the model's."""
+    path = run.input("prior")
+    if not path.is_file():
+        raise FerdataError(
+            f"export.train_distribution out_of_fold needs {path}: run `ferdata prior` (prior.folds 2 or more) first"
+        )
+    prior, prior_meta = run.read("prior")
+    if list(prior_meta.get("classes", classes)) != list(classes):
+        raise FerdataError(
+            f"{path} has classes {prior_meta.get('classes')}, the model {classes}: re-run `ferdata prior`"
+        )
+    oof = prior.set_index("sample_id")["distribution"]
+    train = (rows["split"] == "train").to_numpy()
+    lacking = ~rows["sample_id"].isin(oof.index).to_numpy() & train
+    if lacking.any() or (train.any() and len(prior) == 0):
+        first = rows["sample_id"][lacking].iloc[0] if lacking.any() else rows["sample_id"][train].iloc[0]
+        raise FerdataError(f"{path} has no out-of-fold prediction for {first!r}: re-run `ferdata prior` (folds >= 2)")
+    out = rows.copy()
+    out.loc[train, "distribution"] = pd.Series(
+        list(oof.reindex(out.loc[train, "sample_id"]).to_numpy()), index=out.index[train]
+    )
+    return out
 
 
 def image_paths(manifest: pd.DataFrame, meta: dict[str, Any], ids: pd.Series, *, base: str = ".") -> np.ndarray:

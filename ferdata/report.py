@@ -157,6 +157,7 @@ def report(
             ("Rejected at download", f"{len(rejected)} ({reasons})" if len(rejected) else "none"),
             ("Splits", describe_split_groups(man_meta.get("splits_by"), dataset)),
             ("Faces not aligned", describe_not_aligned(left, len(aligned))),
+            ("Training soft labels", describe_training_distributions(soft, meta)),
             ("Settings hash", str(meta.get("settings_hash"))),
         ]
         figures.write_html(
@@ -203,6 +204,26 @@ def suspected_table(
         f"{len(top)} by the probability of their given label"
     )
     return caption, table
+
+
+MEMORISED = 0.05  # training faces this much more confident than test faces: a warning on the page
+
+
+def describe_training_distributions(soft: pd.DataFrame, meta: dict[str, Any]) -> str:
+    """What a training face's distribution is, with a warning when they look memorised (far more confident
+    than predictions for faces the model never saw)."""
+    source = (meta.get("settings") or {}).get("train_distribution", "model")
+    conf = soft.groupby("split")["confidence"].mean()
+    if source == "out_of_fold":
+        return "out of fold: each from a prior-stage model that never saw the face"
+    line = "the method's soft labels (the model trained on these faces)"
+    if "train" in conf and "test" in conf and conf["train"] - conf["test"] > MEMORISED:
+        line += (
+            f"; WARNING they are more confident than test predictions (mean confidence {conf['train']:.3f} vs "
+            f"{conf['test']:.3f}), so they may be memorised rather than ambiguity-aware: export.train_distribution: "
+            "out_of_fold exports held-out predictions instead"
+        )
+    return line
 
 
 def describe_not_aligned(left: pd.DataFrame, total: int) -> str:

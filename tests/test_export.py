@@ -278,3 +278,28 @@ def test_method_uncertainty_is_the_method_s_own_on_training_faces_only(trained_d
     assert own[~train_rows].isna().all()
     learned, _ = read_table(tmp_path / "m" / "learned.parquet", "learned")
     assert np.allclose(own[train_rows], learned.set_index("sample_id").loc[df["sample_id"][train_rows], "uncertainty"])
+
+
+def test_training_faces_can_take_held_out_distributions(trained_dir, tmp_path):
+    """export.train_distribution out_of_fold: each training face gets the prior's prediction from a model
+    that never saw it (a memorised soft label is near one-hot); val/test faces keep the model's."""
+    import shutil
+
+    from ferdata.export import export
+    from ferdata.train.prior import prior
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data, ignore=shutil.ignore_patterns("softlabels.parquet"))
+    with pytest.raises(FerdataError, match="needs .*prior.parquet: run `ferdata prior`"):
+        export(data, data / "models", train_distribution="out_of_fold")
+    oof = prior(data, folds=2, epochs=1, train={"batch_size": 4, "image_size": 32, "lr": 0.01})
+    model = export(data, data / "models")
+    held = export(data, data / "models", train_distribution="out_of_fold")
+    train = (held["split"] == "train").to_numpy()
+    want = np.stack(oof.set_index("sample_id").loc[held["sample_id"][train], "distribution"].to_numpy())
+    got = np.stack(held["distribution"][train].to_numpy())
+    assert np.allclose(got, want / want.sum(1, keepdims=True), atol=1e-6)
+    same = np.stack(held["distribution"][~train].to_numpy()), np.stack(model["distribution"][~train].to_numpy())
+    assert np.allclose(*same) and held["method_uncertainty"].isna().all()
+    with pytest.raises(Exception, match="train_distribution"):
+        export(data, data / "models", train_distribution="cross")

@@ -135,3 +135,18 @@ def test_class_colours_are_fixed_per_canonical_class():
 
     assert class_colour("happy") == class_colour("happy") != class_colour("sad")
     assert class_colour("neutral") == "#7f7f7f"
+
+
+def test_memorised_training_soft_labels_are_called_out():
+    import pandas as pd
+
+    from ferdata.report import describe_training_distributions
+
+    soft = pd.DataFrame({"split": ["train"] * 3 + ["test"] * 2, "confidence": [0.99, 0.99, 1.0, 0.9, 0.92]})
+    line = describe_training_distributions(soft, {"settings": {"train_distribution": "model"}})
+    assert "WARNING" in line and "0.993 vs 0.910" in line and "export.train_distribution: out_of_fold" in line
+    soft["confidence"] = [0.5, 0.6, 0.55, 0.5, 0.55]
+    assert "WARNING" not in describe_training_distributions(soft, {"settings": {}})
+    assert describe_training_distributions(soft, {"settings": {"train_distribution": "out_of_fold"}}).startswith(
+        "out of fold"
+    )
