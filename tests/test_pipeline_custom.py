@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,6 +46,9 @@ def test_your_own_faces_through_the_custom_pipeline(tmp_path_factory):
     shutil.copytree(ROOT / "pipelines", repo / "pipelines")
     shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # the synth pipeline's, which must not leak
     _own_faces(repo / "my-faces")
+    for cls in ("happy", "sad"):  # a PNG cut after its header: download takes it, align cannot decode it
+        whole = next((repo / "my-faces" / cls).glob("*.png")).read_bytes()
+        (repo / "my-faces" / cls / "S000_900_00000001.png").write_bytes(whole[:64])
     params = yaml.safe_load((repo / "pipelines/custom/params.yaml").read_text())
     params["download"]["source"] = str(repo / "my-faces")
     params["align"].update(detector="none", workers=1)  # the faces are already framed
@@ -82,3 +86,8 @@ def test_your_own_faces_through_the_custom_pipeline(tmp_path_factory):
     assert manifest["subject_id"].nunique() == 8 and set(manifest["split"]) == {"train", "val", "test"}
     page = (repo / "reports/custom/index.html").read_text()
     assert "by subject (read with the ckplus pattern): 8 subjects, none in more than one split" in page
+    lost = set(aligned.loc[aligned["status"] != "ok", "sample_id"])  # the two cut PNGs: counted, not lost
+    assert len(lost) == 2 and all("s000_900" in s.lower() for s in lost) and not lost & set(soft["sample_id"])
+    assert "the 2 faces not aligned are left out of every later stage" in out
+    assert json.loads((repo / "reports/custom/metrics.json").read_text())["not_aligned"] == 2
+    assert "2 of 50 (unreadable 2): in no soft label; aligned.parquet lists them with their reason" in page
