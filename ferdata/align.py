@@ -78,6 +78,10 @@ STAGE = Stage(
 )
 
 
+class ImageTooLarge(ValueError):
+    """An image beyond ``align.max_pixels``: a ``too_large`` row, not an unreadable one."""
+
+
 def read_image(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read any image as 8-bit RGB (grey, CMYK, alpha and 16-bit converted); raise ValueError if it is
     missing, unreadable, a corrupt or truncated JPEG (which OpenCV would silently half-decode), or larger
@@ -94,7 +98,7 @@ def read_image(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
         check_jpeg(data.tobytes())
     size, orientation = image_header(data.tobytes())
     if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
-        raise ValueError(f"too large: {size[0]}x{size[1]} pixels, more than align.max_pixels ({max_pixels})")
+        raise ImageTooLarge(f"too large: {size[0]}x{size[1]} pixels, more than align.max_pixels ({max_pixels})")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ValueError("unreadable or missing image")
@@ -253,7 +257,7 @@ def _align_one(job: tuple[str, str, object, object, str], settings: AlignSetting
     try:
         img = read_image(Path(src), max_pixels=settings.max_pixels)
     except ValueError as exc:
-        status = "too_large" if str(exc).startswith("too large") else "unreadable"
+        status = "too_large" if isinstance(exc, ImageTooLarge) else "unreadable"
         return {**row, "status": status, "reason": f"{src}: {exc}"}
     found = _locate_face(img, landmarks, bbox, settings)
     face = found.pop("face", None)

@@ -47,14 +47,6 @@ CONFUSABLE: dict[str, tuple[str, ...]] = {
 }
 
 
-def class_id(name: str) -> int:
-    """Canonical id of a class name (case-insensitive)."""
-    key = name.strip().lower()
-    if key not in CANONICAL:
-        raise FerdataError(f"unknown class {name!r}: expected one of {', '.join(CANONICAL)}")
-    return CANONICAL.index(key)
-
-
 def manifest_classes(meta: dict[str, Any]) -> list[str]:
     """The dataset's class list from a table's metadata."""
     classes = meta.get("classes")

@@ -114,7 +114,6 @@ def adaptive_targets(
 class AKT(Method):
     """Two-branch training with attention consistency, a symmetric-KL term and adaptive targets."""
 
-    name = "akt"
     uncertainty_is_entropy = False
     needs_strong_view = True
 

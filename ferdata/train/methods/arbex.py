@@ -102,7 +102,6 @@ def mlp_head(embed_dim: int, num_classes: int, *, layers: int = 1, dropout: floa
 class ARBEx(Method):
     """Reliability balancing with learnable anchors and multi-head self-attention."""
 
-    name = "arbex"
     uses_backbone_head = False
 
     def __init__(

@@ -44,7 +44,6 @@ class Method(nn.Module):
     optimiser, except those returned by :meth:`own_optimizers`.
     """
 
-    name = "base"
     needs_epoch_outputs = False  # True: start_epoch gets every training sample's current outputs
     needs_strong_view = False  # True: batches carry a strongly augmented second view
     uses_backbone_head = True  # False: the method predicts with a head of its own (DDP must allow unused ones)

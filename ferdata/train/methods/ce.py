@@ -15,7 +15,6 @@ class CrossEntropy(Method):
     def __init__(self, smoothing: float = 0.0):
         super().__init__()
         self.smoothing = smoothing
-        self.name = "ls" if smoothing else "ce"
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.smoothing)

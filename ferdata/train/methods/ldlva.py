@@ -154,7 +154,6 @@ def _per_sample_gradient(grad: torch.Tensor) -> torch.Tensor:
 class LDLVA(Method):
     """Label distribution learning with VA neighbours and a learnable per-sample uncertainty."""
 
-    name = "ldlva"
     uncertainty_is_entropy = False
 
     def __init__(
