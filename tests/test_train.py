@@ -89,8 +89,13 @@ def test_every_method_trains_and_learns_distributions(trained_dir, tmp_path, met
     labels, _ = read_table(trained_dir / "labels.parquet", "labels")
     assert meta["method"] == method and learned["sample_id"].tolist() == labels["sample_id"].tolist()
     dist = np.stack(learned["distribution"].to_numpy())
-    assert np.isfinite(dist).all() and np.abs(dist.sum(1) - 1).max() < 1e-5
+    assert np.isfinite(dist).all() and (dist >= 0).all()  # (they sum to 1 by construction: not a check)
+    assert np.ptp(dist, axis=0).max() > 1e-6  # faces get different distributions (calibration may flatten them)
     assert learned["uncertainty"].between(0, 1).all()
+    if method != "akt":  # ls, arbex: the uncertainty is the distribution's normalised entropy (akt: its own u)
+        from ferdata.core.classes import normalised_entropy
+
+        assert np.allclose(learned["uncertainty"], normalised_entropy(dist), atol=1e-5)
 
 
 def test_a_non_finite_loss_stops_training_and_publishes_nothing(trained_dir, tmp_path):
