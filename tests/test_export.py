@@ -112,7 +112,7 @@ def test_settings_hash_follows_every_setting_upstream(trained_dir, tmp_path, mon
     assert len(set(hashes[:4])) == 4  # ratio 0.25/0.2 x margin 0.2/0.3: four different runs
     assert hashes[4:] == hashes[:2]  # back to ratio 0.25: the first two hashes again
     _, meta = read_table(copy / "softlabels.parquet", "softlabels")
-    assert meta["settings"] == {"margin": 0.3} and meta["stage"] == "export"
+    assert meta["settings"] == {"margin": 0.3, "train_distribution": "model"} and meta["stage"] == "export"
 
 
 def test_reading_soft_labels_needs_numpy_pandas_pyarrow_only(trained_dir):
