@@ -127,3 +127,25 @@ def test_methods_table_targets_read_the_test_figures():
     assert any("bad test acc -10.0 points" in line and "collapses" in line for line in lines)
     assert any("acc +2.0 points vs CE" in line and line.endswith("missed") for line in lines)
     assert any("noise AUROC +0.070 vs cleanlab -> met" in line for line in lines)
+
+
+def test_train_distribution_compares_the_model_with_out_of_fold(trained_dir, tmp_path):
+    import shutil
+
+    import numpy as np
+    from train_distribution import compare  # bench/ is on the path (above)
+
+    from ferdata.core.classes import normalised_entropy
+    from ferdata.core.io import read_table
+    from ferdata.train.prior import prior
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data, ignore=shutil.ignore_patterns("models"))
+    prior(data, folds=2, epochs=1, train={"batch_size": 4, "image_size": 32, "lr": 0.01})
+    rows = {r["split"]: r for r in compare(data)}
+    soft, _ = read_table(data / "softlabels.parquet", "softlabels")
+    train = soft[soft["split"] == "train"]
+    conf = float((1 - normalised_entropy(np.stack(train["distribution"].to_numpy()).astype(float))).mean())
+    assert set(rows) == {"train", "val", "test"} and rows["train"]["faces"] == len(train)
+    assert np.isclose(rows["train"]["conf_model"], conf) and "kl_model" in rows["train"]  # synth has true_dist
+    assert rows["train"]["conf_oof"] != rows["train"]["conf_model"]
