@@ -56,3 +56,33 @@ def test_fold_models_keep_the_plans_class_balance():
     assert PriorSettings().fold_model().calibration == "temperature"
     off = PriorSettings(train=replace(TrainSettings(), calibration="none"))
     assert off.fold_model().calibration == "none"
+
+
+def test_no_fold_model_trains_on_a_face_it_predicts(data_dir, monkeypatch):
+    """The out-of-fold guarantee, checked where training happens: each fold model's training rows (what
+    fit hands the method) never include the faces that fold predicts, and every training face is
+    predicted by exactly one fold model."""
+    import ferdata.train.loop as loop
+    import ferdata.train.prior as mod
+
+    noise(data_dir, ratio=0.25, seed=1)
+    sample(data_dir, epochs=1, per_video=3)
+    calls: list[dict] = []
+    real_fit, real_context = mod.fit, loop.method_context
+
+    def fit(data, cfg, **kwargs):
+        calls.append({"held": set(data.labels.loc[data.labels["split"] == "holdout", "sample_id"])})
+        return real_fit(data, cfg, **kwargs)
+
+    def method_context(data, cfg, train_rows, embed_dim):
+        calls[-1]["trained"] = set(train_rows["sample_id"])
+        return real_context(data, cfg, train_rows, embed_dim)
+
+    monkeypatch.setattr(mod, "fit", fit)
+    monkeypatch.setattr(loop, "method_context", method_context)
+    prior(data_dir, folds=3, epochs=1, train={"batch_size": 4, "image_size": 32, "lr": 0.01})
+    labels, _ = read_table(data_dir / "labels.parquet", "labels")
+    train_ids = set(labels.loc[labels["split"] == "train", "sample_id"])
+    assert len(calls) == 3 and all(c["held"] and not c["held"] & c["trained"] for c in calls)
+    held = [sid for c in calls for sid in c["held"]]
+    assert sorted(held) == sorted(train_ids)  # each training face held out once
