@@ -139,6 +139,16 @@ def test_csv_source_reads_the_ldlva_release_layout(data_dir, tmp_path):
     assert np.allclose(table.set_index("sample_id").loc[rows["sample_id"], "valence"], rows["valence"], atol=1e-4)
     train_ids = set(rows.loc[rows["split"] == "train", "sample_id"])
     assert all(set(n) <= train_ids and len(n) <= 2 for n in graph["neighbours"])
+    listed = {  # the CSV's own neighbour lists, as sample ids, self left out, the first k=2 kept
+        r["sample_id"]: [
+            s
+            for s in (rows.loc[train_rows[(i + d) % len(train_rows)], "sample_id"] for d in (1, 2, 3))
+            if s != r["sample_id"]
+        ][:2]
+        for i, r in rows.iterrows()
+    }
+    # (the graph orders them nearest first, as the computed one does)
+    assert len(graph) and all(set(n) == set(listed[sid]) for sid, n in zip(graph["sample_id"], graph["neighbours"]))
     with pytest.raises(FerdataError, match="va.source csv needs va.csv"):
         va(data_dir, source="csv")
 
