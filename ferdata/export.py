@@ -47,7 +47,7 @@ STAGE = Stage(
     __name__,
     ExportSettings,
     reads=("manifest", "labels", "va", "learned", "model"),
-    writes=("softlabels",),
+    writes=("softlabels", "softlabels_card"),
     may_read=("prior",),  # export.train_distribution: out_of_fold
 )
 
@@ -158,6 +158,10 @@ def export(
                 "engine": learned_meta.get("engine", {}),  # where and at what precision (what auto became)
             },
         )
+        from ferdata.softlabels import load_soft_labels, soft_label_card
+
+        card = run.output("softlabels_card")
+        card.write_text(soft_label_card(load_soft_labels(run.output("softlabels"))) + "\n")
         return table
 
 

@@ -119,3 +119,31 @@ def describe_soft_labels(df: pd.DataFrame, metrics: dict | None = None) -> str:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
     return "\n".join(lines)
+
+
+def soft_label_card(df: pd.DataFrame) -> str:
+    """The card export writes beside a soft-label file (``softlabels.card.md``): what produced it and
+    how to load it without ferdata, for whoever fetches the file alone (``dvc artifacts get``)."""
+    classes = list(df.attrs.get("classes", []))
+    name = "softlabels.parquet"
+    return (
+        describe_soft_labels(df)
+        + f"""
+
+## Columns
+
+One row per labelled face: `sample_id`, `split`, `image` (its path relative to the dataset folder),
+`label_index`/`label_name` (the given label; the index is a position in the classes below, not a
+canonical id), `distribution` ({len(classes)} floats summing to 1, in the order of the classes),
+`predicted_index`/`predicted_name`, `confidence` (1 - normalised entropy), `method_uncertainty` (the
+method's own, on training faces; else empty), `suspected_noisy`, `valence`, `arousal`, `method`.
+Classes, in order: {", ".join(f"{i} {c}" for i, c in enumerate(classes))}.
+
+## Load it
+
+    import pandas as pd;  df = pd.read_parquet("{name}")
+    import polars as pl;  df = pl.read_parquet("{name}")
+    import numpy as np, torch;  dist = torch.from_numpy(np.stack(pd.read_parquet("{name}")["distribution"]))
+    import ferdata;  df = ferdata.load_soft_labels("{name}")  # checks the schema and the sums; metadata in df.attrs
+"""
+    )

@@ -303,3 +303,21 @@ def test_training_faces_can_take_held_out_distributions(trained_dir, tmp_path):
     assert np.allclose(*same) and held["method_uncertainty"].isna().all()
     with pytest.raises(Exception, match="train_distribution"):
         export(data, data / "models", train_distribution="cross")
+
+
+def test_a_card_beside_the_soft_labels_says_what_they_are_and_how_to_load_them(trained_dir, tmp_path):
+    import shutil
+
+    from ferdata.export import export
+
+    data = tmp_path / "d"
+    shutil.copytree(trained_dir, data)
+    soft = export(data, data / "models")
+    card = (data / "softlabels.card.md").read_text()
+    assert card.startswith("# Soft labels: synth (ce)") and f"- faces: {len(soft)} (" in card
+    assert "Classes, in order: 0 neutral, 1 happy" in card and 'pl.read_parquet("softlabels.parquet")' in card
+    meta = read_table(data / "softlabels.parquet", "softlabels")[1]
+    assert meta["model_hash"] in card and meta["settings_hash"] in card  # the card belongs to this file
+    first = card
+    export(data, data / "models")
+    assert (data / "softlabels.card.md").read_text() == first  # same inputs, same card

@@ -223,6 +223,7 @@ TABLES: dict[str, Table] = _tables(
             ]
         ),
     ),
+    Table("softlabels_card", "softlabels.card.md", "export"),  # the soft labels described, for readers without ferdata
     Table("metrics", "metrics.json", "report", folder="reports"),
     Table("predictions", "predictions.csv", "report", folder="reports"),  # DVC's confusion plot data
     Table("report_page", "index.html", "report", folder="reports"),
