@@ -126,8 +126,9 @@ def soft_label_card(df: pd.DataFrame) -> str:
     how to load it without ferdata, for whoever fetches the file alone (``dvc artifacts get``)."""
     classes = list(df.attrs.get("classes", []))
     name = "softlabels.parquet"
+    about = "\n".join(line for line in describe_soft_labels(df).splitlines() if not line.startswith("- source:"))
     return (
-        describe_soft_labels(df)
+        about  # (where this copy was read from says nothing to whoever fetches the file)
         + f"""
 
 ## Columns
