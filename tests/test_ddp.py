@@ -52,11 +52,10 @@ def test_torchrun_two_cpu_processes(trained_dir, tmp_path, method):
     assert np.abs(np.stack(learned["distribution"].to_numpy()).sum(1) - 1).max() < 1e-5
 
 
-def _ldlva_step(rank: int, world: int, init: str, out: str) -> None:
-    """One LDLVA step on 4 faces: under DDP with ``world`` ranks (each its half), or in one process on
-    the faces a rank holds (``world`` 1, ``rank`` picks the half)."""
+def _ldlva_step(rank: int, world: int, out: str) -> None:
+    """One LDLVA step on 4 faces: under DDP with ``world`` ranks (each its half; the caller has joined
+    the process group), or in one process on the faces a rank holds (``world`` 1, ``rank`` picks the half)."""
     import torch
-    import torch.distributed as dist
 
     from ferdata.train.backbones import build_backbone
     from ferdata.train.loop import Objective
@@ -74,7 +73,6 @@ def _ldlva_step(rank: int, world: int, init: str, out: str) -> None:
     objective = Objective(model, method)
     net = objective
     if world > 1:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
         net = torch.nn.parallel.DistributedDataParallel(objective)
     mine = torch.arange(4) + 4 * rank  # rank 0 holds faces 0-3, rank 1 faces 4-7
     if world == 1 and rank == -1:
@@ -84,8 +82,6 @@ def _ldlva_step(rank: int, world: int, init: str, out: str) -> None:
     loss.backward()
     method.own_optimizers()[0].step()
     torch.save({"logit": method.logit.detach().clone(), "centers": method.centers.clone()}, out)
-    if world > 1:
-        dist.destroy_process_group()
 
 
 def _centre_inputs(rank: int):
@@ -96,13 +92,17 @@ def _centre_inputs(rank: int):
 
 
 def _ddp_worker(rank: int, world: int, init: str, folder: str) -> None:
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
 
     from ferdata.train.methods.ldlva import update_centers
 
-    _ldlva_step(rank, world, init, f"{folder}/rank{rank}.pt")
-    dist.init_process_group("gloo", init_method=init + "-centres", rank=rank, world_size=world)
+    # one process group for both checks, with a timeout: a second rendezvous after a destroy could hang
+    # for good on a loaded machine (seen once in CI); a stuck collective now fails the test instead
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    _ldlva_step(rank, world, f"{folder}/rank{rank}.pt")
     centers = torch.zeros(3, 4)
     update_centers(centers, *_centre_inputs(rank))
     torch.save(centers, f"{folder}/centres{rank}.pt")
@@ -120,7 +120,7 @@ def test_ldlva_per_sample_trust_and_centres_are_right_under_ddp(tmp_path):
     mp.spawn(_ddp_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for r in (0, 1):
-        _ldlva_step(r, 1, "", str(tmp_path / f"alone{r}.pt"))
+        _ldlva_step(r, 1, str(tmp_path / f"alone{r}.pt"))
     alone = [torch.load(tmp_path / f"alone{r}.pt", weights_only=True) for r in (0, 1)]
     for r in (0, 1):
         half = slice(4 * r, 4 * r + 4)
